@@ -1,0 +1,1 @@
+"""Spectral synthesis: atmospheres, line list, abundances and the grid engines."""
