@@ -159,7 +159,7 @@ def _cmd_grid(args: argparse.Namespace) -> int:
         summary = generate_grid(
             engine, labels, out, workers=args.workers, chunk_size=args.chunk_size, progress=not args.no_progress,
             metadata={"command": "stellarfit " + " ".join(sys.argv[1:])}, label_spec=spec, seed=args.seed,
-            design=args.design,
+            design=args.design, overwrite=args.overwrite,
         )
     except GenerationError as error:  # a leftover run with other inputs, a worker that died: exit 1
         _log(f"stellarfit grid: failed: {error}")
@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--design", choices=["sobol", "lhs", "uniform"], default="sobol", help="sampling design (default sobol)")
     grid.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     grid.add_argument("--chunk-size", type=int, default=None, help="spectra per saved chunk (default 8; a kill loses at most one chunk per worker)")
+    grid.add_argument("--overwrite", action="store_true", help="replace an existing finished grid file")
     grid.add_argument("--no-progress", action="store_true", help="no progress bar")
     grid.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     grid.set_defaults(func=_cmd_grid)
