@@ -3,6 +3,7 @@
     python benchmarks/bench_turbospectrum.py                # serial + all-cores timing, default window
     python benchmarks/bench_turbospectrum.py --quick        # 5000-5100 A, fewer spectra
     python benchmarks/bench_turbospectrum.py --step-accuracy  # error of 0.01/0.02/0.03 A steps vs 0.005 A
+    python benchmarks/bench_turbospectrum.py --hydrogen      # effect/cost of hydrogen lines near 5000 A
     python benchmarks/bench_turbospectrum.py --from-parts ~/.cache/stellarfit/grids/ts_default_2000.h5.parts
 
 ``--from-parts`` reads the chunk files of a running or finished ``stellarfit grid``
@@ -79,6 +80,24 @@ def bench_step_accuracy(window=(5000.0, 5100.0)) -> dict:
     return {"window": list(window), "resolution": 30000, "reference_step": 0.005, "errors": out}
 
 
+def bench_hydrogen(window=(5000.0, 5040.0)) -> dict:
+    """Effect and cost of Turbospectrum's hydrogen lines (H-beta wing) at the blue edge of the default window."""
+    from stellarfit.synth.turbospectrum import TurbospectrumEngine
+
+    stars = {"sun": {"teff": 5777.0, "logg": 4.44, "fe_h": 0.0}, "hot_dwarf": {"teff": 7000.0, "logg": 4.0, "fe_h": 0.0},
+             "hot_metal_poor": {"teff": 7000.0, "logg": 5.0, "fe_h": -2.0}}
+    out = {}
+    for name, labels in stars.items():
+        runs = {}
+        for hydrogen in (True, False):
+            start = time.perf_counter()
+            flux = TurbospectrumEngine(window=window, hydrogen_lines=hydrogen).synthesize(labels)[0]
+            runs[hydrogen] = (flux, time.perf_counter() - start)
+        out[name] = {"max_abs_diff": float(np.abs(runs[True][0] - runs[False][0]).max()),
+                     "seconds_with": runs[True][1], "seconds_without": runs[False][1]}
+    return {"window": list(window), "stars": out}
+
+
 def from_parts(parts: Path) -> dict:
     chunks = sorted(parts.glob("chunk_*.npz"))
     if len(chunks) < 2:
@@ -106,6 +125,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--step-accuracy", action="store_true")
     parser.add_argument("--from-parts", type=Path)
+    parser.add_argument("--hydrogen", action="store_true")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
@@ -114,6 +134,12 @@ def main() -> None:
         result = {**info, **from_parts(args.from_parts.expanduser())}
         name = "turbospectrum_grid_run.json"
         print(f"| chunks | spectra | spectra/hour | hours left |\n|---|---|---|---|\n| {result['chunks_done']} | {result['spectra_done']} | {result['spectra_per_hour']:.0f} | {result['hours_left']:.2f} |")
+    elif args.hydrogen:
+        result = {**info, **bench_hydrogen()}
+        name = "turbospectrum_hydrogen.json"
+        print("| star | max abs diff (with - without H lines) | s with | s without |\n|---|---|---|---|")
+        for star, row in result["stars"].items():
+            print(f"| {star} | {row['max_abs_diff']:.5f} | {row['seconds_with']:.1f} | {row['seconds_without']:.1f} |")
     elif args.step_accuracy:
         result = {**info, **bench_step_accuracy()}
         name = "turbospectrum_step_accuracy.json"
