@@ -1,0 +1,35 @@
+"""The observation model: Doppler shift, rotation, instrumental LSF, resampling and continuum.
+
+- :class:`ForwardModel`: emulator flux -> model flux at observed pixels (pure JAX).
+- :func:`continuum_design_matrix`, :func:`profile_continuum`: the polynomial
+  continuum per arm, profiled analytically.
+- kernels: :func:`doppler_factor`, :func:`rotation_kernel`, :func:`cubic_interpolate`.
+"""
+
+from stellarfit.forward._broadening import box_kernel as box_kernel
+from stellarfit.forward._broadening import convolve_same as convolve_same
+from stellarfit.forward._broadening import cubic_interpolate as cubic_interpolate
+from stellarfit.forward._broadening import doppler_factor as doppler_factor
+from stellarfit.forward._broadening import gaussian_kernel as gaussian_kernel
+from stellarfit.forward._broadening import log_doppler_factor as log_doppler_factor
+from stellarfit.forward._broadening import rotation_kernel as rotation_kernel
+from stellarfit.forward._broadening import rotation_kernel_variance as rotation_kernel_variance
+from stellarfit.forward._continuum import continuum_design_matrix as continuum_design_matrix
+from stellarfit.forward._continuum import profile_continuum as profile_continuum
+from stellarfit.forward._model import ForwardModel as ForwardModel
+from stellarfit.forward._model import ObservationOutsideEmulatorError as ObservationOutsideEmulatorError
+
+__all__ = [
+    "ForwardModel",
+    "ObservationOutsideEmulatorError",
+    "box_kernel",
+    "continuum_design_matrix",
+    "convolve_same",
+    "cubic_interpolate",
+    "doppler_factor",
+    "gaussian_kernel",
+    "log_doppler_factor",
+    "profile_continuum",
+    "rotation_kernel",
+    "rotation_kernel_variance",
+]

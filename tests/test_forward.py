@@ -1,0 +1,163 @@
+"""The observation model: Doppler shift, rotation, LSF, resampling, continuum."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stellarfit.forward import (
+    ForwardModel,
+    ObservationOutsideEmulatorError,
+    continuum_design_matrix,
+    cubic_interpolate,
+    doppler_factor,
+    profile_continuum,
+    rotation_kernel,
+    rotation_kernel_variance,
+)
+from stellarfit.wavelengths import FWHM_TO_SIGMA, SPEED_OF_LIGHT_KMS, log_lambda_grid
+
+NATIVE_R = 30_000.0
+NATIVE = log_lambda_grid(5000.0, 5500.0, NATIVE_R, 3.0)
+LINES = np.array([5100.0, 5200.0, 5300.0])
+
+
+def flux_fn(labels, wavelength):
+    """Toy emulator: Gaussian lines at the native resolution, depth set by labels[0]."""
+    sigma = LINES / NATIVE_R * FWHM_TO_SIGMA
+    profile = jnp.exp(-0.5 * ((wavelength[:, None] - LINES[None, :]) / sigma[None, :]) ** 2)
+    return 1.0 - labels[0] * jnp.sum(profile, axis=1)
+
+
+def observed_grid(resolution=22_500.0, lo=5080.0, hi=5320.0):
+    return log_lambda_grid(lo, hi, resolution, 3.0)
+
+
+def line_moments(wavelength, flux, centre, half_window=3.0):
+    pick = np.abs(wavelength - centre) < half_window
+    depth = 1.0 - np.asarray(flux)[pick]
+    mean = np.sum(wavelength[pick] * depth) / depth.sum()
+    sigma = np.sqrt(np.sum((wavelength[pick] - mean) ** 2 * depth) / depth.sum())
+    return mean, sigma
+
+
+@pytest.mark.parametrize("rv", [-300.0, 0.0, 300.0])
+def test_doppler_shift_moves_lines(rv):
+    observed = observed_grid()
+    model = ForwardModel(flux_fn, NATIVE, NATIVE_R, observed, 22_500.0, rv_range=(-400.0, 400.0))
+    flux = jax.jit(model)(jnp.array([0.5]), rv, 0.0)
+    expected = 5200.0 * float(doppler_factor(rv))
+    mean, _ = line_moments(observed, flux, expected)
+    assert mean == pytest.approx(expected, abs=0.002)  # 0.1 km/s
+
+
+def test_differential_lsf_gives_observed_resolution():
+    observed = observed_grid(resolution=10_000.0)
+    model = ForwardModel(flux_fn, NATIVE, NATIVE_R, observed, 10_000.0, rv_range=(-10.0, 10.0))
+    flux = jax.jit(model)(jnp.array([0.3]), 0.0, 0.0)
+    _, sigma = line_moments(observed, flux, 5200.0, half_window=2.5)
+    expected = 5200.0 / 10_000.0 * FWHM_TO_SIGMA
+    # the observed-pixel top-hat adds (pixel^2 / 12) in quadrature
+    pixel = 5200.0 / 30_000.0
+    assert sigma == pytest.approx(np.sqrt(expected**2 + pixel**2 / 12), rel=0.03)
+
+
+def test_rotation_kernel_width_and_limits():
+    step = SPEED_OF_LIGHT_KMS / 90_000.0
+    kernel = np.asarray(rotation_kernel(50.0, step, 30))
+    assert kernel.sum() == pytest.approx(1.0, abs=1e-6)
+    offsets = np.arange(-30, 31) * step
+    variance = np.sum(kernel * offsets**2)
+    assert variance == pytest.approx(rotation_kernel_variance(50.0) + step**2 / 12, rel=0.02)
+    assert np.all(kernel[np.abs(offsets) > 50.0 + step] == 0)
+    tiny = np.asarray(rotation_kernel(0.0, step, 30))
+    assert tiny[30] == pytest.approx(1.0, abs=1e-6)
+    # smooth, finite gradient in vsini, also near zero
+    for vsini in (0.5, 5.0, 80.0):
+        gradient = jax.grad(lambda v: rotation_kernel(v, step, 30)[30])(vsini)
+        assert np.isfinite(gradient)
+
+
+def test_rotation_makes_lines_broader_and_shallower_conserving_ew():
+    observed = observed_grid()
+    model = ForwardModel(flux_fn, NATIVE, NATIVE_R, observed, 22_500.0, rv_range=(-10.0, 10.0))
+    jitted = jax.jit(model)
+    slow = np.asarray(jitted(jnp.array([0.5]), 0.0, 1.0))
+    fast = np.asarray(jitted(jnp.array([0.5]), 0.0, 40.0))
+    assert fast.min() > slow.min() + 0.05
+    ew = lambda f: np.sum(1 - f)  # noqa: E731
+    assert ew(fast) == pytest.approx(ew(slow), rel=0.01)
+
+
+def test_gradients_wrt_labels_rv_vsini():
+    observed = observed_grid()
+    model = ForwardModel(flux_fn, NATIVE, NATIVE_R, observed, 22_500.0)
+    target = np.asarray(jax.jit(model)(jnp.array([0.4]), 12.0, 8.0))
+
+    @jax.jit
+    def chi2(params):
+        return jnp.sum((model(params[:1], params[1], params[2]) - target) ** 2)
+
+    params = jnp.array([0.42, 10.0, 9.0])
+    gradient = np.asarray(jax.jit(jax.grad(chi2))(params))
+    assert np.all(np.isfinite(gradient))
+    for i, h in enumerate((1e-2, 0.1, 0.1)):
+        step = np.zeros(3)
+        step[i] = h
+        numeric = (chi2(params + step) - chi2(params - step)) / (2 * h)
+        assert gradient[i] == pytest.approx(float(numeric), rel=0.05, abs=1e-6)
+
+
+def test_cubic_interpolation_exact_for_quadratics():
+    values = jnp.asarray((np.arange(20.0) - 3.0) ** 2 + 2.0 * np.arange(20.0))
+    positions = jnp.array([1.25, 7.5, 12.9, 17.01])
+    expected = (np.asarray(positions) - 3.0) ** 2 + 2.0 * np.asarray(positions)
+    np.testing.assert_allclose(cubic_interpolate(values, positions), expected, rtol=1e-5)
+
+
+def test_flat_spectrum_stays_flat_at_edges():
+    observed = log_lambda_grid(5003.0, 5497.0, 20_000.0, 3.0)
+    model = ForwardModel(lambda labels, w: jnp.ones_like(w), NATIVE, NATIVE_R, observed, 20_000.0, rv_range=(-50.0, 50.0))
+    np.testing.assert_allclose(jax.jit(model)(jnp.array([0.0]), 40.0, 100.0), 1.0, atol=1e-6)
+    assert model.covered.sum() < observed.size  # edges not covered for all rvs are flagged
+
+
+def test_clear_errors():
+    observed = observed_grid()
+    with pytest.raises(ObservationOutsideEmulatorError, match="sharper than the emulator"):
+        ForwardModel(flux_fn, NATIVE, NATIVE_R, observed, 50_000.0)
+    with pytest.raises(ObservationOutsideEmulatorError, match="resolving power is unknown"):
+        ForwardModel(flux_fn, NATIVE, NATIVE_R, observed, None)
+    with pytest.raises(ObservationOutsideEmulatorError, match="no observed pixel"):
+        ForwardModel(flux_fn, NATIVE, NATIVE_R, log_lambda_grid(6000.0, 6100.0, 20_000.0), 20_000.0)
+    with pytest.raises(ValueError, match="uniform in ln"):
+        ForwardModel(flux_fn, np.linspace(5000.0, 5500.0, 1000) ** 1.5 / 5000.0**0.5, NATIVE_R, observed, 20_000.0)
+
+
+def test_native_slice_covers_only_what_is_needed():
+    observed = observed_grid(lo=5200.0, hi=5250.0)
+    model = ForwardModel(flux_fn, NATIVE, NATIVE_R, observed, 22_500.0, rv_range=(-100.0, 100.0), vsini_max=100.0)
+    assert model.native_wavelength[0] < 5200.0 / float(doppler_factor(100.0))
+    assert model.native_wavelength[-1] > 5250.0 / float(doppler_factor(-100.0))
+    assert model.n_native < NATIVE.size / 4
+
+
+def test_continuum_profiling_recovers_polynomial():
+    wavelength = np.concatenate([np.linspace(5000, 5100, 300), np.linspace(5200, 5300, 300)])
+    arms = np.repeat([0, 1], 300)
+    design = continuum_design_matrix(wavelength, arms, degree=2)
+    assert design.shape == (600, 6)
+    rng = np.random.default_rng(4)
+    model = 1.0 - 0.5 * rng.random(600)
+    truth = np.array([2.0, 0.1, -0.05, 3.0, -0.2, 0.01])
+    flux = design @ truth * model
+    coefficients, continuum, chi2, _ = profile_continuum(jnp.asarray(model), jnp.asarray(flux), jnp.ones(600), jnp.asarray(design))
+    np.testing.assert_allclose(coefficients, truth, rtol=1e-4, atol=1e-5)
+    assert float(chi2) < 1e-6
+    # masked pixels (ivar = 0) do not pull the fit
+    bad = flux.copy()
+    bad[:50] = 100.0
+    ivar = np.ones(600)
+    ivar[:50] = 0.0
+    coefficients, _, _, _ = profile_continuum(jnp.asarray(model), jnp.asarray(bad), jnp.asarray(ivar), jnp.asarray(design))
+    np.testing.assert_allclose(coefficients, truth, rtol=1e-3, atol=1e-4)
