@@ -50,7 +50,7 @@ def write_apstar(path, *, n_rows: int = 3, n_pixels: int = 8575, seed: int = 0) 
     header["DC-FLAG"] = 1
     header["BUNIT"] = "Flux (10^-17 erg/s/cm^2/Ang)"
     hdus = [
-        _primary(APOGEE_ID="2M12345678+1234567", TELESCOP="apo25m", NVISITS=max(n_rows - 2, 1)),
+        _primary(OBJID="2M12345678+1234567", TELESCOP="apo25m", NVISITS=max(n_rows - 2, 1)),
         fits.ImageHDU(flux, header=header.copy(), name="FLUX"),
         fits.ImageHDU(sigma, header=header.copy(), name="ERROR"),
         fits.ImageHDU(mask, header=header.copy(), name="MASK"),
@@ -79,7 +79,7 @@ def write_aspcapstar(path, *, n_pixels: int = 8575, seed: int = 0) -> dict:
     header["CRPIX1"] = 1
     header["CTYPE1"] = "LOG-LINEAR"
     hdus = [
-        _primary(APOGEE_ID="2M00000002+7417074"),
+        _primary(OBJID="2M00000002+7417074"),
         fits.ImageHDU(flux, header=header.copy()),
         fits.ImageHDU(error, header=header.copy()),
         fits.ImageHDU(flux.copy(), header=header.copy()),
@@ -114,11 +114,14 @@ def write_boss(path, *, n_pixels: int = 800, upper: bool = False, wdisp: float =
         [fits.Column(name=n, format=c, array=a) for n, c, a in zip(names, codes, arrays)], name="COADD"
     )
     primary = (
-        _primary(FIELD=101077, MJD=59630, CATALOGID=27021597917837494, BUNIT="1E-17 erg/cm^2/s/Ang")
+        _primary(FIELD=101077, MJD=59630, BUNIT="1E-17 erg/cm^2/s/Ang")
         if upper
         else _primary(PLATEID=3606, MJD=55182, FIBERID=537, BUNIT="1E-17 erg/cm^2/s/Ang")
     )
-    spall = fits.BinTableHDU.from_columns([fits.Column(name="Z", format="E", array=np.array([0.0]))], name="SPALL")
+    spall_cols = [fits.Column(name="Z", format="E", array=np.array([0.0]))]
+    if upper:
+        spall_cols.append(fits.Column(name="CATALOGID", format="K", array=np.array([27021597917837494])))
+    spall = fits.BinTableHDU.from_columns(spall_cols, name="SPALL")
     fits.HDUList([primary, coadd, spall]).writeto(path, overwrite=True)
     return {"wavelength": 10.0 ** loglam.astype(np.float64), "flux": flux, "ivar": ivar, "wdisp": wdisp}
 

@@ -1,0 +1,61 @@
+"""Neural emulators of stellar spectra: TransformerPayne and The Payne, in Flax NNX.
+
+Owns: the Emulator interface (``predict``, pure ``apply_fn`` for jit/vmap/grad),
+the models (:mod:`.transformer_payne`, :mod:`.payne`), the checkpoint format
+(:mod:`.checkpoint`: npz arrays + JSON metadata, no pickle), training with
+optax (:mod:`.training`), fine-tuning (full / head / LoRA, :mod:`.finetune`),
+evaluation (:mod:`.evaluation`) and the registry of shipped emulators
+(:mod:`.registry`).  See docs/emulators.md.
+"""
+
+from stellarfit.emulators.base import Emulator as Emulator
+from stellarfit.emulators.checkpoint import CheckpointError as CheckpointError
+from stellarfit.emulators.checkpoint import SCHEMA_VERSION as SCHEMA_VERSION
+from stellarfit.emulators.checkpoint import read_emulator as read_emulator
+from stellarfit.emulators.checkpoint import save_emulator as save_emulator
+from stellarfit.emulators.evaluation import EmulatorEvaluation as EmulatorEvaluation
+from stellarfit.emulators.evaluation import evaluate_emulator as evaluate_emulator
+from stellarfit.emulators.evaluation import plot_evaluation as plot_evaluation
+from stellarfit.emulators.finetune import add_lora as add_lora
+from stellarfit.emulators.finetune import finetune as finetune
+from stellarfit.emulators.finetune import merge_lora as merge_lora
+from stellarfit.emulators.payne import PayneEmulator as PayneEmulator
+from stellarfit.emulators.payne import payne_config as payne_config
+from stellarfit.emulators.payne import scaled_payne_config as scaled_payne_config
+from stellarfit.emulators.registry import available_emulators as available_emulators
+from stellarfit.emulators.registry import load_emulator as load_emulator
+from stellarfit.emulators.training import TrainConfig as TrainConfig
+from stellarfit.emulators.training import TrainingData as TrainingData
+from stellarfit.emulators.training import TrainResult as TrainResult
+from stellarfit.emulators.training import train_emulator as train_emulator
+from stellarfit.emulators.training import validation_metrics as validation_metrics
+from stellarfit.emulators.transformer_payne import TransformerPayneEmulator as TransformerPayneEmulator
+from stellarfit.emulators.transformer_payne import encode_wavelength as encode_wavelength
+from stellarfit.emulators.transformer_payne import transformer_payne_config as transformer_payne_config
+
+__all__ = [
+    "Emulator",
+    "PayneEmulator",
+    "TransformerPayneEmulator",
+    "payne_config",
+    "scaled_payne_config",
+    "transformer_payne_config",
+    "encode_wavelength",
+    "save_emulator",
+    "read_emulator",
+    "load_emulator",
+    "available_emulators",
+    "CheckpointError",
+    "SCHEMA_VERSION",
+    "TrainingData",
+    "TrainConfig",
+    "TrainResult",
+    "train_emulator",
+    "validation_metrics",
+    "finetune",
+    "add_lora",
+    "merge_lora",
+    "EmulatorEvaluation",
+    "evaluate_emulator",
+    "plot_evaluation",
+]

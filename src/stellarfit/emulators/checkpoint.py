@@ -1,0 +1,219 @@
+"""Emulator files: arrays in ``.npz`` plus JSON metadata, no pickle.
+
+An emulator is a directory with two files:
+
+- ``emulator.json``: ``format`` ("stellarfit-emulator"), ``schema_version``,
+  ``model_type``, ``config``, ``label_spec`` (``LabelSpec.to_json``),
+  ``label_names``, ``wavelength_coverage`` [min, max] A (vacuum),
+  ``n_pixels``, ``native_resolution``, ``has_continuum``,
+  ``training_grid_hash``, ``metrics``, ``metadata``, ``arrays`` (name ->
+  shape, dtype) and ``stellarfit_version``.
+- ``arrays.npz``: ``wavelength`` (n_pixels,) float64 and one array per
+  parameter, named ``params/<path>`` (for example
+  ``params/blocks/0/query/kernel``).  Read with ``allow_pickle=False``.
+
+Loading checks the format name, the schema version, that the label spec and
+label names agree with each other and with the architecture, that every
+array is present with the shape the config implies, and (optionally) that
+the labels are the ones the caller expects.  Each failure is a ValueError or
+FileNotFoundError that says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from stellarfit.emulators._params import flatten_params, unflatten_params
+from stellarfit.emulators.base import MODEL_TYPES, Emulator, _jsonable
+from stellarfit.labels import LabelSpec
+
+__all__ = ["FORMAT_NAME", "SCHEMA_VERSION", "save_emulator", "read_emulator", "read_metadata", "CheckpointError"]
+
+FORMAT_NAME = "stellarfit-emulator"
+SCHEMA_VERSION = 1
+METADATA_FILE = "emulator.json"
+ARRAYS_FILE = "arrays.npz"
+
+
+class CheckpointError(ValueError):
+    """An emulator file that cannot be used (wrong schema, labels, arrays ...)."""
+
+
+def _version() -> str:
+    try:
+        from stellarfit import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+def save_emulator(emulator: Emulator, path: str | os.PathLike, *, overwrite: bool = False) -> str:
+    """Write ``emulator`` to directory ``path`` (``emulator.json`` + ``arrays.npz``).
+
+    The files are written to temporary names and renamed, so an interrupted
+    save never leaves a half-written emulator.  Returns the directory path.
+    """
+    path = os.fspath(path)
+    if os.path.exists(os.path.join(path, METADATA_FILE)) and not overwrite:
+        raise FileExistsError(f"{path} already holds an emulator; pass overwrite=True to replace it")
+    os.makedirs(path, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {"wavelength": np.asarray(emulator.wavelength, np.float64)}
+    for name, value in flatten_params(emulator.params).items():
+        arrays[f"params/{name}"] = np.asarray(value)
+    meta = {
+        "format": FORMAT_NAME,
+        "schema_version": SCHEMA_VERSION,
+        "model_type": emulator.model_type,
+        "config": _jsonable(emulator.config),
+        "label_spec": emulator.label_spec.to_json(),
+        "label_names": list(emulator.label_names),
+        "wavelength_coverage": list(emulator.wavelength_range),
+        "n_pixels": emulator.n_pixels,
+        "native_resolution": emulator.native_resolution,
+        "has_continuum": emulator.has_continuum,
+        "training_grid_hash": emulator.metadata.get("training_grid_hash"),
+        "metrics": _jsonable(emulator.metadata.get("metrics", {})),
+        "metadata": _jsonable({k: v for k, v in emulator.metadata.items() if k not in ("training_grid_hash", "metrics")}),
+        "n_parameters": emulator.n_parameters,
+        "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.str} for name, a in arrays.items()},
+        "stellarfit_version": _version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    text = json.dumps(meta, indent=1, allow_nan=False)
+    fd, tmp_npz = tempfile.mkstemp(suffix=".npz", dir=path)
+    os.close(fd)
+    np.savez(tmp_npz, **arrays)
+    fd, tmp_json = tempfile.mkstemp(suffix=".json", dir=path)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp_npz, os.path.join(path, ARRAYS_FILE))
+    os.replace(tmp_json, os.path.join(path, METADATA_FILE))
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The checked JSON metadata of the emulator directory ``path``."""
+    path = os.fspath(path)
+    meta_path = os.path.join(path, METADATA_FILE)
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"{path} is not an emulator directory: {METADATA_FILE} is missing (save one with save_emulator)")
+    try:
+        with open(meta_path) as handle:
+            meta = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({error}); the file is damaged, re-save the emulator") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{meta_path} is not a stellarfit emulator file (format {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT_NAME!r})")
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        hint = "upgrade stellarfit to read it" if isinstance(version, int) and version > SCHEMA_VERSION else "re-train or re-save it with this version"
+        raise CheckpointError(f"{path}: emulator schema version {version!r} is not supported (this stellarfit reads version {SCHEMA_VERSION}); {hint}")
+    for key in ("model_type", "config", "label_spec", "label_names", "has_continuum"):
+        if key not in meta:
+            raise CheckpointError(f"{meta_path} lacks the required key {key!r}; the file is incomplete, re-save the emulator")
+    if meta["model_type"] not in _model_types():
+        raise CheckpointError(f"{path}: unknown model type {meta['model_type']!r}; known: {sorted(_model_types())}")
+    return meta
+
+
+def _model_types() -> dict[str, type[Emulator]]:
+    # importing the model modules registers them
+    import stellarfit.emulators.payne  # noqa: F401
+    import stellarfit.emulators.transformer_payne  # noqa: F401
+
+    return MODEL_TYPES
+
+
+def _label_difference(expected: LabelSpec, found: LabelSpec) -> str:
+    if expected.names != found.names:
+        missing = [n for n in expected.names if n not in found.names]
+        extra = [n for n in found.names if n not in expected.names]
+        if not missing and not extra:
+            return f"same labels in a different order: file {list(found.names)} vs expected {list(expected.names)}"
+        return f"missing {missing}, unexpected {extra}"
+    changed = [f"{a.name}: {a} vs {b}" for a, b in zip(found.labels, expected.labels) if a != b]
+    return "different bounds/units: " + "; ".join(changed)
+
+
+def read_emulator(path: str | os.PathLike, *, label_spec: LabelSpec | None = None) -> Emulator:
+    """Load the emulator in directory ``path``.
+
+    Args:
+        label_spec: if given, the emulator's labels must equal it (names,
+            order, bounds, units), else a CheckpointError names the difference.
+    """
+    path = os.fspath(path)
+    meta = read_metadata(path)
+    try:
+        spec = LabelSpec.from_json(meta["label_spec"])
+    except (ValueError, TypeError, KeyError) as error:
+        raise CheckpointError(f"{path}: the label spec in {METADATA_FILE} is invalid ({error})") from None
+    if list(spec.names) != list(meta["label_names"]):
+        raise CheckpointError(f"{path}: label_names {meta['label_names']} disagree with the label spec {list(spec.names)}; the file is inconsistent")
+    if label_spec is not None and label_spec != spec:
+        raise CheckpointError(f"{path}: the emulator's labels do not match the expected ones ({_label_difference(label_spec, spec)})")
+    arrays_path = os.path.join(path, ARRAYS_FILE)
+    if not os.path.isfile(arrays_path):
+        raise FileNotFoundError(f"{path}: {ARRAYS_FILE} is missing; the emulator directory is incomplete")
+    with np.load(arrays_path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    listed = set(meta.get("arrays", {}))
+    missing = sorted(listed - set(arrays)) + ([] if "wavelength" in arrays else ["wavelength"])
+    if missing:
+        raise CheckpointError(f"{path}: arrays missing from {ARRAYS_FILE}: {sorted(set(missing))}; the file is incomplete or damaged")
+    wavelength = arrays["wavelength"]
+    coverage = meta.get("wavelength_coverage")
+    if coverage is not None and not np.allclose([wavelength[0], wavelength[-1]], coverage, rtol=1e-12, atol=0):
+        raise CheckpointError(f"{path}: wavelength array [{wavelength[0]}, {wavelength[-1]}] disagrees with wavelength_coverage {coverage}")
+    params = unflatten_params({name[len("params/"):]: value for name, value in arrays.items() if name.startswith("params/")})
+    cls = _model_types()[meta["model_type"]]
+    metadata = dict(meta.get("metadata") or {})
+    if meta.get("training_grid_hash") is not None:
+        metadata["training_grid_hash"] = meta["training_grid_hash"]
+    if meta.get("metrics"):
+        metadata["metrics"] = meta["metrics"]
+    try:
+        return cls(
+            spec,
+            wavelength,
+            meta["config"],
+            params,
+            resolution=meta.get("native_resolution"),
+            has_continuum=bool(meta["has_continuum"]),
+            metadata=metadata,
+        )
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+
+
+def write_json_atomic(path: str, data: Mapping[str, Any]) -> None:
+    """Write JSON to ``path`` via a temporary file and rename (used by training checkpoints)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=directory)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(_jsonable(dict(data)), handle, indent=1, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def save_arrays_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez`` to ``path`` via a temporary file and rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
+    os.close(fd)
+    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+    os.replace(tmp, path)
+
+
+def load_arrays(path: str) -> dict[str, np.ndarray]:
+    """Arrays of an ``.npz`` file, without pickle."""
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
