@@ -110,13 +110,22 @@ def box_kernel(width_pixels: float) -> np.ndarray:
 
 
 def convolve_same(flux, kernel):
-    """Convolve (..., n) with an odd-length kernel (k,), padding with edge values; output (..., n)."""
+    """Convolve (..., n) with an odd-length kernel (k,), padding with edge values; output (..., n).
+
+    Direct summation for short kernels, FFT for long ones (e.g. rotation up to 300 km/s).
+    """
     half = kernel.shape[-1] // 2
     if half == 0:
         return flux * kernel[0]
     padded = jnp.concatenate(
         [jnp.repeat(flux[..., :1], half, axis=-1), flux, jnp.repeat(flux[..., -1:], half, axis=-1)], axis=-1
     )
+    if half > 16:
+        size = padded.shape[-1] + kernel.shape[-1] - 1
+        n_fft = 1 << int(np.ceil(np.log2(size)))
+        spectrum = jnp.fft.rfft(padded, n_fft, axis=-1) * jnp.fft.rfft(kernel, n_fft)
+        full = jnp.fft.irfft(spectrum, n_fft, axis=-1)
+        return full[..., 2 * half : 2 * half + flux.shape[-1]].astype(flux.dtype)
     if flux.ndim == 1:
         return jnp.convolve(padded, kernel[::-1], mode="valid")
     flat = padded.reshape(-1, padded.shape[-1])

@@ -1,4 +1,4 @@
-"""Inference: Fisher information and Cramér-Rao bounds (likelihoods, MAP and NUTS to come).
+"""Inference: likelihood and parametrization, RV search, MAP, Fisher information and Cramér-Rao bounds.
 
 - :func:`fisher_matrix`: F = J^T C^-1 J by forward-mode autodiff, float64.
 - :func:`cramer_rao_from_fisher`: bounds with priors, nuisance marginalization
@@ -6,7 +6,21 @@
 """
 
 from stellarfit.inference.fisher import FisherResult as FisherResult
+from stellarfit.inference.likelihood import FitProblem as FitProblem
+from stellarfit.inference.likelihood import GaussianPrior as GaussianPrior
+from stellarfit.inference.map import MapResult as MapResult
+from stellarfit.inference.map import estimate_rv as estimate_rv
+from stellarfit.inference.map import fit_map as fit_map
 from stellarfit.inference.fisher import cramer_rao_from_fisher as cramer_rao_from_fisher
 from stellarfit.inference.fisher import fisher_matrix as fisher_matrix
 
-__all__ = ["FisherResult", "cramer_rao_from_fisher", "fisher_matrix"]
+__all__ = [
+    "FisherResult",
+    "FitProblem",
+    "GaussianPrior",
+    "MapResult",
+    "cramer_rao_from_fisher",
+    "estimate_rv",
+    "fisher_matrix",
+    "fit_map",
+]

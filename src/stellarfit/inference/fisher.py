@@ -10,9 +10,12 @@ parameter i is sigma_i = sqrt((F^-1)_ii); nuisance parameters (RV, vsini,
 continuum coefficients) must be part of theta so that taking the block of F^-1
 marginalizes over them — fixing them would make the bound optimistic.
 
-Numerics: J is taken by forward-mode autodiff (``jax.jacfwd``) and F is
-accumulated in float64 (inside ``jax.enable_x64``), over pixel chunks so that
-long spectra need little memory (as Chem-I-Calc does).  F is inverted after
+Numerics: J is taken by forward-mode autodiff (``jax.jacfwd``) in the model's
+own dtype (float32 emulators give J to ~1e-7 relative; run with JAX x64
+enabled for a float64 J) and F is accumulated in float64, over pixel chunks so
+that long spectra need little memory (as Chem-I-Calc does).  (Switching x64 on
+only around the Jacobian is avoided: JAX may then reuse executables compiled
+for the other precision.)  F is inverted after
 scaling to unit diagonal; parameters whose Fisher diagonal is negligible are
 reported as unconstrained (infinite bound) and removed before inversion, and
 an ill-conditioned F is flagged.
@@ -88,9 +91,8 @@ def fisher_matrix(
     """
     if (ivar is None) == (covariance is None):
         raise ValueError("give exactly one of ivar (independent pixels) or covariance (n x n)")
-    with jax.enable_x64(True):
-        theta64 = jnp.asarray(theta, dtype=jnp.float64)
-        jacobian = np.asarray(jax.jacfwd(lambda t: jnp.asarray(model_fn(t), dtype=jnp.float64))(theta64), dtype=np.float64)
+    theta = jnp.asarray(np.asarray(theta, dtype=np.float64), dtype=jnp.result_type(float))
+    jacobian = np.asarray(jax.jit(jax.jacfwd(model_fn))(theta), dtype=np.float64)
     if jacobian.ndim != 2:
         raise ValueError(f"model_fn must return a 1-D array of pixels; the Jacobian has shape {jacobian.shape}")
     if not np.all(np.isfinite(jacobian)):

@@ -1,0 +1,186 @@
+"""Log-likelihood, priors and the unconstrained parametrization of a fit.
+
+Parameters of a fit, in this order: the emulator's labels (its LabelSpec
+order), then ``rv`` [km/s] and ``vsini`` [km/s].  Each has a box: the label
+box of the LabelSpec (labels bounded relative to another label, like mg_fe
+around alpha_fe, are parametrized as reference + offset), the RV window and
+[0, vsini_max].  The sampler and optimizer work on unconstrained z with
+
+    theta = lower + (upper - lower) * sigmoid(z)        (offset labels: ref + h * (2 sigmoid(z) - 1))
+
+so the default prior is uniform in each box (uniform in the offset for
+offset labels); user Gaussian priors multiply it.  :class:`FitProblem` holds
+the data and returns the pieces every method needs:
+
+- ``log_likelihood(theta)``: Gaussian in ivar, with the continuum polynomial
+  either profiled (its best coefficients for these theta) or marginalized
+  analytically under a flat prior (adds -log det(A)/2);
+- ``log_prior(theta)``: Gaussian user priors (the box is implicit in z);
+- ``log_density_unconstrained(z)``: log L + log prior + log |d theta / d z| (for NUTS);
+- ``objective_unconstrained(z)``: -(log L + log prior), no Jacobian (for MAP).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stellarfit.forward import ForwardModel, profile_continuum
+from stellarfit.labels import LabelSpec
+
+__all__ = ["FitProblem", "GaussianPrior"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianPrior:
+    """A Gaussian prior on one parameter, e.g. logg from asteroseismology."""
+
+    mean: float
+    sigma: float
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.mean) and self.sigma > 0):
+            raise ValueError(f"a Gaussian prior needs a finite mean and sigma > 0, got {self}")
+
+
+class FitProblem:
+    """Data, forward model and parametrization of one spectrum's fit.
+
+    Args:
+        forward_model: :class:`~stellarfit.forward.ForwardModel` for the observed pixels.
+        label_spec: the emulator's labels.
+        flux, ivar: (n_obs,) observed flux and inverse variance (0 where masked).
+        design: (n_obs, k) continuum design matrix.
+        priors: optional mapping parameter name -> :class:`GaussianPrior`.
+        continuum: "profile" or "marginalize".
+    """
+
+    def __init__(
+        self,
+        forward_model: ForwardModel,
+        label_spec: LabelSpec,
+        flux: np.ndarray,
+        ivar: np.ndarray,
+        design: np.ndarray,
+        *,
+        priors: Mapping[str, GaussianPrior] | None = None,
+        continuum: str = "profile",
+        vsini_max: float | None = None,
+    ):
+        if continuum not in ("profile", "marginalize"):
+            raise ValueError(f"continuum must be 'profile' or 'marginalize', got {continuum!r}")
+        flux = np.asarray(flux, dtype=np.float64)
+        ivar = np.where(forward_model.covered, np.asarray(ivar, dtype=np.float64), 0.0)
+        if flux.shape != forward_model.observed_wavelength.shape or ivar.shape != flux.shape:
+            raise ValueError("flux and ivar must have the observed wavelengths' shape")
+        if not np.any(ivar > 0):
+            raise ValueError("no usable pixel: every pixel is masked, has zero ivar or lies outside the emulator")
+        self.forward_model = forward_model
+        self.label_spec = label_spec
+        self.names: tuple[str, ...] = tuple(label_spec.names) + ("rv", "vsini")
+        self.continuum = continuum
+        self.n_labels = len(label_spec)
+        self.n_parameters = len(self.names)
+        self.n_good = int(np.sum(ivar > 0))
+        self.flux = jnp.asarray(flux, dtype=jnp.float32)
+        self.ivar = jnp.asarray(ivar, dtype=jnp.float32)
+        self.design = jnp.asarray(design, dtype=jnp.float32)
+        vsini_max = forward_model.vsini_max if vsini_max is None else min(vsini_max, forward_model.vsini_max)
+        lower = list(label_spec.lower) + [forward_model.rv_range[0], 0.0]
+        upper = list(label_spec.upper) + [forward_model.rv_range[1], vsini_max]
+        self.lower = np.array(lower)
+        self.upper = np.array(upper)
+        # offsets: column -> (reference column or -1 for zero, half-width)
+        self._offset_reference = np.full(self.n_parameters, -2, dtype=int)  # -2: plain box
+        self._offset_halfwidth = np.zeros(self.n_parameters)
+        for i, label in enumerate(label_spec):
+            if label.offset_from is not None:
+                self._offset_reference[i] = label_spec.index(label.offset_from) if label.offset_from else -1
+                self._offset_halfwidth[i] = label.offset_halfwidth
+        priors = dict(priors or {})
+        unknown = sorted(set(priors) - set(self.names))
+        if unknown:
+            raise KeyError(f"priors given for unknown parameter(s) {unknown}; parameters are {self.names}")
+        self.priors = priors
+        self._prior_index = np.array([self.names.index(n) for n in priors], dtype=int)
+        self._prior_mean = np.array([p.mean for p in priors.values()])
+        self._prior_sigma = np.array([p.sigma for p in priors.values()])
+
+    # -- parametrization ---------------------------------------------------------
+    def to_theta(self, z):
+        """Unconstrained z (..., p) -> physical theta (..., p)."""
+        unit = jax.nn.sigmoid(z)
+        theta = self.lower + (self.upper - self.lower) * unit
+        for i in np.flatnonzero(self._offset_reference != -2):
+            reference = 0.0 if self._offset_reference[i] == -1 else theta[..., self._offset_reference[i]]
+            theta = theta.at[..., i].set(reference + self._offset_halfwidth[i] * (2.0 * unit[..., i] - 1.0))
+        return theta
+
+    def to_unconstrained(self, theta):
+        """Physical theta (..., p) -> z (..., p) (inverse of :meth:`to_theta`; values are clipped inside the box)."""
+        theta = jnp.asarray(theta)
+        unit = (theta - self.lower) / (self.upper - self.lower)
+        for i in np.flatnonzero(self._offset_reference != -2):
+            reference = 0.0 if self._offset_reference[i] == -1 else theta[..., self._offset_reference[i]]
+            unit = unit.at[..., i].set((theta[..., i] - reference) / (2.0 * self._offset_halfwidth[i]) + 0.5)
+        unit = jnp.clip(unit, 1e-6, 1.0 - 1e-6)
+        return jnp.log(unit) - jnp.log1p(-unit)
+
+    def log_abs_det_jacobian(self, z):
+        """log |d theta / d z| for the density in z (sum over parameters)."""
+        width = np.where(self._offset_reference != -2, 2.0 * self._offset_halfwidth, self.upper - self.lower)
+        return jnp.sum(jnp.log(width) + jax.nn.log_sigmoid(z) + jax.nn.log_sigmoid(-z), axis=-1)
+
+    # -- densities -----------------------------------------------------------------
+    def model_normalized(self, theta):
+        """Normalized model at the observed pixels (n_obs,) for theta (p,)."""
+        return self.forward_model(theta[: self.n_labels], theta[self.n_labels], theta[self.n_labels + 1])
+
+    def continuum_fit(self, theta):
+        """(coefficients, continuum (n_obs,), chi2, log det A) for theta (p,)."""
+        return profile_continuum(self.model_normalized(theta), self.flux, self.ivar, self.design)
+
+    def model_flux(self, theta):
+        """Model flux including the best continuum, (n_obs,)."""
+        _, continuum, _, _ = self.continuum_fit(theta)
+        return continuum * self.model_normalized(theta)
+
+    def log_likelihood(self, theta):
+        _, _, chi2, logdet = self.continuum_fit(theta)
+        value = -0.5 * chi2
+        if self.continuum == "marginalize":
+            value = value - 0.5 * logdet
+        return value
+
+    def log_prior(self, theta):
+        if self._prior_index.size == 0:
+            return jnp.zeros(())
+        values = theta[..., self._prior_index]
+        return -0.5 * jnp.sum(((values - self._prior_mean) / self._prior_sigma) ** 2, axis=-1)
+
+    def log_density_unconstrained(self, z):
+        """Log posterior density in z (for NUTS): log L + log prior + log Jacobian."""
+        theta = self.to_theta(z)
+        return self.log_likelihood(theta) + self.log_prior(theta) + self.log_abs_det_jacobian(z)
+
+    def objective_unconstrained(self, z):
+        """Negative log posterior in theta, evaluated through z (for MAP; no Jacobian)."""
+        theta = self.to_theta(z)
+        return -(self.log_likelihood(theta) + self.log_prior(theta))
+
+    def prior_sigmas(self) -> list[float | None]:
+        """Per-parameter Gaussian prior widths (None where there is none), for Fisher bounds."""
+        out: list[float | None] = [None] * self.n_parameters
+        for name, prior in self.priors.items():
+            out[self.names.index(name)] = prior.sigma
+        return out
+
+    def box_widths(self) -> np.ndarray:
+        return self.upper - self.lower
+
+    def describe(self, theta: Sequence[float]) -> dict[str, float]:
+        return {name: float(value) for name, value in zip(self.names, np.asarray(theta))}

@@ -1,0 +1,87 @@
+"""RV search and MAP fits on a toy emulator with known truth."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from _toy_emulator import NATIVE, NATIVE_R, TOY_SPEC, toy_flux
+from stellarfit.forward import ForwardModel, continuum_design_matrix
+from stellarfit.inference import FitProblem, GaussianPrior, cramer_rao_from_fisher, estimate_rv, fisher_matrix, fit_map
+from stellarfit.inference.map import default_starts
+from stellarfit.wavelengths import log_lambda_grid
+
+TRUTH = np.array([5600.0, 3.8, -0.7])
+
+
+def observe(rv, vsini=0.0, snr=None, seed=0, resolution=22_500.0, rv_range=None):
+    wavelength = log_lambda_grid(5150.0, 5350.0, resolution, 3.0)
+    model = ForwardModel(toy_flux, NATIVE, NATIVE_R, wavelength, resolution, rv_range=rv_range or (rv - 20, rv + 20))
+    normalized = np.asarray(model(jnp.asarray(TRUTH), rv, vsini), dtype=np.float64)
+    continuum = 1e4 * (1.0 + 0.1 * (wavelength - 5250.0) / 200.0)
+    flux = continuum * normalized
+    if snr is None:
+        ivar = np.full(flux.size, (snr or 200.0) ** 2) / continuum**2
+    else:
+        rng = np.random.default_rng(seed)
+        sigma = continuum / snr
+        flux = flux + rng.normal(size=flux.size) * sigma
+        ivar = 1.0 / sigma**2
+    return wavelength, flux, ivar
+
+
+@pytest.mark.parametrize("rv", [-300.0, 300.0])
+def test_rv_found_anywhere_in_1000_kms(rv):
+    wavelength, flux, ivar = observe(rv)
+    wide = ForwardModel(toy_flux, NATIVE, NATIVE_R, wavelength, 22_500.0, rv_range=(-1000.0, 1000.0))
+    design = continuum_design_matrix(wavelength, degree=2)
+    estimate, grid, chi2 = estimate_rv(wide, np.array([5500.0, 3.0, -1.0]), flux, ivar, design)
+    assert estimate == pytest.approx(rv, abs=2.0)
+
+
+def test_map_recovers_labels_noiseless():
+    wavelength, flux, ivar = observe(45.0, vsini=12.0)
+    model = ForwardModel(toy_flux, NATIVE, NATIVE_R, wavelength, 22_500.0, rv_range=(25.0, 65.0))
+    problem = FitProblem(model, TOY_SPEC, flux, ivar, continuum_design_matrix(wavelength, degree=2))
+    result = fit_map(problem, default_starts(problem, 4, rv=40.0), adam_steps=150, polish_steps=40)
+    assert np.all(np.abs(result.theta[:3] - TRUTH) < [15.0, 0.05, 0.02]), result.theta
+    assert result.theta[3] == pytest.approx(45.0, abs=0.2)
+    assert result.theta[4] == pytest.approx(12.0, abs=1.0)
+    assert result.chi2 / result.n_good < 0.01
+
+
+def test_laplace_covariance_matches_crb_at_high_snr():
+    wavelength, flux, ivar = observe(10.0, snr=300.0, seed=1)
+    model = ForwardModel(toy_flux, NATIVE, NATIVE_R, wavelength, 22_500.0, rv_range=(-10.0, 30.0))
+    problem = FitProblem(model, TOY_SPEC, flux, ivar, continuum_design_matrix(wavelength, degree=2))
+    result = fit_map(problem, default_starts(problem, 2, rv=10.0, vsini=3.0), adam_steps=150, polish_steps=40)
+    # Fisher at the truth with the continuum coefficients as nuisance parameters
+    design = jnp.asarray(continuum_design_matrix(wavelength, degree=2))
+    theta_truth = np.concatenate([TRUTH, [10.0, 3.0]])
+    coefficients = np.asarray(problem.continuum_fit(jnp.asarray(theta_truth, jnp.float32))[0], dtype=np.float64)
+
+    def full_model(parameters):
+        return (design @ parameters[5:]) * problem.model_normalized(parameters[:5])
+
+    fisher = fisher_matrix(full_model, np.concatenate([theta_truth, coefficients]), np.asarray(problem.ivar, np.float64))
+    crb = cramer_rao_from_fisher(fisher, list(problem.names) + ["c0", "c1", "c2"])
+    for i in range(3):  # labels
+        assert result.sigma[i] == pytest.approx(crb.sigma[i], rel=0.25)
+        assert abs(result.theta[i] - TRUTH[i]) < 5 * crb.sigma[i]
+
+
+def test_gaussian_prior_pulls_and_bad_priors():
+    wavelength, flux, ivar = observe(0.0, snr=20.0, seed=2)
+    model = ForwardModel(toy_flux, NATIVE, NATIVE_R, wavelength, 22_500.0, rv_range=(-20.0, 20.0))
+    design = continuum_design_matrix(wavelength, degree=2)
+    free_problem = FitProblem(model, TOY_SPEC, flux, ivar, design)
+    free = fit_map(free_problem, default_starts(free_problem, 1), adam_steps=150, polish_steps=40)
+    tight = FitProblem(model, TOY_SPEC, flux, ivar, design, priors={"logg": GaussianPrior(4.5, 0.01)})
+    pulled = fit_map(tight, default_starts(tight, 1), adam_steps=150, polish_steps=40)
+    assert abs(pulled.theta[1] - 4.5) < 0.03
+    assert abs(pulled.theta[1] - 4.5) < abs(free.theta[1] - 4.5)
+    with pytest.raises(KeyError, match="unknown parameter"):
+        FitProblem(model, TOY_SPEC, flux, ivar, design, priors={"lgg": GaussianPrior(4.5, 0.1)})
+    with pytest.raises(ValueError, match="sigma > 0"):
+        GaussianPrior(4.5, 0.0)
+    with pytest.raises(ValueError, match="no usable pixel"):
+        FitProblem(model, TOY_SPEC, flux, np.zeros_like(ivar), design)
