@@ -6,25 +6,59 @@ Public API (names re-exported here; modules with a leading underscore are privat
 - wavelengths:  air/vacuum conversion, log-lambda grids, LSF convolution, resampling
 - grids:        SpectralGrid (HDF5), sampling designs, resumable grid generation
 - synth:        atmospheres (atmosnet), line list (Gaia-ESO), synthesis engines
+- emulators:    TransformerPayne and The Payne (Flax): training, fine-tuning, checkpoints
+- spectra:      ObservedSpectrum and FITS readers (APOGEE, BOSS, LAMOST, DESI, Gaia RVS, generic)
+- forward:      Doppler shift, rotation, LSF, resampling, continuum
+- inference:    likelihood, RV search, MAP, Fisher matrices and Cramér-Rao bounds
+
+Heavy parts (JAX, Flax) are imported on first use of a name, so that
+``import stellarfit`` and the command line start quickly.
 """
 
-from stellarfit.grids import SpectralGrid as SpectralGrid
-from stellarfit.grids import SpectralGridFile as SpectralGridFile
-from stellarfit.grids import generate_grid as generate_grid
-from stellarfit.grids import sample_labels as sample_labels
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from stellarfit.labels import Label as Label
 from stellarfit.labels import LabelSpec as LabelSpec
 from stellarfit.labels import default_label_spec as default_label_spec
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Label",
-    "LabelSpec",
-    "SpectralGrid",
-    "SpectralGridFile",
-    "default_label_spec",
-    "generate_grid",
-    "sample_labels",
-    "__version__",
-]
+#: public name -> module that defines it (imported lazily)
+_LAZY = {
+    "Emulator": "stellarfit.emulators",
+    "load_emulator": "stellarfit.emulators",
+    "SpectralGrid": "stellarfit.grids",
+    "SpectralGridFile": "stellarfit.grids",
+    "generate_grid": "stellarfit.grids",
+    "sample_labels": "stellarfit.grids",
+    "ObservedSpectrum": "stellarfit.spectra",
+    "read_spectrum": "stellarfit.spectra",
+}
+
+__all__ = ["Label", "LabelSpec", "default_label_spec", "__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'stellarfit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from stellarfit.emulators import Emulator as Emulator
+    from stellarfit.emulators import load_emulator as load_emulator
+    from stellarfit.grids import SpectralGrid as SpectralGrid
+    from stellarfit.grids import SpectralGridFile as SpectralGridFile
+    from stellarfit.grids import generate_grid as generate_grid
+    from stellarfit.grids import sample_labels as sample_labels
+    from stellarfit.spectra import ObservedSpectrum as ObservedSpectrum
+    from stellarfit.spectra import read_spectrum as read_spectrum
