@@ -175,6 +175,51 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- fit ----------------------------------------------------------------------------
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from stellarfit.emulators import CheckpointError, load_emulator
+    from stellarfit.forward import ObservationOutsideEmulatorError
+    from stellarfit.inference import GaussianPrior, fit_star
+    from stellarfit.spectra import read_spectrum
+
+    options = {}
+    if args.resolution is not None:
+        options["resolution"] = args.resolution
+    if args.snr is not None:
+        options["snr"] = args.snr
+    try:
+        spectrum = read_spectrum(args.spectrum, format=args.format, **options)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise UsageError(str(error)) from None
+    if isinstance(spectrum, list):
+        if len(spectrum) != 1:
+            raise UsageError(f"{args.spectrum} holds {len(spectrum)} spectra; `stellarfit fit` fits one (use `stellarfit batch`, or --format options to pick one)")
+        spectrum = spectrum[0]
+    try:
+        emulator = load_emulator(args.emulator)
+    except (CheckpointError, ValueError, FileNotFoundError, KeyError) as error:
+        raise UsageError(f"cannot load emulator {args.emulator!r}: {error}") from None
+    priors = {}
+    for text in args.prior or []:
+        try:
+            name, mean, sigma = text.split(":")
+            priors[name] = GaussianPrior(float(mean), float(sigma))
+        except ValueError:
+            raise UsageError(f"--prior {text!r}: expected NAME:MEAN:SIGMA, e.g. logg:4.4:0.05") from None
+    _log(f"fitting {args.spectrum} ({spectrum.n_good} good pixels) with {args.emulator} by {args.method}")
+    try:
+        result = fit_star(spectrum, emulator, method=args.method, priors=priors, n_starts=args.starts, seed=args.seed)
+    except (ObservationOutsideEmulatorError, KeyError) as error:
+        raise UsageError(str(error)) from None
+    if args.out:
+        result.write(args.out)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(result.summary())
+    return 0
+
+
 # -- engines ------------------------------------------------------------------------
 def _cmd_engines(args: argparse.Namespace) -> int:
     from stellarfit.synth.engines import engine_status
@@ -230,6 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--no-progress", action="store_true", help="no progress bar")
     grid.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     grid.set_defaults(func=_cmd_grid)
+
+    fit = commands.add_parser("fit", help="fit one spectrum with an emulator",
+                              description="Fit one observed spectrum (any supported FITS format) with an emulator.")
+    fit.add_argument("spectrum", help="FITS file (APOGEE, BOSS, LAMOST, DESI, Gaia RVS or a generic table/image)")
+    fit.add_argument("--emulator", default="default", help="shipped emulator name or path to an emulator directory (default: default)")
+    fit.add_argument("--method", choices=["map"], default="map", help="fit method (default map)")
+    fit.add_argument("--format", default=None, help="spectrum format (default: detected)")
+    fit.add_argument("--resolution", type=float, default=None, help="resolving power, when the file does not give it")
+    fit.add_argument("--snr", type=float, default=None, help="S/N per pixel, for files without uncertainties")
+    fit.add_argument("--prior", action="append", metavar="NAME:MEAN:SIGMA", help="Gaussian prior, e.g. logg:4.4:0.05 (repeatable)")
+    fit.add_argument("--starts", type=int, default=8, help="MAP starting points (default 8)")
+    fit.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    fit.add_argument("--out", default=None, help="write the result as JSON to this file")
+    fit.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    fit.set_defaults(func=_cmd_fit)
 
     engines = commands.add_parser("engines", help="list or install synthesis engines")
     engines.add_argument("action", choices=["list", "install"], nargs="?", default="list")

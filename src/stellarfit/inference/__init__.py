@@ -6,6 +6,9 @@
 """
 
 from stellarfit.inference.fisher import FisherResult as FisherResult
+from stellarfit.inference.fit import FitResult as FitResult
+from stellarfit.inference.fit import fit_star as fit_star
+from stellarfit.inference.fit import forward_model_for as forward_model_for
 from stellarfit.inference.likelihood import FitProblem as FitProblem
 from stellarfit.inference.likelihood import GaussianPrior as GaussianPrior
 from stellarfit.inference.map import MapResult as MapResult
@@ -17,10 +20,13 @@ from stellarfit.inference.fisher import fisher_matrix as fisher_matrix
 __all__ = [
     "FisherResult",
     "FitProblem",
+    "FitResult",
     "GaussianPrior",
     "MapResult",
     "cramer_rao_from_fisher",
     "estimate_rv",
     "fisher_matrix",
     "fit_map",
+    "fit_star",
+    "forward_model_for",
 ]

@@ -1,0 +1,238 @@
+"""``fit_star``: the convenient top-level fit of one observed spectrum with an emulator.
+
+Steps (each a library piece that can be used alone):
+
+1. pixels: the spectrum's good pixels (ivar > 0, not masked); the resolution
+   from the spectrum (a clear error if unknown);
+2. RV search over ``rv_range`` (default +-1000 km/s) with a template at the
+   centre of the label box (:func:`~stellarfit.inference.estimate_rv`);
+3. a :class:`~stellarfit.inference.FitProblem` around that RV (+-``rv_window``),
+   continuum a Legendre polynomial per arm, profiled;
+4. multi-start MAP (:func:`~stellarfit.inference.fit_map`) with its Laplace
+   covariance;
+5. Cramér-Rao bounds at the MAP, with RV, vsini and the continuum
+   coefficients as nuisance parameters.
+
+``method="map"`` is available now; NUTS (NumPyro, BlackJAX) is the next step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from stellarfit.forward import ForwardModel, continuum_design_matrix
+from stellarfit.inference.fisher import cramer_rao_from_fisher, fisher_matrix
+from stellarfit.inference.likelihood import FitProblem, GaussianPrior
+from stellarfit.inference.map import default_starts, estimate_rv, fit_map
+
+__all__ = ["FitResult", "fit_star", "forward_model_for", "FLAGS"]
+
+#: flag name -> bit
+FLAGS = {"grid_edge": 1, "fit_failed": 2, "low_snr": 4, "high_chi2": 8, "not_converged": 16, "rv_edge": 32}
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Result of :func:`fit_star` for one spectrum.
+
+    ``labels`` maps each parameter (labels, then rv and vsini) to a dict with
+    ``value``, ``error``, ``lower``, ``upper``, ``map`` and ``crb``; for MAP fits
+    value = map, error = the Laplace sigma and lower/upper = value -/+ error.
+    """
+
+    method: str
+    labels: dict[str, dict[str, float]]
+    chi2: float
+    reduced_chi2: float
+    snr: float
+    n_pixels: int
+    flags: int
+    diagnostics: dict[str, Any]
+    wavelength: np.ndarray
+    flux: np.ndarray
+    ivar: np.ndarray
+    model_flux: np.ndarray
+    covariance: np.ndarray
+    emulator: str = ""
+    elapsed_s: float = 0.0
+
+    @property
+    def flag_names(self) -> list[str]:
+        return [name for name, bit in FLAGS.items() if self.flags & bit]
+
+    def value(self, name: str) -> float:
+        return self.labels[name]["value"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (the CLI's ``--json`` document)."""
+        from stellarfit import __version__
+
+        return {
+            "method": self.method,
+            "labels": {k: {kk: _finite_or_none(vv) for kk, vv in v.items()} for k, v in self.labels.items() if k not in ("rv", "vsini")},
+            "rv": {k: _finite_or_none(v) for k, v in self.labels["rv"].items()},
+            "vsini": {k: _finite_or_none(v) for k, v in self.labels["vsini"].items()},
+            "chi2": self.chi2,
+            "reduced_chi2": self.reduced_chi2,
+            "snr": self.snr,
+            "n_pixels": self.n_pixels,
+            "flags": self.flags,
+            "flag_names": self.flag_names,
+            "diagnostics": self.diagnostics,
+            "emulator": self.emulator,
+            "elapsed_s": self.elapsed_s,
+            "stellarfit_version": __version__,
+        }
+
+    def summary(self) -> str:
+        """A human-readable table."""
+        lines = [f"{'parameter':<10} {'value':>12} {'error':>10} {'CRB':>10}"]
+        for name, row in self.labels.items():
+            lines.append(f"{name:<10} {row['value']:>12.4f} {row['error']:>10.4f} {row['crb']:>10.4f}")
+        lines.append(f"chi2 = {self.chi2:.1f} over {self.n_pixels} pixels (reduced {self.reduced_chi2:.3f}), S/N = {self.snr:.1f}")
+        lines.append(f"flags = {self.flags} {self.flag_names}")
+        return "\n".join(lines)
+
+    def write(self, path) -> None:
+        """Write :meth:`to_dict` as JSON."""
+        with open(path, "w") as handle:
+            json.dump(self.to_dict(), handle, indent=2)
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def forward_model_for(emulator, wavelength: np.ndarray, resolution, **options) -> ForwardModel:
+    """A :class:`ForwardModel` whose rest-frame flux comes from ``emulator`` (on its native pixels only)."""
+    if emulator.native_resolution is None:
+        raise ValueError("the emulator does not record its native resolution; it cannot be broadened to an observation")
+    model = ForwardModel(lambda labels, w: labels, emulator.wavelength, emulator.native_resolution, wavelength, resolution, **options)
+    native_flux = emulator.flux_fn(model.native_wavelength)
+    model._flux_fn = lambda labels, w: native_flux(labels)
+    return model
+
+
+def fit_star(
+    spectrum,
+    emulator,
+    method: str = "map",
+    *,
+    priors: Mapping[str, GaussianPrior] | None = None,
+    rv_range: tuple[float, float] = (-1000.0, 1000.0),
+    rv_window: float = 50.0,
+    vsini_max: float = 100.0,
+    continuum_degree: int = 2,
+    n_starts: int = 8,
+    adam_steps: int = 300,
+    seed: int = 0,
+) -> FitResult:
+    """Fit one :class:`~stellarfit.spectra.ObservedSpectrum` with an emulator.
+
+    Args:
+        spectrum: the observation (vacuum wavelengths, flux, ivar, mask, resolution).
+        emulator: a stellarfit emulator (``load_emulator(...)``).
+        method: "map" (NUTS methods follow).
+        priors: optional Gaussian priors by parameter name, e.g. ``{"logg": GaussianPrior(4.4, 0.05)}``.
+        rv_range: RV search range [km/s].
+        rv_window: half-width [km/s] of the RV box around the search result.
+        vsini_max: largest vsini [km/s] fitted.
+        continuum_degree: Legendre degree of the continuum per arm.
+        n_starts, adam_steps, seed: multi-start MAP settings.
+    """
+    if method != "map":
+        raise ValueError(f"method {method!r} is not available yet; use method='map'")
+    start_time = time.perf_counter()
+    resolution = spectrum.require_resolution() if hasattr(spectrum, "require_resolution") else spectrum.resolution
+    wavelength = np.asarray(spectrum.wavelength, dtype=np.float64)
+    good = ~np.asarray(spectrum.mask) & (np.asarray(spectrum.ivar) > 0)
+    ivar = np.where(good, spectrum.ivar, 0.0)
+    flux = np.where(good, spectrum.flux, 0.0)
+    arms = np.asarray(getattr(spectrum, "arm", np.zeros(wavelength.size, dtype=int)))
+    design = continuum_design_matrix(wavelength, arms, continuum_degree)
+    spec = emulator.label_spec
+    centre = 0.5 * (spec.lower + spec.upper)
+    for i, label in enumerate(spec):
+        if label.offset_from is not None:
+            centre[i] = centre[spec.index(label.offset_from)] if label.offset_from else 0.0
+    wide = forward_model_for(emulator, wavelength, resolution, rv_range=rv_range, vsini_max=vsini_max)
+    rv0, _, _ = estimate_rv(wide, centre, flux, ivar, design)
+    model = forward_model_for(emulator, wavelength, resolution, rv_range=(rv0 - rv_window, rv0 + rv_window), vsini_max=vsini_max)
+    problem = FitProblem(model, spec, flux, ivar, design, priors=priors, vsini_max=vsini_max)
+    result = fit_map(problem, default_starts(problem, n_starts, rv=rv0, seed=seed), adam_steps=adam_steps)
+    theta = result.theta
+    model_flux = np.asarray(problem.model_flux(jnp.asarray(theta, jnp.float32)), dtype=np.float64)
+
+    # Cramér-Rao bounds at the MAP, continuum coefficients as nuisance parameters
+    coefficients = np.asarray(problem.continuum_fit(jnp.asarray(theta, jnp.float32))[0], dtype=np.float64)
+    design_jax = jnp.asarray(design, jnp.float32)
+    n_theta = theta.size
+
+    def full_model(parameters):
+        return (design_jax @ parameters[n_theta:]) * problem.model_normalized(parameters[:n_theta])
+
+    names = list(problem.names) + [f"continuum_{i}" for i in range(coefficients.size)]
+    fisher = fisher_matrix(full_model, np.concatenate([theta, coefficients]), np.asarray(problem.ivar, np.float64))
+    crb = cramer_rao_from_fisher(
+        fisher, names, prior_sigma=problem.prior_sigmas() + [None] * coefficients.size,
+        scales=np.concatenate([problem.box_widths(), np.maximum(np.abs(coefficients), 1e-30)]),
+    )
+    sigma = result.sigma
+    labels = {}
+    for i, name in enumerate(problem.names):
+        error = float(sigma[i]) if np.isfinite(sigma[i]) else float("nan")
+        labels[name] = {
+            "value": float(theta[i]), "error": error, "lower": float(theta[i] - error), "upper": float(theta[i] + error),
+            "map": float(theta[i]), "crb": float(crb.sigma[i]),
+        }
+    n_pixels = problem.n_good
+    dof = max(n_pixels - theta.size - coefficients.size, 1)
+    snr = float(np.median((np.abs(flux) * np.sqrt(ivar))[ivar > 0]))
+    flags = 0
+    width = problem.upper - problem.lower
+    near_edge = (theta - problem.lower < 0.005 * width) | (problem.upper - theta < 0.005 * width)
+    if np.any(near_edge[: len(spec)]):
+        flags |= FLAGS["grid_edge"]
+    if near_edge[len(spec)]:
+        flags |= FLAGS["rv_edge"]
+    if snr < 10:
+        flags |= FLAGS["low_snr"]
+    if result.chi2 / dof > 3:
+        flags |= FLAGS["high_chi2"]
+    if not np.all(np.isfinite(theta)):
+        flags |= FLAGS["fit_failed"]
+    if not result.converged:
+        flags |= FLAGS["not_converged"]
+    return FitResult(
+        method=method,
+        labels=labels,
+        chi2=result.chi2,
+        reduced_chi2=result.chi2 / dof,
+        snr=snr,
+        n_pixels=n_pixels,
+        flags=flags,
+        diagnostics={
+            "rv_search": float(rv0),
+            "n_starts": int(n_starts),
+            "start_objectives": [float(v) for v in result.all_objectives],
+            "converged": bool(result.converged),
+            "crb_unconstrained": list(crb.unconstrained),
+            "fisher_condition_number": crb.condition_number,
+            "seed": seed,
+        },
+        wavelength=wavelength,
+        flux=np.asarray(spectrum.flux, dtype=np.float64),
+        ivar=ivar,
+        model_flux=model_flux,
+        covariance=result.covariance,
+        emulator=str(emulator.metadata.get("name", type(emulator).__name__)),
+        elapsed_s=time.perf_counter() - start_time,
+    )

@@ -1,0 +1,80 @@
+"""fit_star end to end on a small trained emulator: known labels and RV are recovered."""
+
+import json
+
+import numpy as np
+import pytest
+
+from stellarfit.emulators import PayneEmulator, TrainConfig, train_emulator
+from stellarfit.emulators.toy import make_toy_grid
+from stellarfit.inference import fit_star, forward_model_for
+from stellarfit.spectra import ObservedSpectrum
+from stellarfit.wavelengths import log_lambda_grid
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    wavelength = log_lambda_grid(5000.0, 5100.0, 30_000.0, 3.0)
+    train = make_toy_grid(256, wavelength.size, seed=1, window=(wavelength[0], wavelength[-1]))
+    emu = PayneEmulator.create(train.label_spec, train.wavelength, resolution=30_000.0, seed=0)
+    return train_emulator(emu, train, None, TrainConfig(n_steps=300, batch_size=64, learning_rate=3e-3)).emulator
+
+
+def observe(emulator, truth, rv, snr, seed=0):
+    wavelength = log_lambda_grid(5008.0, 5090.0, 20_000.0, 3.0)
+    model = forward_model_for(emulator, wavelength, 20_000.0, rv_range=(rv - 1, rv + 1))
+    normalized = np.asarray(model(np.asarray(truth, np.float32), rv, 0.0), dtype=np.float64)
+    continuum = 50.0 * (1 + 0.05 * (wavelength - 5050.0) / 40.0)
+    rng = np.random.default_rng(seed)
+    flux = continuum * normalized + rng.normal(size=wavelength.size) * continuum / snr
+    return ObservedSpectrum.from_arrays(wavelength, flux, sigma=continuum / snr, resolution=20_000.0)
+
+
+@pytest.mark.parametrize("rv", [-250.0, 120.0])
+def test_fit_star_recovers_labels_and_rv(emulator, rv):
+    truth = np.array([0.4, 0.2, -0.3])
+    spectrum = observe(emulator, truth, rv, snr=500.0)
+    result = fit_star(spectrum, emulator, n_starts=8, adam_steps=250, rv_range=(-400.0, 400.0), vsini_max=30.0)
+    for name, value in zip(emulator.label_names, truth):
+        row = result.labels[name]
+        assert abs(row["value"] - value) < max(4 * row["error"], 0.02), (name, row)
+        assert np.isfinite(row["crb"]) and row["crb"] > 0
+    assert result.labels["rv"]["value"] == pytest.approx(rv, abs=1.0)
+    assert 0.5 < result.reduced_chi2 < 1.5
+    document = json.loads(json.dumps(result.to_dict()))
+    assert set(document["labels"]) == set(emulator.label_names)
+    assert {"value", "error", "lower", "upper", "map", "crb"} <= set(document["labels"]["temp"])
+    assert "rv_search" in document["diagnostics"]
+
+
+def test_fit_star_clear_errors(emulator):
+    spectrum = observe(emulator, [0.5, 0.0, 0.0], 0.0, snr=100.0)
+    with pytest.raises(ValueError, match="not available yet"):
+        fit_star(spectrum, emulator, method="nuts-someday")
+    sharp = ObservedSpectrum.from_arrays(spectrum.wavelength, spectrum.flux, ivar=spectrum.ivar, resolution=60_000.0)
+    with pytest.raises(ValueError, match="sharper than the emulator"):
+        fit_star(sharp, emulator)
+    far = ObservedSpectrum.from_arrays(spectrum.wavelength + 800.0, spectrum.flux, ivar=spectrum.ivar, resolution=20_000.0)
+    with pytest.raises(ValueError, match="no observed pixel"):
+        fit_star(far, emulator)
+
+
+def test_cli_fit_json(emulator, tmp_path, capsys):
+    from stellarfit.cli.main import main
+
+    spectrum = observe(emulator, [0.6, -0.2, 0.1], 30.0, snr=300.0)
+    path = tmp_path / "star.fits"
+    spectrum.write(path)
+    emulator.save(str(tmp_path / "emu"))
+    code = main(["fit", str(path), "--emulator", str(tmp_path / "emu"), "--json", "--out", str(tmp_path / "r.json")])
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["rv"]["value"] == pytest.approx(30.0, abs=1.0)
+    assert abs(document["labels"]["metal"]["value"] + 0.2) < 0.05
+    assert json.loads((tmp_path / "r.json").read_text())["chi2"] == document["chi2"]
+    # bad input: unknown emulator, missing file, bad prior
+    assert main(["fit", str(path), "--emulator", str(tmp_path / "nothing")]) == 2
+    assert "cannot load emulator" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "missing.fits"), "--emulator", str(tmp_path / "emu")]) == 2
+    assert main(["fit", str(path), "--emulator", str(tmp_path / "emu"), "--prior", "metal=0"]) == 2
+    assert "NAME:MEAN:SIGMA" in capsys.readouterr().err
