@@ -175,6 +175,85 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train / evaluate ---------------------------------------------------------------
+_MODELS = ("payne", "payne-large", "transformer-payne")
+
+
+def _load_grid_split(path: str, part: str, seed: int):
+    from stellarfit.emulators import TrainingData
+    from stellarfit.grids import GridFormatError, SpectralGrid
+
+    try:
+        grid = SpectralGrid.read(path)
+    except (GridFormatError, OSError, ValueError) as error:
+        raise UsageError(f"cannot read grid {path}: {error}") from None
+    train, validation, test = grid.split((0.8, 0.1, 0.1), seed=seed)
+    parts = {"train": train, "validation": validation, "test": test, "all": np.arange(len(grid))}
+    return grid, TrainingData.from_grid(grid, parts[part])
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from stellarfit.emulators import (
+        PayneEmulator,
+        TrainConfig,
+        TransformerPayneEmulator,
+        scaled_payne_config,
+        train_emulator,
+        transformer_payne_config,
+    )
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite to replace it")
+    _check_writable(out)
+    grid, train = _load_grid_split(args.grid, "train", args.split_seed)
+    _, validation = _load_grid_split(args.grid, "validation", args.split_seed)
+    if args.n_train is not None:
+        if args.n_train > len(train.labels):
+            raise UsageError(f"--n-train {args.n_train} exceeds the {len(train.labels)} training spectra of {args.grid}")
+        train = train.subset(np.arange(args.n_train))
+    with_continuum = train.log10_continuum is not None
+    resolution = grid.metadata.get("engine", {}).get("resolution") if isinstance(grid.metadata.get("engine"), dict) else None
+    common = dict(with_continuum=with_continuum, resolution=resolution, seed=args.seed)
+    if args.model == "payne":
+        emulator = PayneEmulator.create(train.label_spec, train.wavelength, **common)
+    elif args.model == "payne-large":
+        emulator = PayneEmulator.create(train.label_spec, train.wavelength, scaled_payne_config(), **common)
+    else:
+        config = transformer_payne_config(dim=args.dim, n_layers=args.layers, n_tokens=args.tokens)
+        emulator = TransformerPayneEmulator.create(train.label_spec, train.wavelength, config, **common)
+    config = TrainConfig(n_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+                         progress=not args.no_progress, warmup_steps=min(500, max(args.steps // 10, 1)))
+    result = train_emulator(emulator, train, validation, config, checkpoint_dir=args.checkpoint_dir,
+                            extra_metadata={"grid": str(args.grid), "n_train": len(train.labels)})
+    result.emulator.save(str(out), overwrite=args.overwrite)
+    summary = {"out": str(out), "model": args.model, "n_train": len(train.labels), "best_step": result.best_step,
+               "best_val_mae": result.best_val_mae, "final_step": result.final_step, "stopped_early": result.stopped_early}
+    print(json.dumps(summary) if args.json else ", ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from stellarfit.emulators import CheckpointError, evaluate_emulator, load_emulator
+
+    try:
+        emulator = load_emulator(args.emulator)
+    except (CheckpointError, ValueError, FileNotFoundError, KeyError) as error:
+        raise UsageError(f"cannot load emulator {args.emulator!r}: {error}") from None
+    _, data = _load_grid_split(args.grid, args.part, args.split_seed)
+    try:
+        evaluation = evaluate_emulator(emulator, data)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    document = evaluation.to_dict()
+    if args.json:
+        print(json.dumps(document))
+    else:
+        print(f"{args.emulator} on {args.grid} [{args.part}]: MAE {document['mae']:.5f}, MSE {document['mse']:.3e}, "
+              f"{document['n_spectra']} spectra x {document['n_pixels']} pixels")
+    return 0
+
+
 # -- fit ----------------------------------------------------------------------------
 def _cmd_fit(args: argparse.Namespace) -> int:
     from stellarfit.emulators import CheckpointError, load_emulator
@@ -275,6 +354,35 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--no-progress", action="store_true", help="no progress bar")
     grid.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     grid.set_defaults(func=_cmd_grid)
+
+    train = commands.add_parser("train", help="train an emulator on a grid",
+                                description="Train an emulator on the training part (80%%) of a grid, validating on 10%%.")
+    train.add_argument("--grid", required=True, help="SpectralGrid HDF5 file")
+    train.add_argument("--model", choices=_MODELS, default="payne", help="architecture (default payne)")
+    train.add_argument("--out", required=True, help="output emulator directory")
+    train.add_argument("--steps", type=int, default=10_000, help="optimizer steps (default 10000)")
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--n-train", type=int, default=None, help="use only the first N training spectra")
+    train.add_argument("--dim", type=int, default=128, help="TransformerPayne width")
+    train.add_argument("--layers", type=int, default=8, help="TransformerPayne layers")
+    train.add_argument("--tokens", type=int, default=16, help="TransformerPayne parameter tokens")
+    train.add_argument("--checkpoint-dir", default=None, help="checkpoint here and resume from it")
+    train.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation/test split")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--overwrite", action="store_true")
+    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--json", action="store_true")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="emulator accuracy on a grid")
+    evaluate.add_argument("--emulator", required=True, help="emulator name or directory")
+    evaluate.add_argument("--grid", required=True, help="SpectralGrid HDF5 file")
+    evaluate.add_argument("--part", choices=["test", "validation", "train", "all"], default="test",
+                          help="which part of the grid's split (default test)")
+    evaluate.add_argument("--split-seed", type=int, default=0)
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     fit = commands.add_parser("fit", help="fit one spectrum with an emulator",
                               description="Fit one observed spectrum (any supported FITS format) with an emulator.")

@@ -1,0 +1,40 @@
+"""`stellarfit train` and `stellarfit evaluate` on a small grid file."""
+
+import json
+
+import numpy as np
+
+from stellarfit.cli.main import main
+from stellarfit.emulators.toy import make_toy_grid
+from stellarfit.grids import SpectralGrid
+
+
+def _grid_file(tmp_path):
+    toy = make_toy_grid(120, 80, seed=3)
+    grid = SpectralGrid(toy.labels, toy.wavelength, toy.flux, toy.label_spec, continuum=10.0**toy.log10_continuum,
+                        metadata={"engine": {"engine": "toy", "resolution": 20000.0}})
+    path = tmp_path / "toy.h5"
+    grid.write(path)
+    return path
+
+
+def test_train_then_evaluate(tmp_path, capsys):
+    grid = _grid_file(tmp_path)
+    out = tmp_path / "emu"
+    assert main(["train", "--grid", str(grid), "--out", str(out), "--steps", "300", "--batch-size", "32",
+                 "--learning-rate", "3e-3", "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_train"] == 96 and summary["final_step"] == 300
+    assert main(["evaluate", "--emulator", str(out), "--grid", str(grid), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["n_spectra"] == 12 and document["n_pixels"] == 80
+    # a trained emulator beats predicting the mean spectrum on held-out spectra
+    flux = SpectralGrid.read(grid).flux
+    baseline = float(np.mean(np.abs(flux - flux.mean(axis=0))))
+    assert document["mae"] < 0.6 * baseline
+    # refuses to overwrite; clear errors for bad files
+    assert main(["train", "--grid", str(grid), "--out", str(out), "--steps", "1"]) == 2
+    bad = tmp_path / "bad.h5"
+    bad.write_text("not hdf5")
+    assert main(["evaluate", "--emulator", str(out), "--grid", str(bad)]) == 2
+    assert "cannot read grid" in capsys.readouterr().err
