@@ -299,6 +299,92 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- batch --------------------------------------------------------------------------
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from stellarfit.emulators import CheckpointError, load_emulator
+    from stellarfit.inference.batch import fit_batch_files
+    from stellarfit.results import JournalMismatchError
+
+    out = Path(args.out)
+    _check_writable(out)
+    try:
+        emulator = load_emulator(args.emulator)
+    except (CheckpointError, ValueError, FileNotFoundError, KeyError) as error:
+        raise UsageError(f"cannot load emulator {args.emulator!r}: {error}") from None
+    fit_options = {"n_starts": args.starts, "seed": args.seed}
+    try:
+        summary = fit_batch_files(args.inputs, emulator, out, method=args.method, format=args.format, resolution=args.resolution,
+                                  snr=args.snr, backend=args.backend, retry_failed=args.retry_failed,
+                                  progress=not args.no_progress, fit_options=fit_options)
+    except (FileNotFoundError, JournalMismatchError, NotImplementedError, ImportError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    document = summary.to_dict()
+    if args.json:
+        print(json.dumps(document))
+    else:
+        print(f"{summary.out}: {summary.n_ok} ok, {summary.n_failed} failed ({summary.n_fitted} fitted now, "
+              f"{summary.n_skipped} already done) from {summary.n_files} files in {summary.elapsed_s:.1f} s")
+    return 0
+
+
+# -- crb ----------------------------------------------------------------------------
+def _cmd_crb(args: argparse.Namespace) -> int:
+    from stellarfit.emulators import CheckpointError, load_emulator
+    from stellarfit.forward import ObservationOutsideEmulatorError
+    from stellarfit.inference.crb import cramer_rao
+
+    if args.catalog:  # a fitted catalog: fit errors against the bounds
+        from stellarfit.reports import catalog_crb_report
+
+        if not args.out:
+            raise UsageError("--catalog needs --out REPORT.html")
+        _check_writable(Path(args.out))
+        try:
+            report = catalog_crb_report(args.catalog, args.out)
+        except (OSError, ValueError, KeyError) as error:
+            raise UsageError(f"cannot use catalog {args.catalog}: {error}") from None
+        document = {"catalog": args.catalog, "report": report["html"], "table": report["csv"], "ratios": report["ratios"]}
+        print(json.dumps(document) if args.json else "\n".join(
+            f"{name:<10} e/CRB median {'-' if row['median'] is None else format(row['median'], '.3g')} over {row['n']} spectra"
+            for name, row in report["ratios"].items()))
+        return 0
+    try:
+        emulator = load_emulator(args.emulator)
+    except (CheckpointError, ValueError, FileNotFoundError, KeyError) as error:
+        raise UsageError(f"cannot load emulator {args.emulator!r}: {error}") from None
+    labels = {label.name: getattr(args, label.name) for label in default_label_spec() if getattr(args, label.name) is not None}
+    for text in args.label or []:
+        name, _, value = text.partition("=")
+        try:
+            labels[name.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--label {text!r}: expected NAME=VALUE, e.g. --label teff=5777") from None
+    if args.out:
+        _check_writable(Path(args.out))
+    options = dict(snr=args.snr, resolution=args.resolution, window=args.window, rv=args.rv, vsini=args.vsini,
+                   continuum_degree=args.continuum_degree)
+    try:
+        result = cramer_rao(emulator, labels, **options)
+        document = result.to_dict()
+        if args.out:
+            from stellarfit.reports import crb_report
+
+            report = crb_report(emulator, labels, args.out, result=result, **options)
+            document.update(report=report["html"], table=report["csv"])
+    except (KeyError, ValueError, ObservationOutsideEmulatorError) as error:
+        raise UsageError(str(error).strip("'\"")) from None
+    if args.json:
+        print(json.dumps(document))
+    else:
+        print(f"{'parameter':<10} {'value':>12} {'CRB sigma':>12}")
+        for name, sigma in {**result.as_dict(), **result.nuisance()}.items():
+            value = document["labels"].get(name, {"rv": args.rv, "vsini": args.vsini}.get(name))
+            print(f"{name:<10} {value:>12.4f} {sigma:>12.4g}")
+        print(f"S/N {result.snr:g} per pixel, R {result.resolution:g}, {result.wavelength.size} pixels "
+              f"{result.wavelength[0]:.2f}-{result.wavelength[-1]:.2f} A" + (f"; report {args.out}" if args.out else ""))
+    return 0
+
+
 # -- engines ------------------------------------------------------------------------
 def _cmd_engines(args: argparse.Namespace) -> int:
     from stellarfit.synth.engines import engine_status
@@ -398,6 +484,43 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", default=None, help="write the result as JSON to this file")
     fit.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     fit.set_defaults(func=_cmd_fit)
+
+    batch = commands.add_parser("batch", help="fit many spectrum files into one catalog (resumable)",
+                                description="Fit every spectrum in INPUTS (files, globs, directories, list files) into one catalog "
+                                            "(.fits, .csv or .parquet). Rerun the same command to resume: finished spectra are skipped.")
+    batch.add_argument("inputs", nargs="+", help="spectrum files, glob patterns, directories or list files (.txt/.lst: one path per line)")
+    batch.add_argument("--out", required=True, help="catalog file: .fits, .csv or .parquet (needs pyarrow)")
+    batch.add_argument("--emulator", default="default", help="shipped emulator name or path to an emulator directory (default: default)")
+    batch.add_argument("--method", choices=["map", "nuts", "blackjax"], default="map", help="fit method (default map)")
+    batch.add_argument("--format", default=None, help="spectrum format of every file (default: detected per file)")
+    batch.add_argument("--resolution", type=float, default=None, help="resolving power, for files that do not give it")
+    batch.add_argument("--snr", type=float, default=None, help="S/N per pixel, for files without uncertainties")
+    batch.add_argument("--backend", choices=["local", "ray"], default="local", help="where to fit (default local; ray: not yet)")
+    batch.add_argument("--starts", type=int, default=8, help="MAP starting points per spectrum (default 8)")
+    batch.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    batch.add_argument("--retry-failed", action="store_true", help="refit spectra that failed in an earlier run")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    batch.add_argument("--json", action="store_true", help="print one JSON document on stdout (n_ok, n_failed, out, ...)")
+    batch.set_defaults(func=_cmd_batch)
+
+    crb = commands.add_parser("crb", help="Cramér-Rao bounds for a planned observation (JSON, HTML report)",
+                              description="Cramér-Rao bounds on the labels for a planned observation, marginalized over RV, "
+                                          "the continuum and (vsini > 3 km/s) vsini. Labels not given take the centre of the "
+                                          "emulator's box.")
+    _add_label_options(crb, required=())
+    crb.add_argument("--label", action="append", metavar="NAME=VALUE", help="a label of any emulator, e.g. temp=0.5 (repeatable)")
+    crb.add_argument("--emulator", default="default", help="shipped emulator name or path to an emulator directory (default: default)")
+    crb.add_argument("--snr", type=float, default=100.0, help="S/N per pixel (default 100)")
+    crb.add_argument("--resolution", type=float, default=None, help="resolving power (default: the emulator's native R)")
+    crb.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"), default=None,
+                     help="wavelength window [A, vacuum] (default: the emulator's coverage minus margins)")
+    crb.add_argument("--rv", type=float, default=0.0, help="radial velocity [km/s] (default 0)")
+    crb.add_argument("--vsini", type=float, default=0.0, help="projected rotation [km/s] (default 0; free above 3)")
+    crb.add_argument("--continuum-degree", type=int, default=2, help="Legendre degree of the continuum (default 2)")
+    crb.add_argument("--out", default=None, help="write an HTML report here (and a .csv table next to it)")
+    crb.add_argument("--catalog", default=None, help="instead: a `stellarfit batch` catalog; report its fit errors against the CRBs (needs --out)")
+    crb.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    crb.set_defaults(func=_cmd_crb)
 
     engines = commands.add_parser("engines", help="list or install synthesis engines")
     engines.add_argument("action", choices=["list", "install"], nargs="?", default="list")
