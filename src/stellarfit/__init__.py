@@ -36,6 +36,8 @@ _LAZY = {
     "sample_labels": "stellarfit.grids",
     "ObservedSpectrum": "stellarfit.spectra",
     "read_spectrum": "stellarfit.spectra",
+    "fit_star": "stellarfit.inference",
+    "cramer_rao": "stellarfit.inference",
 }
 
 __all__ = ["Label", "LabelSpec", "default_label_spec", "__version__", *sorted(_LAZY)]
@@ -61,4 +63,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from stellarfit.grids import generate_grid as generate_grid
     from stellarfit.grids import sample_labels as sample_labels
     from stellarfit.spectra import ObservedSpectrum as ObservedSpectrum
+    from stellarfit.inference import cramer_rao as cramer_rao
+    from stellarfit.inference import fit_star as fit_star
     from stellarfit.spectra import read_spectrum as read_spectrum

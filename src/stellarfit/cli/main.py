@@ -287,7 +287,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise UsageError(f"--prior {text!r}: expected NAME:MEAN:SIGMA, e.g. logg:4.4:0.05") from None
     _log(f"fitting {args.spectrum} ({spectrum.n_good} good pixels) with {args.emulator} by {args.method}")
     try:
-        result = fit_star(spectrum, emulator, method=args.method, priors=priors, n_starts=args.starts, seed=args.seed)
+        sampler = {} if args.method == "map" else {"num_chains": args.chains, "num_warmup": args.warmup, "num_samples": args.samples}
+        result = fit_star(spectrum, emulator, method=args.method, priors=priors, n_starts=args.starts, seed=args.seed, **sampler)
     except (ObservationOutsideEmulatorError, KeyError) as error:
         raise UsageError(str(error)) from None
     if args.out:
@@ -474,7 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Fit one observed spectrum (any supported FITS format) with an emulator.")
     fit.add_argument("spectrum", help="FITS file (APOGEE, BOSS, LAMOST, DESI, Gaia RVS or a generic table/image)")
     fit.add_argument("--emulator", default="default", help="shipped emulator name or path to an emulator directory (default: default)")
-    fit.add_argument("--method", choices=["map"], default="map", help="fit method (default map)")
+    fit.add_argument("--method", choices=["map", "nuts", "blackjax"], default="map",
+                     help="map (multi-start MAP + Laplace errors), nuts (NumPyro) or blackjax (default map)")
+    fit.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
+    fit.add_argument("--warmup", type=int, default=500, help="NUTS warm-up steps per chain (default 500)")
+    fit.add_argument("--samples", type=int, default=500, help="NUTS draws per chain (default 500)")
     fit.add_argument("--format", default=None, help="spectrum format (default: detected)")
     fit.add_argument("--resolution", type=float, default=None, help="resolving power, when the file does not give it")
     fit.add_argument("--snr", type=float, default=None, help="S/N per pixel, for files without uncertainties")

@@ -1,4 +1,4 @@
-"""Inference: likelihood and parametrization, RV search, MAP, Fisher information and Cramér-Rao bounds.
+"""Inference: likelihood and parametrization, RV search, MAP, NUTS (NumPyro, BlackJAX), Fisher information and Cramér-Rao bounds.
 
 - :func:`fisher_matrix`: F = J^T C^-1 J by forward-mode autodiff, float64.
 - :func:`cramer_rao_from_fisher`: bounds with priors, nuisance marginalization
@@ -11,9 +11,14 @@ from stellarfit.inference.fit import fit_star as fit_star
 from stellarfit.inference.fit import forward_model_for as forward_model_for
 from stellarfit.inference.likelihood import FitProblem as FitProblem
 from stellarfit.inference.likelihood import GaussianPrior as GaussianPrior
+from stellarfit.inference.crb import cramer_rao as cramer_rao
 from stellarfit.inference.map import MapResult as MapResult
 from stellarfit.inference.map import estimate_rv as estimate_rv
 from stellarfit.inference.map import fit_map as fit_map
+from stellarfit.inference.nuts import SamplerResult as SamplerResult
+from stellarfit.inference.nuts import numpyro_model as numpyro_model
+from stellarfit.inference.nuts import sample_blackjax as sample_blackjax
+from stellarfit.inference.nuts import sample_numpyro as sample_numpyro
 from stellarfit.inference.fisher import cramer_rao_from_fisher as cramer_rao_from_fisher
 from stellarfit.inference.fisher import fisher_matrix as fisher_matrix
 
@@ -23,10 +28,15 @@ __all__ = [
     "FitResult",
     "GaussianPrior",
     "MapResult",
+    "SamplerResult",
+    "cramer_rao",
     "cramer_rao_from_fisher",
     "estimate_rv",
     "fisher_matrix",
     "fit_map",
     "fit_star",
     "forward_model_for",
+    "numpyro_model",
+    "sample_blackjax",
+    "sample_numpyro",
 ]

@@ -11,9 +11,12 @@ Steps (each a library piece that can be used alone):
 4. multi-start MAP (:func:`~stellarfit.inference.fit_map`) with its Laplace
    covariance;
 5. Cramér-Rao bounds at the MAP, with RV, vsini and the continuum
-   coefficients as nuisance parameters.
-
-``method="map"`` is available now; NUTS (NumPyro, BlackJAX) is the next step.
+   coefficients as nuisance parameters;
+6. for ``method="nuts"`` (NumPyro) or ``method="blackjax"``: NUTS on the same
+   problem with the continuum marginalized analytically, chains started near
+   the MAP with a dense mass matrix warm-started from the Laplace covariance
+   (:mod:`stellarfit.inference.nuts`); the summary is then the posterior median
+   and 16th/84th percentiles.
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ from stellarfit.inference.map import default_starts, estimate_rv, fit_map
 __all__ = ["FitResult", "fit_star", "forward_model_for", "FLAGS"]
 
 #: flag name -> bit
-FLAGS = {"grid_edge": 1, "fit_failed": 2, "low_snr": 4, "high_chi2": 8, "not_converged": 16, "rv_edge": 32}
+FLAGS = {"grid_edge": 1, "fit_failed": 2, "low_snr": 4, "high_chi2": 8, "not_converged": 16, "rv_edge": 32, "sampler_warning": 64}
+
+#: fitting methods of :func:`fit_star`
+METHODS = ("map", "nuts", "blackjax")
 
 
 @dataclasses.dataclass
@@ -45,6 +51,11 @@ class FitResult:
     ``labels`` maps each parameter (labels, then rv and vsini) to a dict with
     ``value``, ``error``, ``lower``, ``upper``, ``map`` and ``crb``; for MAP fits
     value = map, error = the Laplace sigma and lower/upper = value -/+ error.
+    For NUTS fits value = the posterior median, lower/upper = the 16th/84th
+    percentiles, error = half their difference, and ``samples`` holds the
+    draws (n_chains, n_draws, p) in physical units, parameters in ``labels``
+    order; ``covariance`` is then the sample covariance.  ``chi2`` and
+    ``model_flux`` are at the MAP for every method.
     """
 
     method: str
@@ -62,6 +73,28 @@ class FitResult:
     covariance: np.ndarray
     emulator: str = ""
     elapsed_s: float = 0.0
+    samples: np.ndarray | None = None
+    sample_stats: dict[str, np.ndarray] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.labels)
+
+    def to_arviz(self):
+        """The posterior as an ArviZ ``DataTree`` (``arviz_base.from_dict``): one variable per
+        parameter with dims (chain, draw), plus ``sample_stats`` when the sampler recorded them.
+
+        Raises ValueError for fits without samples (``method="map"``).
+        """
+        if self.samples is None:
+            raise ValueError(f"this {self.method!r} fit has no posterior samples; fit with method='nuts' or 'blackjax'")
+        from arviz_base import from_dict
+
+        posterior = {name: np.asarray(self.samples[:, :, i]) for i, name in enumerate(self.names)}
+        data = {"posterior": posterior}
+        if self.sample_stats:
+            data["sample_stats"] = {key: np.asarray(value) for key, value in self.sample_stats.items()}
+        return from_dict(data, attrs={"/": {"method": self.method, "emulator": self.emulator}})
 
     @property
     def flag_names(self) -> list[str]:
@@ -85,7 +118,7 @@ class FitResult:
             "n_pixels": self.n_pixels,
             "flags": self.flags,
             "flag_names": self.flag_names,
-            "diagnostics": self.diagnostics,
+            "diagnostics": _json_safe(self.diagnostics),
             "emulator": self.emulator,
             "elapsed_s": self.elapsed_s,
             "stellarfit_version": __version__,
@@ -104,6 +137,21 @@ class FitResult:
         """Write :meth:`to_dict` as JSON."""
         with open(path, "w") as handle:
             json.dump(self.to_dict(), handle, indent=2)
+
+
+def _json_safe(value):
+    """Nested dicts/lists with NaN and infinities replaced by None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
 
 
 def _finite_or_none(value):
@@ -134,22 +182,44 @@ def fit_star(
     n_starts: int = 8,
     adam_steps: int = 300,
     seed: int = 0,
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    num_chains: int = 4,
+    max_tree_depth: int = 8,
+    target_accept: float = 0.8,
+    mass_matrix: str = "laplace",
+    chain_method: str = "vectorized",
 ) -> FitResult:
     """Fit one :class:`~stellarfit.spectra.ObservedSpectrum` with an emulator.
 
     Args:
         spectrum: the observation (vacuum wavelengths, flux, ivar, mask, resolution).
         emulator: a stellarfit emulator (``load_emulator(...)``).
-        method: "map" (NUTS methods follow).
+        method: "map" (MAP + Laplace errors), "nuts" (NumPyro NUTS) or "blackjax" (BlackJAX NUTS).
         priors: optional Gaussian priors by parameter name, e.g. ``{"logg": GaussianPrior(4.4, 0.05)}``.
         rv_range: RV search range [km/s].
         rv_window: half-width [km/s] of the RV box around the search result.
         vsini_max: largest vsini [km/s] fitted.
         continuum_degree: Legendre degree of the continuum per arm.
-        n_starts, adam_steps, seed: multi-start MAP settings.
+        n_starts, adam_steps, seed: multi-start MAP settings (seed also seeds the sampler).
+        num_warmup, num_samples, num_chains: NUTS warm-up and kept draws per chain, number of chains.
+        max_tree_depth, target_accept, mass_matrix: NUTS settings (see
+            :func:`stellarfit.inference.nuts.sample_numpyro`).
+        chain_method: NumPyro's chain method ("vectorized" by default; ignored by BlackJAX,
+            whose chains are always vmapped).
+
+    Returns a :class:`FitResult`; for the NUTS methods ``result.samples`` holds
+    the draws and ``result.diagnostics`` R-hat, bulk/tail ESS, divergences,
+    tree-depth hits, step sizes and gradient evaluations.
     """
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not available yet; use one of {METHODS}")
     if method != "map":
-        raise ValueError(f"method {method!r} is not available yet; use method='map'")
+        from stellarfit.inference.nuts import check_sampler_settings
+
+        # fail on bad sampler settings before the (slow) MAP fit
+        check_sampler_settings(None, num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
+                               chain_method=chain_method)
     start_time = time.perf_counter()
     resolution = spectrum.require_resolution() if hasattr(spectrum, "require_resolution") else spectrum.resolution
     wavelength = np.asarray(spectrum.wavelength, dtype=np.float64)
@@ -193,6 +263,30 @@ def fit_star(
             "value": float(theta[i]), "error": error, "lower": float(theta[i] - error), "upper": float(theta[i] + error),
             "map": float(theta[i]), "crb": float(crb.sigma[i]),
         }
+    samples = None
+    covariance = result.covariance
+    sampler_diagnostics: dict = {}
+    if method != "map":
+        from stellarfit.inference.nuts import sample_blackjax, sample_numpyro, summarize_samples
+
+        sampling_problem = FitProblem(model, spec, flux, ivar, design, priors=priors, vsini_max=vsini_max, continuum="marginalize")
+        options = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
+                       max_tree_depth=max_tree_depth, target_accept=target_accept, mass_matrix=mass_matrix)
+        if method == "nuts":
+            draws = sample_numpyro(sampling_problem, theta, result.covariance, chain_method=chain_method, **options)
+        else:
+            draws = sample_blackjax(sampling_problem, theta, result.covariance, **options)
+        samples = draws.samples
+        covariance = np.cov(samples.reshape(-1, samples.shape[-1]), rowvar=False)
+        for name, row in summarize_samples(samples, problem.names).items():
+            labels[name].update(value=row["value"], error=row["error"], lower=row["lower"], upper=row["upper"])
+        sampler_diagnostics = dict(draws.diagnostics)
+        ess = min(sampler_diagnostics["ess_bulk"].values())
+        sampler_diagnostics["gradient_evaluations_per_effective_sample"] = sampler_diagnostics["gradient_evaluations_per_ess"]
+        sampler_warning = (
+            max(sampler_diagnostics["r_hat"].values()) > 1.05 or not np.isfinite(ess) or ess < 100
+            or sampler_diagnostics["divergences"] > 0.01 * num_chains * num_samples
+        )
     n_pixels = problem.n_good
     dof = max(n_pixels - theta.size - coefficients.size, 1)
     snr = float(np.median((np.abs(flux) * np.sqrt(ivar))[ivar > 0]))
@@ -211,6 +305,8 @@ def fit_star(
         flags |= FLAGS["fit_failed"]
     if not result.converged:
         flags |= FLAGS["not_converged"]
+    if method != "map" and sampler_warning:
+        flags |= FLAGS["sampler_warning"]
     return FitResult(
         method=method,
         labels=labels,
@@ -227,12 +323,15 @@ def fit_star(
             "crb_unconstrained": list(crb.unconstrained),
             "fisher_condition_number": crb.condition_number,
             "seed": seed,
+            **{("sampler_" + k if k in ("seed", "elapsed_s") else k): v for k, v in sampler_diagnostics.items()},
         },
         wavelength=wavelength,
         flux=np.asarray(spectrum.flux, dtype=np.float64),
         ivar=ivar,
         model_flux=model_flux,
-        covariance=result.covariance,
+        covariance=covariance,
         emulator=str(emulator.metadata.get("name", type(emulator).__name__)),
         elapsed_s=time.perf_counter() - start_time,
+        samples=samples,
+        sample_stats=None if method == "map" else draws.sample_stats,
     )

@@ -1,0 +1,224 @@
+"""NUTS sampling (NumPyro and BlackJAX) on a small analytic toy, and fit_star(method="nuts") end to end."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from _toy_emulator import NATIVE, NATIVE_R, TOY_SPEC
+from stellarfit.forward import ForwardModel, continuum_design_matrix
+from stellarfit.inference import FitProblem
+from stellarfit.inference.map import laplace_covariance
+from stellarfit.inference.nuts import (
+    laplace_inverse_mass_matrix,
+    sample_blackjax,
+    sample_numpyro,
+    sampling_diagnostics,
+    summarize_samples,
+)
+from stellarfit.wavelengths import FWHM_TO_SIGMA, log_lambda_grid
+
+TRUTH = np.array([5600.0, 3.8, -0.7, 12.0, 6.0])  # teff, logg, fe_h, rv, vsini
+CENTRES = np.array([5243.0, 5245.5, 5247.2, 5249.9, 5252.3, 5254.0, 5256.6, 5258.1])
+KIND = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+STRENGTH = np.array([0.5, 0.4, 0.6, 0.3, 0.7, 0.4, 0.6, 0.5])
+
+
+def small_flux(labels, wavelength):
+    """Eight Gaussian lines; depths follow teff, logg and fe_h differently by line kind."""
+    t = (labels[0] - 5500.0) / 1500.0
+    g = labels[1] - 3.0
+    depth = STRENGTH * 10.0 ** (0.4 * labels[2]) * jnp.where(KIND == 0, 1.0 - 0.3 * t, jnp.where(KIND == 1, 1.0 + 0.2 * t - 0.15 * g, jnp.exp(-1.2 * t)))
+    depth = depth / (1.0 + depth)
+    sigma = CENTRES / NATIVE_R * FWHM_TO_SIGMA * (1.0 + 0.1 * g * (KIND == 0))
+    profile = jnp.exp(-0.5 * ((wavelength[:, None] - CENTRES[None, :]) / sigma[None, :]) ** 2)
+    return jnp.prod(1.0 - depth[None, :] * profile, axis=1)
+
+
+def make_problem(snr, seed=0):
+    wavelength = log_lambda_grid(5242.0, 5259.0, 22_500.0, 2.0)
+    model = ForwardModel(small_flux, NATIVE, NATIVE_R, wavelength, 22_500.0, rv_range=(-8.0, 32.0), vsini_max=40.0)
+    continuum = 1e3 * (1.0 + 0.05 * (wavelength - 5250.0) / 10.0)
+    flux = continuum * np.asarray(model(jnp.asarray(TRUTH[:3]), TRUTH[3], TRUTH[4]), dtype=np.float64)
+    flux = flux + np.random.default_rng(seed).normal(size=flux.size) * continuum / snr
+    design = continuum_design_matrix(wavelength, degree=1)
+    args = (model, TOY_SPEC, flux, (snr / continuum) ** 2, design)
+    return FitProblem(*args), FitProblem(*args, continuum="marginalize")
+
+
+class Laplace:
+    """Laplace approximation at the truth (stands in for a MAP fit, which test_map covers)."""
+
+    def __init__(self, problem):
+        self.theta = TRUTH.copy()
+        self.covariance = laplace_covariance(problem, self.theta)
+        self.sigma = np.sqrt(np.diag(self.covariance))
+
+
+@pytest.fixture(scope="module")
+def runs():
+    profiled, marginalized = make_problem(snr=400.0)
+    best = Laplace(profiled)
+    options = dict(num_warmup=150, num_samples=250, num_chains=2, seed=3)
+    numpyro_run = sample_numpyro(marginalized, best.theta, best.covariance, **options)
+    blackjax_run = sample_blackjax(marginalized, best.theta, best.covariance, **options)
+    return best, numpyro_run, blackjax_run
+
+
+def test_numpyro_and_blackjax_agree(runs):
+    from arviz_stats.base import array_stats
+
+    _, a, b = runs
+    assert a.samples.shape == b.samples.shape == (2, 250, 5)
+    mcse_a = array_stats.mcse(a.samples, chain_axis=0, draw_axis=1, method="mean")
+    mcse_b = array_stats.mcse(b.samples, chain_axis=0, draw_axis=1, method="mean")
+    mean_a, mean_b = a.samples.mean(axis=(0, 1)), b.samples.mean(axis=(0, 1))
+    assert np.all(np.abs(mean_a - mean_b) < 4.0 * np.hypot(mcse_a, mcse_b)), (mean_a, mean_b, mcse_a, mcse_b)
+    std_a, std_b = a.samples.reshape(-1, 5).std(axis=0), b.samples.reshape(-1, 5).std(axis=0)
+    np.testing.assert_allclose(std_a, std_b, rtol=0.2)
+
+
+def test_posterior_width_matches_laplace_at_high_snr(runs):
+    best, a, b = runs
+    for run in (a, b):
+        std = run.samples.reshape(-1, 5).std(axis=0)
+        summary = summarize_samples(run.samples, run.names)
+        for i, name in enumerate(("teff", "logg", "fe_h", "rv")):
+            assert std[i] == pytest.approx(best.sigma[i], rel=0.2), (run.diagnostics["backend"], name)
+            assert abs(summary[name]["value"] - TRUTH[i]) < 4.0 * summary[name]["error"], (name, summary[name])
+            assert summary[name]["error"] == pytest.approx(std[i], rel=0.2)
+
+
+def test_diagnostics_present_and_sane(runs):
+    _, a, b = runs
+    for run in (a, b):
+        d = run.diagnostics
+        assert set(d["r_hat"]) == set(run.names) == set(d["ess_bulk"]) == set(d["ess_tail"])
+        assert max(d["r_hat"].values()) < 1.1, d["r_hat"]
+        assert min(d["ess_bulk"].values()) > 50 and min(d["ess_tail"].values()) > 30
+        assert d["divergences"] <= 2 and d["tree_depth_hits"] == 0
+        assert len(d["step_size"]) == 2 and all(0.01 < s < 3.0 for s in d["step_size"])
+        # NUTS takes >= 1 leapfrog step per draw and at most 2^depth - 1
+        assert 500 <= d["gradient_evaluations"] <= 500 * (2 ** d["max_tree_depth"] - 1)
+        assert d["gradient_evaluations_warmup"] >= 300
+        assert d["gradient_evaluations_per_ess"] == pytest.approx(
+            (d["gradient_evaluations"] + d["gradient_evaluations_warmup"]) / min(d["ess_bulk"].values()))
+        assert run.sample_stats["diverging"].shape == (2, 250)
+        assert np.all(np.isfinite(run.sample_stats["lp"]))
+
+
+def test_laplace_mass_matrix_is_inverse_fisher_in_z(runs):
+    best, _, _ = runs
+    profiled, _ = make_problem(snr=400.0)
+    matrix = laplace_inverse_mass_matrix(profiled, best.theta, best.covariance)
+    assert np.allclose(matrix, matrix.T) and np.all(np.linalg.eigvalsh(matrix) > 0)
+    # mapping back with J = d theta / d z recovers the physical covariance (finite part)
+    import jax
+
+    z = profiled.to_unconstrained(jnp.asarray(best.theta, jnp.float32))
+    jacobian = np.asarray(jax.jacfwd(profiled.to_theta)(z), dtype=np.float64)
+    back = jacobian @ matrix @ jacobian.T
+    np.testing.assert_allclose(np.sqrt(np.diag(back))[:4], best.sigma[:4], rtol=1e-3)
+
+
+def test_sampling_diagnostics_flags_stuck_chains():
+    rng = np.random.default_rng(0)
+    mixed = rng.normal(size=(2, 200, 1))
+    stuck = mixed + np.array([0.0, 3.0])[:, None, None]
+    assert sampling_diagnostics(mixed, ["x"])["r_hat"]["x"] < 1.05
+    assert sampling_diagnostics(stuck, ["x"])["r_hat"]["x"] > 1.5
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(num_chains=0), "num_chains must be an integer >= 1"),
+        (dict(num_samples=1), "num_samples must be an integer >= 2"),
+        (dict(num_warmup=2.5), "num_warmup must be an integer"),
+        (dict(max_tree_depth=0), "max_tree_depth"),
+        (dict(target_accept=1.0), "target_accept"),
+        (dict(mass_matrix="full"), "mass_matrix must be one of"),
+    ],
+)
+def test_bad_settings_raise_clear_errors(options, match):
+    _, marginalized = make_problem(snr=50.0)
+    theta = TRUTH.copy()
+    for sampler in (sample_numpyro, sample_blackjax):
+        with pytest.raises(ValueError, match=match):
+            sampler(marginalized, theta, None, **options)
+    with pytest.raises(ValueError, match="chain_method"):
+        sample_numpyro(marginalized, theta, chain_method="threads")
+    with pytest.raises(ValueError, match="theta_map must have shape"):
+        sample_blackjax(marginalized, theta[:3])
+
+
+# -- fit_star end to end on a tiny trained Payne emulator ----------------------------
+@pytest.fixture(scope="module")
+def emulator():
+    from stellarfit.emulators import PayneEmulator, TrainConfig, train_emulator
+    from stellarfit.emulators.toy import make_toy_grid
+
+    wavelength = log_lambda_grid(5000.0, 5100.0, 30_000.0, 3.0)
+    train = make_toy_grid(256, wavelength.size, seed=1, window=(wavelength[0], wavelength[-1]))
+    emu = PayneEmulator.create(train.label_spec, train.wavelength, resolution=30_000.0, seed=0)
+    return train_emulator(emu, train, None, TrainConfig(n_steps=300, batch_size=64, learning_rate=3e-3)).emulator
+
+
+@pytest.mark.slow
+def test_fit_star_nuts_recovers_truth_within_95_percent(emulator):
+    from stellarfit.inference import fit_star, forward_model_for
+    from stellarfit.spectra import ObservedSpectrum
+
+    truth, rv = np.array([0.4, 0.2, -0.3]), 35.0
+    wavelength = log_lambda_grid(5008.0, 5090.0, 20_000.0, 3.0)
+    model = forward_model_for(emulator, wavelength, 20_000.0, rv_range=(rv - 1, rv + 1))
+    continuum = 50.0 * (1 + 0.05 * (wavelength - 5050.0) / 40.0)
+    flux = continuum * np.asarray(model(np.asarray(truth, np.float32), rv, 0.0), dtype=np.float64)
+    flux = flux + np.random.default_rng(4).normal(size=wavelength.size) * continuum / 100.0
+    spectrum = ObservedSpectrum.from_arrays(wavelength, flux, sigma=continuum / 100.0, resolution=20_000.0)
+    result = fit_star(spectrum, emulator, method="nuts", n_starts=4, adam_steps=200, rv_range=(-200.0, 200.0),
+                      vsini_max=30.0, num_warmup=150, num_samples=150, num_chains=2, seed=1)
+    assert result.samples.shape == (2, 150, 5)
+    flat = result.samples.reshape(-1, 5)
+    for i, (name, value) in enumerate(zip(emulator.label_names, truth)):
+        low, high = np.percentile(flat[:, i], [2.5, 97.5])
+        assert low < value < high, (name, low, high)
+        row = result.labels[name]
+        assert row["lower"] < row["value"] < row["upper"] and row["error"] > 0 and np.isfinite(row["map"])
+    low, high = np.percentile(flat[:, 3], [2.5, 97.5])
+    assert low < rv < high
+    d = result.diagnostics
+    assert max(d["r_hat"].values()) < 1.1 and d["gradient_evaluations_per_effective_sample"] > 0
+    tree = result.to_arviz()
+    assert tree.posterior["temp"].shape == (2, 150)
+    assert "diverging" in tree.sample_stats
+    json_document = result.to_dict()
+    assert json_document["method"] == "nuts" and "r_hat" in json_document["diagnostics"]
+
+
+def test_fit_star_rejects_bad_sampler_settings_before_fitting():
+    from stellarfit.inference import fit_star
+
+    # settings are checked before the spectrum or the emulator is touched
+    with pytest.raises(ValueError, match="num_chains must be an integer >= 1"):
+        fit_star(None, None, method="nuts", num_chains=0)
+    with pytest.raises(ValueError, match="mass_matrix"):
+        fit_star(None, None, method="blackjax", mass_matrix="unit")
+    with pytest.raises(ValueError, match="chain_method must be one of"):
+        fit_star(None, None, method="nuts", chain_method="threads")
+    with pytest.raises(ValueError, match="not available"):
+        fit_star(None, None, method="hmc")
+
+
+def test_fit_result_to_arviz():
+    from stellarfit.inference import FitResult
+
+    rng = np.random.default_rng(1)
+    labels = {name: {"value": 0.0, "error": 1.0, "lower": -1.0, "upper": 1.0, "map": 0.0, "crb": 1.0} for name in ("a", "rv", "vsini")}
+    common = dict(labels=labels, chi2=1.0, reduced_chi2=1.0, snr=10.0, n_pixels=3, flags=0, diagnostics={},
+                  wavelength=np.ones(3), flux=np.ones(3), ivar=np.ones(3), model_flux=np.ones(3), covariance=np.eye(3))
+    with pytest.raises(ValueError, match="no posterior samples"):
+        FitResult(method="map", **common).to_arviz()
+    samples = rng.normal(size=(2, 7, 3))
+    tree = FitResult(method="nuts", samples=samples, sample_stats={"diverging": np.zeros((2, 7), bool)}, **common).to_arviz()
+    np.testing.assert_array_equal(tree.posterior["rv"].values, samples[:, :, 1])
+    assert tree.sample_stats["diverging"].shape == (2, 7)
