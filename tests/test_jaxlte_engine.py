@@ -46,6 +46,7 @@ def test_labels_change_the_spectrum_as_expected(engine):
     assert mg_rich[mg] < base[mg] - 0.005
 
 
+@pytest.mark.slow
 def test_label_gradients_match_finite_differences(engine):
     """Forward-mode label derivatives through the atmosphere network (float32) against finite differences."""
     names = engine.label_names
@@ -99,3 +100,11 @@ def test_pixel_operator_preserves_a_flat_spectrum_and_flux():
     ew_out = np.sum((1 - out) * np.gradient(pixels))
     assert ew_out == pytest.approx(ew_in, rel=1e-3)
     assert out.min() > 0.8  # broadened
+
+
+def test_engine_pickles_as_configuration(engine):
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(engine))
+    np.testing.assert_array_equal(clone.wavelength, engine.wavelength)
+    assert clone.metadata() == engine.metadata()

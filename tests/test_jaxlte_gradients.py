@@ -8,6 +8,7 @@ differences in float64; batched synthesis against single stars and jax.vmap.
 from __future__ import annotations
 
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,6 +35,7 @@ def _synth(centres, log_gf, wave, excitation=1.5):
     return JaxLTESynthesizer(linelist, wave, SUN[None], SOLAR_ABUNDANCES + 0.5, opts, coverage=(wave[0] - 50, wave[-1] + 50))
 
 
+@pytest.mark.slow
 def test_gradients_match_finite_differences():
     wave = np.arange(5219.0, 5222.0, STEP)
     synth = _synth([5220.0, 5221.0], [-2.0, -0.5], wave)
@@ -63,6 +65,7 @@ def test_gradients_match_finite_differences():
         np.testing.assert_allclose(grad_sum, jac.sum(axis=0), rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_vmap_equals_single_stars():
     wave = np.arange(5229.0, 5232.0, STEP)
     synth = _synth([5230.0, 5231.0], [-1.0, -2.5], wave)

@@ -99,6 +99,10 @@ class JaxLteEngine:
             :func:`stellarfit.labels.default_label_spec`.
         options: :class:`WindowOptions` (accuracy/speed knobs).
         network: an ``AtmosphereNetwork``; default the shipped one.
+
+    Picklable: only the configuration is pickled and an unpickled engine
+    plans its windows again (~10 s) and compiles on first use, so for grids
+    on a CPU one worker process is the efficient choice (XLA uses all cores).
     """
 
     name = "jax"
@@ -123,6 +127,10 @@ class JaxLteEngine:
         from ..atmospheres import default_atmosphere_network
         from ..linelist import load_default_linelist, read_turbospectrum_linelist
 
+        self._config = {
+            "window": window, "resolution": resolution, "sampling": sampling, "step": step, "margin": margin,
+            "linelist": linelist, "label_spec": label_spec, "options": options, "network": network,
+        }
         lower, upper = float(window[0]), float(window[1])
         if not 0 < lower < upper:
             raise ValueError(f"window must be (lower, upper) in Angstrom with lower < upper, got {window}")
@@ -190,6 +198,14 @@ class JaxLteEngine:
         self._index = {name: i for i, name in enumerate(self.label_names)}
         self._spectrum_jit = jax.jit(self._spectrum_batch)
         self._native_jit = jax.jit(self._native_batch)
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict:
+        """Only the configuration travels (jitted functions do not pickle); workers rebuild."""
+        return dict(self._config)
+
+    def __setstate__(self, config: dict) -> None:
+        self.__init__(**config)
 
     # ------------------------------------------------------------------ metadata
     def metadata(self) -> dict:

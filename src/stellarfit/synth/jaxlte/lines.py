@@ -13,7 +13,7 @@ Line opacity per unit volume at wavelength lambda (vacuum, Angstrom):
 with b = sqrt(2 k T / m_X + xi^2) (thermal + microturbulent), Doppler width
 Delta lambda_D = lambda_0 b / c, v = (lambda - lambda_0) / Delta lambda_D and
 a = Gamma lambda_0 / (4 pi b); Gamma [rad/s, FWHM] = gamma_rad
-+ gamma_4 n_e + gamma_6 n(H I).
++ gamma_4 n_e + gamma_6 (n(H I) + 0.41336 n(He I)).
 
 Damping (per perturber, FWHM, at T_ref = 10^4 K, scaled with T):
 
@@ -41,6 +41,13 @@ Damping (per perturber, FWHM, at T_ref = 10^4 K, scaled with T):
     0): gamma_6 = 17 vbar^{3/5} C6^{2/5}, C6 = 0.3e-30 z^2 [1/(chi_ion -
     E_up)^2 - 1/(chi_ion - E_low)^2] (energies in eV; Gray 2005 eq. 11.29,
     with the hydrogenic z^2 scaling for ions); scales as T^0.3.
+
+  Unlike Turbospectrum, which for lines without ABO data first looks up ABO
+  cross sections in its own tables (from the levels' orbital letters), the
+  line list's log gamma_6 or Unsold value is used as given.
+
+Isotopic components (``isotope`` > 0) have their gf scaled by the natural
+isotopic fraction, as Turbospectrum does.
 
 Hydrogen lines are not part of the line list and are not modelled (no Balmer
 line lies in 5000-5500 A; the far wing of H-beta at 4861 A is neglected).
