@@ -38,3 +38,29 @@ def test_train_then_evaluate(tmp_path, capsys):
     bad.write_text("not hdf5")
     assert main(["evaluate", "--emulator", str(out), "--grid", str(bad)]) == 2
     assert "cannot read grid" in capsys.readouterr().err
+
+
+def test_train_init_finetunes_a_pretrained_emulator(tmp_path, capsys):
+    from stellarfit.emulators import load_emulator
+    from stellarfit.emulators._params import flatten_params
+
+    grid = _grid_file(tmp_path)
+    parent = tmp_path / "parent"
+    assert main(["train", "--grid", str(grid), "--out", str(parent), "--steps", "200", "--batch-size", "32",
+                 "--learning-rate", "3e-3", "--no-progress", "--json"]) == 0
+    parent_mae = json.loads(capsys.readouterr().out)["best_val_mae"]
+    for mode in ("full", "lora"):
+        child = tmp_path / f"child_{mode}"
+        assert main(["train", "--grid", str(grid), "--out", str(child), "--init", str(parent), "--finetune", mode,
+                     "--steps", "150", "--learning-rate", "1e-3", "--no-progress", "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["mode"] == mode and summary["init"] == str(parent)
+        # fine-tuning starts from the parent: never worse than the parent on validation (best-step checkpoint)
+        assert summary["best_val_mae"] <= parent_mae * 1.02
+        emulator = load_emulator(str(child))
+        assert emulator.metadata["finetuned_from"]["mode"] == mode
+        # LoRA adapters are merged on save: the saved emulator has the parent's architecture
+        assert emulator.config.get("lora_rank", 0) == 0
+        assert not any("lora" in name for name in flatten_params(emulator.params))
+    assert main(["train", "--grid", str(grid), "--out", str(tmp_path / "x"), "--init", str(tmp_path / "missing")]) == 2
+    assert "cannot load --init" in capsys.readouterr().err

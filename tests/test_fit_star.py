@@ -78,3 +78,42 @@ def test_cli_fit_json(emulator, tmp_path, capsys):
     assert main(["fit", str(tmp_path / "missing.fits"), "--emulator", str(tmp_path / "emu")]) == 2
     assert main(["fit", str(path), "--emulator", str(tmp_path / "emu"), "--prior", "metal=0"]) == 2
     assert "NAME:MEAN:SIGMA" in capsys.readouterr().err
+
+
+def test_second_spectrum_on_same_pixels_compiles_nothing(emulator):
+    from stellarfit.inference import map as map_module
+    from stellarfit.inference import fit as fit_module
+
+    first = observe(emulator, [0.3, -0.1, 0.2], 40.0, snr=200.0, seed=1)
+    second = observe(emulator, [0.6, 0.3, -0.1], -90.0, snr=80.0, seed=2)
+    options = dict(n_starts=4, adam_steps=100, rv_range=(-300.0, 300.0), vsini_max=20.0)
+    fit_star(first, emulator, **options)
+    compiled = [f._cache_size() for f in (map_module._adam_starts, map_module._lbfgs_polish, map_module._hessian_scaled,
+                                          map_module._rv_chi2_scan, fit_module._full_model_jacobian)]
+    result = fit_star(second, emulator, **options)
+    again = [f._cache_size() for f in (map_module._adam_starts, map_module._lbfgs_polish, map_module._hessian_scaled,
+                                       map_module._rv_chi2_scan, fit_module._full_model_jacobian)]
+    assert again == compiled
+    assert result.labels["rv"]["value"] == pytest.approx(-90.0, abs=2.0)
+
+
+def test_fit_stars_batch_matches_fit_star_and_collects_failures(emulator):
+    from stellarfit.inference import fit_stars
+
+    truth = [0.4, 0.2, -0.3]
+    spectra = [observe(emulator, truth, rv, snr=snr, seed=i) for i, (rv, snr) in enumerate(zip([15.0, -60.0, 110.0], [500.0, 300.0, 400.0]))]
+    broken = ObservedSpectrum.from_arrays(spectra[0].wavelength + 800.0, spectra[0].flux, ivar=spectra[0].ivar, resolution=20_000.0)
+    options = dict(n_starts=8, adam_steps=250, rv_range=(-300.0, 300.0), vsini_max=20.0)
+    results = fit_stars(spectra[:2] + [broken] + spectra[2:], emulator, batch_size=2, errors="collect", **options)
+    assert isinstance(results[2], ValueError) and "no observed pixel" in str(results[2])
+    fitted = [results[0], results[1], results[3]]
+    for result, rv in zip(fitted, [15.0, -60.0, 110.0]):
+        assert result.labels["rv"]["value"] == pytest.approx(rv, abs=1.0)
+        for name, value in zip(emulator.label_names, truth):
+            assert abs(result.labels[name]["value"] - value) < max(4 * result.labels[name]["error"], 0.03), (name, result.labels[name])
+    single = fit_star(spectra[1], emulator, **options)
+    for name in emulator.label_names:
+        assert results[1].labels[name]["value"] == pytest.approx(single.labels[name]["value"], abs=2 * single.labels[name]["error"] + 1e-3)
+        assert results[1].labels[name]["crb"] == pytest.approx(single.labels[name]["crb"], rel=0.05)
+    with pytest.raises(ValueError, match="no observed pixel"):
+        fit_stars([broken], emulator, **options)

@@ -215,6 +215,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     with_continuum = train.log10_continuum is not None
     resolution = grid.metadata.get("engine", {}).get("resolution") if isinstance(grid.metadata.get("engine"), dict) else None
     common = dict(with_continuum=with_continuum, resolution=resolution, seed=args.seed)
+    config = TrainConfig(n_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+                         progress=not args.no_progress, warmup_steps=min(500, max(args.steps // 10, 1)),
+                         n_wavelengths=args.n_wavelengths, patience=args.patience)
+    extra = {"grid": str(args.grid), "n_train": len(train.labels)}
+    if args.init is not None:
+        from stellarfit.emulators import CheckpointError, finetune, load_emulator, merge_lora
+
+        try:
+            parent = load_emulator(args.init)
+        except (CheckpointError, FileNotFoundError, KeyError, ValueError) as error:
+            raise UsageError(f"cannot load --init {args.init}: {error}") from None
+        if parent.label_spec != train.label_spec:
+            raise UsageError(f"--init {args.init} has labels {parent.label_names}, the grid has {train.label_spec.names}")
+        try:
+            result = finetune(parent, train, validation, config, mode=args.finetune, lora_rank=args.lora_rank,
+                              checkpoint_dir=args.checkpoint_dir)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        emulator = merge_lora(result.emulator) if args.finetune == "lora" else result.emulator
+        emulator = emulator.replace(metadata={**emulator.metadata, **extra, "init": str(args.init)})
+        emulator.save(str(out), overwrite=args.overwrite)
+        summary = {"out": str(out), "init": str(args.init), "mode": args.finetune, "n_train": len(train.labels),
+                   "best_step": result.best_step, "best_val_mae": result.best_val_mae, "final_step": result.final_step,
+                   "stopped_early": result.stopped_early}
+        print(json.dumps(summary) if args.json else ", ".join(f"{k}={v}" for k, v in summary.items()))
+        return 0
     if args.model == "payne":
         emulator = PayneEmulator.create(train.label_spec, train.wavelength, **common)
     elif args.model == "payne-large":
@@ -222,10 +248,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         config = transformer_payne_config(dim=args.dim, n_layers=args.layers, n_tokens=args.tokens)
         emulator = TransformerPayneEmulator.create(train.label_spec, train.wavelength, config, **common)
-    config = TrainConfig(n_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-                         progress=not args.no_progress, warmup_steps=min(500, max(args.steps // 10, 1)))
-    result = train_emulator(emulator, train, validation, config, checkpoint_dir=args.checkpoint_dir,
-                            extra_metadata={"grid": str(args.grid), "n_train": len(train.labels)})
+    result = train_emulator(emulator, train, validation, config, checkpoint_dir=args.checkpoint_dir, extra_metadata=extra)
     result.emulator.save(str(out), overwrite=args.overwrite)
     summary = {"out": str(out), "model": args.model, "n_train": len(train.labels), "best_step": result.best_step,
                "best_val_mae": result.best_val_mae, "final_step": result.final_step, "stopped_early": result.stopped_early}
@@ -454,6 +477,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dim", type=int, default=128, help="TransformerPayne width")
     train.add_argument("--layers", type=int, default=8, help="TransformerPayne layers")
     train.add_argument("--tokens", type=int, default=16, help="TransformerPayne parameter tokens")
+    train.add_argument("--n-wavelengths", type=int, default=512,
+                       help="random pixels per spectrum per step (TransformerPayne; default 512)")
+    train.add_argument("--patience", type=int, default=10,
+                       help="validations (every 250 steps) without improvement before stopping (default 10)")
+    train.add_argument("--init", default=None,
+                       help="fine-tune this pre-trained emulator (directory or shipped name) instead of training from scratch")
+    train.add_argument("--finetune", choices=["full", "head", "lora"], default="full",
+                       help="with --init: train every weight (full), only the output head, or LoRA adapters (merged on save)")
+    train.add_argument("--lora-rank", type=int, default=8, help="with --finetune lora: adapter rank (default 8)")
     train.add_argument("--checkpoint-dir", default=None, help="checkpoint here and resume from it")
     train.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation/test split")
     train.add_argument("--seed", type=int, default=0)

@@ -125,11 +125,9 @@ class ForwardModel:
         self.native_wavelength = native[self.native_slice]
         # observed pixels modelled with full kernels for every rv in rv_range
         edge = (instrument.size // 2 + self.rotation_half_width) * self.log_step
-        lo_ok = np.log(native[0]) + edge
-        hi_ok = np.log(native[-1]) - edge
-        log_rest_lo = np.log(observed) - np.log(float(doppler_factor(rv_max)))
-        log_rest_hi = np.log(observed) - np.log(float(doppler_factor(rv_min)))
-        self.covered = (log_rest_lo >= lo_ok) & (log_rest_hi <= hi_ok)
+        self._coverage_edges = (np.log(native[0]) + edge, np.log(native[-1]) - edge)
+        self._log_observed = np.log(observed)
+        self.covered = self.coverage(self.rv_range)
         if not np.any(self.covered):
             raise ObservationOutsideEmulatorError(
                 f"no observed pixel ({observed.min():.1f}-{observed.max():.1f} A) lies inside the emulator's coverage "
@@ -142,6 +140,28 @@ class ForwardModel:
         self._base_position = jnp.asarray((np.log(observed) - np.log(self.native_wavelength[0])) / self.log_step)
         self._flux_fn = flux_fn
         self._native_wavelength_jax = jnp.asarray(self.native_wavelength)
+
+    @classmethod
+    def from_emulator(cls, emulator, observed_wavelength, observed_resolution, **options) -> "ForwardModel":
+        """A forward model whose rest-frame flux is ``emulator`` on its native pixels
+        (the emulator is evaluated only on the native slice the observation needs)."""
+        if emulator.native_resolution is None:
+            raise ValueError("the emulator does not record its native resolution; it cannot be broadened to an observation")
+        model = cls(None, emulator.wavelength, emulator.native_resolution, observed_wavelength, observed_resolution, **options)
+        native_flux = emulator.flux_fn(model.native_wavelength)
+        model._flux_fn = lambda labels, wavelength: native_flux(labels)
+        return model
+
+    def coverage(self, rv_range: tuple[float, float]) -> np.ndarray:
+        """(n_obs,) bool: observed pixels modelled with full kernels for every RV in ``rv_range``
+        (which must lie inside this model's ``rv_range``)."""
+        rv_min, rv_max = (float(v) for v in rv_range)
+        if not (self.rv_range[0] - 1e-9 <= rv_min <= rv_max <= self.rv_range[1] + 1e-9):
+            raise ValueError(f"rv_range {rv_range} must lie inside the forward model's {self.rv_range} km/s")
+        lo_ok, hi_ok = self._coverage_edges
+        log_rest_lo = self._log_observed - np.log(float(doppler_factor(rv_max)))
+        log_rest_hi = self._log_observed - np.log(float(doppler_factor(rv_min)))
+        return (log_rest_lo >= lo_ok) & (log_rest_hi <= hi_ok)
 
     @property
     def n_native(self) -> int:

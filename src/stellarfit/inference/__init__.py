@@ -9,12 +9,15 @@ from stellarfit.inference.fisher import FisherResult as FisherResult
 from stellarfit.inference.fit import FitResult as FitResult
 from stellarfit.inference.fit import fit_star as fit_star
 from stellarfit.inference.fit import forward_model_for as forward_model_for
+from stellarfit.inference.fit import fit_stars as fit_stars
 from stellarfit.inference.likelihood import FitProblem as FitProblem
 from stellarfit.inference.likelihood import GaussianPrior as GaussianPrior
 from stellarfit.inference.crb import cramer_rao as cramer_rao
 from stellarfit.inference.map import MapResult as MapResult
 from stellarfit.inference.map import estimate_rv as estimate_rv
 from stellarfit.inference.map import fit_map as fit_map
+from stellarfit.inference.map import fit_map_batch as fit_map_batch
+from stellarfit.inference.map import stack_problems as stack_problems
 from stellarfit.inference.nuts import SamplerResult as SamplerResult
 from stellarfit.inference.nuts import numpyro_model as numpyro_model
 from stellarfit.inference.nuts import sample_blackjax as sample_blackjax
@@ -34,6 +37,9 @@ __all__ = [
     "estimate_rv",
     "fisher_matrix",
     "fit_map",
+    "fit_map_batch",
+    "fit_stars",
+    "stack_problems",
     "fit_star",
     "forward_model_for",
     "numpyro_model",

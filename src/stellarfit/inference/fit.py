@@ -21,12 +21,15 @@ Steps (each a library piece that can be used alone):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -35,7 +38,7 @@ from stellarfit.inference.fisher import cramer_rao_from_fisher, fisher_matrix
 from stellarfit.inference.likelihood import FitProblem, GaussianPrior
 from stellarfit.inference.map import default_starts, estimate_rv, fit_map
 
-__all__ = ["FitResult", "fit_star", "forward_model_for", "FLAGS"]
+__all__ = ["FitResult", "fit_star", "fit_stars", "forward_model_for", "FLAGS"]
 
 #: flag name -> bit
 FLAGS = {"grid_edge": 1, "fit_failed": 2, "low_snr": 4, "high_chi2": 8, "not_converged": 16, "rv_edge": 32, "sampler_warning": 64}
@@ -159,14 +162,50 @@ def _finite_or_none(value):
     return value if np.isfinite(value) else None
 
 
+_FORWARD_MODEL_CACHE: "collections.OrderedDict[tuple, tuple[Any, ForwardModel]]" = collections.OrderedDict()
+_FORWARD_MODEL_CACHE_SIZE = 16
+
+
 def forward_model_for(emulator, wavelength: np.ndarray, resolution, **options) -> ForwardModel:
-    """A :class:`ForwardModel` whose rest-frame flux comes from ``emulator`` (on its native pixels only)."""
+    """A :class:`ForwardModel` whose rest-frame flux comes from ``emulator`` (on its native pixels only).
+
+    Models are cached by (emulator, observed wavelengths, resolution, options):
+    spectra on the same pixels share one forward model, so every jitted
+    function of it (RV search, MAP, Hessian, Fisher) compiles once and is
+    reused for the next spectrum.
+    """
     if emulator.native_resolution is None:
         raise ValueError("the emulator does not record its native resolution; it cannot be broadened to an observation")
-    model = ForwardModel(lambda labels, w: labels, emulator.wavelength, emulator.native_resolution, wavelength, resolution, **options)
-    native_flux = emulator.flux_fn(model.native_wavelength)
-    model._flux_fn = lambda labels, w: native_flux(labels)
+    wavelength = np.ascontiguousarray(wavelength, dtype=np.float64)
+    resolution_key = np.ascontiguousarray(np.asarray(resolution, dtype=np.float64))
+    key = (id(emulator), hashlib.sha1(wavelength.tobytes()).hexdigest(), wavelength.size,
+           hashlib.sha1(resolution_key.tobytes()).hexdigest(), tuple(sorted((k, repr(v)) for k, v in options.items())))
+    cached = _FORWARD_MODEL_CACHE.get(key)
+    if cached is not None and cached[0] is emulator:
+        _FORWARD_MODEL_CACHE.move_to_end(key)
+        return cached[1]
+    model = ForwardModel.from_emulator(emulator, wavelength, resolution, **options)
+    _FORWARD_MODEL_CACHE[key] = (emulator, model)
+    while len(_FORWARD_MODEL_CACHE) > _FORWARD_MODEL_CACHE_SIZE:
+        _FORWARD_MODEL_CACHE.popitem(last=False)
     return model
+
+
+@jax.jit
+def _continuum_and_model(problem: FitProblem, theta):
+    coefficients, continuum, _, _ = problem.continuum_fit(theta)
+    return coefficients, continuum * problem.model_normalized(theta)
+
+
+@jax.jit
+def _full_model_jacobian(problem: FitProblem, parameters):
+    """d(model flux)/d(theta, continuum coefficients), (n_obs, p + k)."""
+    n_theta = problem.n_parameters
+
+    def full_model(values):
+        return (problem.design @ values[n_theta:]) * problem.model_normalized(values[:n_theta])
+
+    return jax.jacfwd(full_model)(parameters)
 
 
 def fit_star(
@@ -221,6 +260,105 @@ def fit_star(
         check_sampler_settings(None, num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
                                chain_method=chain_method)
     start_time = time.perf_counter()
+    prepared = _prepare(spectrum, emulator, priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
+                        continuum_degree=continuum_degree)
+    problem = prepared.problem
+    result = fit_map(problem, default_starts(problem, n_starts, rv=prepared.rv0, seed=seed), adam_steps=adam_steps)
+    sampling = None
+    if method != "map":
+        sampling = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
+                        max_tree_depth=max_tree_depth, target_accept=target_accept, mass_matrix=mass_matrix,
+                        chain_method=chain_method)
+    return _finish(prepared, result, method, emulator, start_time, n_starts=n_starts, seed=seed, sampling=sampling)
+
+
+def fit_stars(
+    spectra: Sequence,
+    emulator,
+    *,
+    batch_size: int = 32,
+    priors: Mapping[str, GaussianPrior] | None = None,
+    rv_range: tuple[float, float] = (-1000.0, 1000.0),
+    rv_window: float = 50.0,
+    vsini_max: float = 100.0,
+    continuum_degree: int = 2,
+    n_starts: int = 8,
+    adam_steps: int = 300,
+    seed: int = 0,
+    progress: bool = False,
+    errors: str = "raise",
+) -> list:
+    """MAP fits of many spectra, vectorized: spectra on the same pixels (same wavelengths and
+    resolution) are fitted ``batch_size`` at a time in one ``vmap``-ed program (all starts of all
+    spectra at once), which is what fills a GPU; on a CPU it mainly saves the per-star overheads.
+
+    Arguments as :func:`fit_star` (``method="map"``).  ``errors="raise"`` stops at the first
+    spectrum that cannot be fitted; ``errors="collect"`` puts the exception in its place in the
+    returned list and goes on.  Returns one :class:`FitResult` (or exception) per spectrum, in order.
+    """
+    if errors not in ("raise", "collect"):
+        raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from stellarfit.inference.map import fit_map_batch
+
+    spectra = list(spectra)
+    out: list = [None] * len(spectra)
+    prepared: dict[int, tuple[_Prepared, float]] = {}
+    groups: dict[Any, list[int]] = collections.defaultdict(list)
+    bar = _progress_bar(len(spectra), "fit", progress)
+    for i, spectrum in enumerate(spectra):
+        start_time = time.perf_counter()
+        try:
+            item = _prepare(spectrum, emulator, priors=priors, rv_range=rv_range, rv_window=rv_window,
+                            vsini_max=vsini_max, continuum_degree=continuum_degree)
+        except Exception as error:  # noqa: BLE001 - recorded per spectrum on request
+            if errors == "raise":
+                raise
+            out[i] = error
+            bar.update(1)
+            continue
+        prepared[i] = (item, time.perf_counter() - start_time)
+        groups[jax.tree_util.tree_structure(item.problem)].append(i)
+    for indices in groups.values():
+        for first in range(0, len(indices), batch_size):
+            chunk = indices[first : first + batch_size]
+            start_time = time.perf_counter()
+            starts = np.stack([default_starts(prepared[i][0].problem, n_starts, rv=prepared[i][0].rv0, seed=seed) for i in chunk])
+            results = fit_map_batch([prepared[i][0].problem for i in chunk], starts, adam_steps=adam_steps)
+            share = (time.perf_counter() - start_time) / len(chunk)
+            for i, result in zip(chunk, results):
+                try:
+                    # elapsed_s: this spectrum's preparation plus its share of the batch
+                    begin = time.perf_counter() - prepared[i][1] - share
+                    out[i] = _finish(prepared[i][0], result, "map", emulator, begin, n_starts=n_starts, seed=seed, sampling=None)
+                except Exception as error:  # noqa: BLE001
+                    if errors == "raise":
+                        raise
+                    out[i] = error
+                bar.update(1)
+    bar.close()
+    return out
+
+
+def _progress_bar(total: int, description: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="spec", disable=not enabled)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    spectrum: Any
+    problem: FitProblem
+    rv0: float
+    wavelength: np.ndarray
+    flux: np.ndarray
+    ivar: np.ndarray
+
+
+def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, continuum_degree) -> _Prepared:
+    """Pixels, continuum design, RV search and the FitProblem of one spectrum."""
     resolution = spectrum.require_resolution() if hasattr(spectrum, "require_resolution") else spectrum.resolution
     wavelength = np.asarray(spectrum.wavelength, dtype=np.float64)
     good = ~np.asarray(spectrum.mask) & (np.asarray(spectrum.ivar) > 0)
@@ -233,24 +371,32 @@ def fit_star(
     for i, label in enumerate(spec):
         if label.offset_from is not None:
             centre[i] = centre[spec.index(label.offset_from)] if label.offset_from else 0.0
-    wide = forward_model_for(emulator, wavelength, resolution, rv_range=rv_range, vsini_max=vsini_max)
-    rv0, _, _ = estimate_rv(wide, centre, flux, ivar, design)
-    model = forward_model_for(emulator, wavelength, resolution, rv_range=(rv0 - rv_window, rv0 + rv_window), vsini_max=vsini_max)
-    problem = FitProblem(model, spec, flux, ivar, design, priors=priors, vsini_max=vsini_max)
-    result = fit_map(problem, default_starts(problem, n_starts, rv=rv0, seed=seed), adam_steps=adam_steps)
+    # one forward model over the whole RV range (cached per pixel grid): the fit's RV box around
+    # the search result is data of the FitProblem, so nothing recompiles from star to star
+    model = forward_model_for(emulator, wavelength, resolution, rv_range=tuple(rv_range), vsini_max=vsini_max)
+    rv0, _, _ = estimate_rv(model, centre, flux, ivar, design)
+    low = max(rv0 - rv_window, model.rv_range[0])
+    high = min(rv0 + rv_window, model.rv_range[1])
+    problem = FitProblem(model, spec, flux, ivar, design, priors=priors, vsini_max=vsini_max, rv_range=(low, high))
+    return _Prepared(spectrum, problem, float(rv0), wavelength, flux, np.where(np.asarray(problem.ivar) > 0, ivar, 0.0))
+
+
+def _finish(prepared: _Prepared, result, method: str, emulator, start_time: float, *, n_starts: int, seed: int,
+            sampling: dict | None) -> FitResult:
+    """Cramér-Rao bounds, optional NUTS, flags and the FitResult from a MAP result."""
+    problem = prepared.problem
+    spec = problem.label_spec
+    flux, ivar, wavelength, rv0 = prepared.flux, prepared.ivar, prepared.wavelength, prepared.rv0
+    spectrum = prepared.spectrum
     theta = result.theta
-    model_flux = np.asarray(problem.model_flux(jnp.asarray(theta, jnp.float32)), dtype=np.float64)
+    theta_jax = jnp.asarray(theta, jnp.float32)
+    coefficients, model_flux = (np.asarray(v, dtype=np.float64) for v in _continuum_and_model(problem, theta_jax))
 
     # Cramér-Rao bounds at the MAP, continuum coefficients as nuisance parameters
-    coefficients = np.asarray(problem.continuum_fit(jnp.asarray(theta, jnp.float32))[0], dtype=np.float64)
-    design_jax = jnp.asarray(design, jnp.float32)
-    n_theta = theta.size
-
-    def full_model(parameters):
-        return (design_jax @ parameters[n_theta:]) * problem.model_normalized(parameters[:n_theta])
-
+    jacobian = np.asarray(_full_model_jacobian(problem, jnp.concatenate([theta_jax, jnp.asarray(coefficients, jnp.float32)])),
+                          dtype=np.float64)
+    fisher = jacobian.T @ (jacobian * ivar[:, None])
     names = list(problem.names) + [f"continuum_{i}" for i in range(coefficients.size)]
-    fisher = fisher_matrix(full_model, np.concatenate([theta, coefficients]), np.asarray(problem.ivar, np.float64))
     crb = cramer_rao_from_fisher(
         fisher, names, prior_sigma=problem.prior_sigmas() + [None] * coefficients.size,
         scales=np.concatenate([problem.box_widths(), np.maximum(np.abs(coefficients), 1e-30)]),
@@ -269,9 +415,10 @@ def fit_star(
     if method != "map":
         from stellarfit.inference.nuts import sample_blackjax, sample_numpyro, summarize_samples
 
-        sampling_problem = FitProblem(model, spec, flux, ivar, design, priors=priors, vsini_max=vsini_max, continuum="marginalize")
-        options = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
-                       max_tree_depth=max_tree_depth, target_accept=target_accept, mass_matrix=mass_matrix)
+        sampling_problem = problem.with_continuum("marginalize")
+        options = dict(sampling)
+        chain_method = options.pop("chain_method")
+        num_chains, num_samples = options["num_chains"], options["num_samples"]
         if method == "nuts":
             draws = sample_numpyro(sampling_problem, theta, result.covariance, chain_method=chain_method, **options)
         else:

@@ -47,8 +47,32 @@ class GaussianPrior:
             raise ValueError(f"a Gaussian prior needs a finite mean and sigma > 0, got {self}")
 
 
+class _Identity:
+    """Hash/equality by identity (static pytree data: one compiled program per object)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Identity) and other.value is self.value
+
+
+@jax.tree_util.register_pytree_node_class
 class FitProblem:
     """Data, forward model and parametrization of one spectrum's fit.
+
+    A FitProblem is a JAX pytree: the data (flux, ivar, design, parameter
+    boxes, prior means and widths) are its leaves and the forward model, label
+    spec and continuum treatment its static part.  Jitted functions that take
+    the problem as an argument (as :func:`~stellarfit.inference.fit_map` does)
+    therefore compile once per forward model and are reused for every spectrum
+    on the same pixels, and problems with equal static parts can be stacked and
+    ``vmap``-ed (:func:`~stellarfit.inference.fit_map_batch`).
 
     Args:
         forward_model: :class:`~stellarfit.forward.ForwardModel` for the observed pixels.
@@ -57,6 +81,10 @@ class FitProblem:
         design: (n_obs, k) continuum design matrix.
         priors: optional mapping parameter name -> :class:`GaussianPrior`.
         continuum: "profile" or "marginalize".
+        vsini_max: largest vsini fitted (at most the forward model's).
+        rv_range: the RV box [km/s] (default the forward model's ``rv_range``; it must lie
+            inside it).  Pixels the emulator does not cover for every RV in the box get
+            zero weight.
     """
 
     def __init__(
@@ -70,11 +98,13 @@ class FitProblem:
         priors: Mapping[str, GaussianPrior] | None = None,
         continuum: str = "profile",
         vsini_max: float | None = None,
+        rv_range: tuple[float, float] | None = None,
     ):
         if continuum not in ("profile", "marginalize"):
             raise ValueError(f"continuum must be 'profile' or 'marginalize', got {continuum!r}")
         flux = np.asarray(flux, dtype=np.float64)
-        ivar = np.where(forward_model.covered, np.asarray(ivar, dtype=np.float64), 0.0)
+        rv_range = forward_model.rv_range if rv_range is None else (float(rv_range[0]), float(rv_range[1]))
+        ivar = np.where(forward_model.coverage(rv_range), np.asarray(ivar, dtype=np.float64), 0.0)
         if flux.shape != forward_model.observed_wavelength.shape or ivar.shape != flux.shape:
             raise ValueError("flux and ivar must have the observed wavelengths' shape")
         if not np.any(ivar > 0):
@@ -85,13 +115,12 @@ class FitProblem:
         self.continuum = continuum
         self.n_labels = len(label_spec)
         self.n_parameters = len(self.names)
-        self.n_good = int(np.sum(ivar > 0))
         self.flux = jnp.asarray(flux, dtype=jnp.float32)
         self.ivar = jnp.asarray(ivar, dtype=jnp.float32)
         self.design = jnp.asarray(design, dtype=jnp.float32)
         vsini_max = forward_model.vsini_max if vsini_max is None else min(vsini_max, forward_model.vsini_max)
-        lower = list(label_spec.lower) + [forward_model.rv_range[0], 0.0]
-        upper = list(label_spec.upper) + [forward_model.rv_range[1], vsini_max]
+        lower = list(label_spec.lower) + [rv_range[0], 0.0]
+        upper = list(label_spec.upper) + [rv_range[1], vsini_max]
         self.lower = np.array(lower)
         self.upper = np.array(upper)
         # offsets: column -> (reference column or -1 for zero, half-width)
@@ -105,10 +134,54 @@ class FitProblem:
         unknown = sorted(set(priors) - set(self.names))
         if unknown:
             raise KeyError(f"priors given for unknown parameter(s) {unknown}; parameters are {self.names}")
-        self.priors = priors
+        self._prior_names = tuple(priors)
         self._prior_index = np.array([self.names.index(n) for n in priors], dtype=int)
         self._prior_mean = np.array([p.mean for p in priors.values()])
         self._prior_sigma = np.array([p.sigma for p in priors.values()])
+
+    # -- pytree ----------------------------------------------------------------------
+    def tree_flatten(self):
+        children = (self.flux, self.ivar, self.design, self.lower, self.upper, self._prior_mean, self._prior_sigma)
+        static = (
+            self.forward_model, _Identity(self.label_spec), self.continuum, self._prior_names,
+            tuple(int(v) for v in self._offset_reference), tuple(float(v) for v in self._offset_halfwidth),
+        )
+        return children, static
+
+    @classmethod
+    def tree_unflatten(cls, static, children):
+        problem = object.__new__(cls)
+        forward_model, spec, continuum, prior_names, reference, halfwidth = static
+        (problem.flux, problem.ivar, problem.design, problem.lower, problem.upper,
+         problem._prior_mean, problem._prior_sigma) = children
+        problem.forward_model = forward_model
+        problem.label_spec = spec.value
+        problem.continuum = continuum
+        problem.names = tuple(spec.value.names) + ("rv", "vsini")
+        problem.n_labels = len(spec.value)
+        problem.n_parameters = len(problem.names)
+        problem._prior_names = prior_names
+        problem._prior_index = np.array([problem.names.index(n) for n in prior_names], dtype=int)
+        problem._offset_reference = np.array(reference, dtype=int)
+        problem._offset_halfwidth = np.array(halfwidth, dtype=np.float64)
+        return problem
+
+    @property
+    def priors(self) -> dict[str, GaussianPrior]:
+        """The user's Gaussian priors by parameter name (host values only)."""
+        return {name: GaussianPrior(float(m), float(s)) for name, m, s in zip(self._prior_names, self._prior_mean, self._prior_sigma)}
+
+    def with_continuum(self, continuum: str) -> "FitProblem":
+        """The same problem with the continuum "profile"d or "marginalize"d."""
+        if continuum not in ("profile", "marginalize"):
+            raise ValueError(f"continuum must be 'profile' or 'marginalize', got {continuum!r}")
+        children, static = self.tree_flatten()
+        return FitProblem.tree_unflatten((static[0], static[1], continuum) + static[3:], children)
+
+    @property
+    def n_good(self) -> int:
+        """Number of pixels with ivar > 0 (host values only)."""
+        return int(np.sum(np.asarray(self.ivar) > 0))
 
     # -- parametrization ---------------------------------------------------------
     def to_theta(self, z):
@@ -132,7 +205,7 @@ class FitProblem:
 
     def log_abs_det_jacobian(self, z):
         """log |d theta / d z| for the density in z (sum over parameters)."""
-        width = np.where(self._offset_reference != -2, 2.0 * self._offset_halfwidth, self.upper - self.lower)
+        width = jnp.where(self._offset_reference != -2, 2.0 * self._offset_halfwidth, self.upper - self.lower)
         return jnp.sum(jnp.log(width) + jax.nn.log_sigmoid(z) + jax.nn.log_sigmoid(-z), axis=-1)
 
     # -- densities -----------------------------------------------------------------
@@ -175,12 +248,12 @@ class FitProblem:
     def prior_sigmas(self) -> list[float | None]:
         """Per-parameter Gaussian prior widths (None where there is none), for Fisher bounds."""
         out: list[float | None] = [None] * self.n_parameters
-        for name, prior in self.priors.items():
-            out[self.names.index(name)] = prior.sigma
+        for name, sigma in zip(self._prior_names, np.asarray(self._prior_sigma)):
+            out[self.names.index(name)] = float(sigma)
         return out
 
     def box_widths(self) -> np.ndarray:
-        return self.upper - self.lower
+        return np.asarray(self.upper, dtype=np.float64) - np.asarray(self.lower, dtype=np.float64)
 
     def describe(self, theta: Sequence[float]) -> dict[str, float]:
         return {name: float(value) for name, value in zip(self.names, np.asarray(theta))}

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ import optax
 
 from stellarfit.inference.likelihood import FitProblem
 
-__all__ = ["MapResult", "estimate_rv", "fit_map", "default_starts"]
+__all__ = ["MapResult", "estimate_rv", "fit_map", "fit_map_batch", "stack_problems", "default_starts", "laplace_covariance"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,27 +54,32 @@ class MapResult:
         return np.sqrt(np.clip(np.diag(self.covariance), 0.0, None))
 
 
-def estimate_rv(forward_model, template_labels, flux, ivar, design, *, step_kms: float | None = None, vsini: float = 0.0):
-    """Best RV [km/s] on a grid over ``forward_model.rv_range`` by chi-square with the continuum profiled.
-
-    Returns ``(rv_best, rv_grid, chi2_grid)``.
-    """
+@functools.partial(jax.jit, static_argnums=0)
+def _rv_chi2_scan(forward_model, template_labels, flux, ivar, design, grid, vsini):
     from stellarfit.forward import profile_continuum
 
-    low, high = forward_model.rv_range
-    step = step_kms or max(forward_model.velocity_step, 1.0)
-    grid = np.arange(low, high + 0.5 * step, step)
-    flux = jnp.asarray(flux, jnp.float32)
-    ivar = jnp.asarray(np.where(forward_model.covered, ivar, 0.0), jnp.float32)
-    design = jnp.asarray(design, jnp.float32)
-    broadened = forward_model.broaden(forward_model.rest_frame(jnp.asarray(template_labels)), vsini)
+    broadened = forward_model.broaden(forward_model.rest_frame(template_labels), vsini)
 
-    @jax.jit
     def chi2_at(rv):
         model = forward_model.shift_to_observed(broadened, rv)
         return profile_continuum(model, flux, ivar, design)[2]
 
-    chi2 = np.array(jax.lax.map(chi2_at, jnp.asarray(grid, jnp.float32), batch_size=64))
+    return jax.lax.map(chi2_at, grid, batch_size=64)
+
+
+def estimate_rv(forward_model, template_labels, flux, ivar, design, *, step_kms: float | None = None, vsini: float = 0.0):
+    """Best RV [km/s] on a grid over ``forward_model.rv_range`` by chi-square with the continuum profiled.
+
+    Compiled once per forward model (and RV grid length).  Returns ``(rv_best, rv_grid, chi2_grid)``.
+    """
+    low, high = forward_model.rv_range
+    step = step_kms or max(forward_model.velocity_step, 1.0)
+    grid = np.arange(low, high + 0.5 * step, step)
+    chi2 = np.array(_rv_chi2_scan(
+        forward_model, jnp.asarray(template_labels, jnp.float32), jnp.asarray(flux, jnp.float32),
+        jnp.asarray(np.where(forward_model.covered, ivar, 0.0), jnp.float32), jnp.asarray(design, jnp.float32),
+        jnp.asarray(grid, jnp.float32), jnp.float32(vsini),
+    ))
     best = int(np.argmin(chi2))
     # parabolic refinement around the minimum
     rv = grid[best]
@@ -107,6 +113,67 @@ def default_starts(problem: FitProblem, n_starts: int = 8, *, rv: float = 0.0, v
     return np.concatenate([starts, np.full((n_starts, 1), rv), np.full((n_starts, 1), vsini)], axis=1)
 
 
+# -- compiled pieces: module-level functions of the problem (a pytree), so that they compile
+# once per forward model and are reused for every spectrum on the same pixels ----------------
+
+
+@functools.partial(jax.jit, static_argnames=("adam_steps", "learning_rate"))
+def _adam_starts(problem: FitProblem, z_start, *, adam_steps: int, learning_rate: float):
+    """Adam from each start (n_starts, p) -> (z_final (n_starts, p), objective (n_starts,))."""
+    objective = problem.objective_unconstrained
+    optimizer = optax.adam(learning_rate)
+
+    def run(z0):
+        def step(carry, _):
+            z, state = carry
+            value, gradient = jax.value_and_grad(objective)(z)
+            gradient = jnp.where(jnp.isfinite(gradient), gradient, 0.0)
+            updates, state = optimizer.update(gradient, state, z)
+            return (optax.apply_updates(z, updates), state), value
+
+        (z_final, _), _ = jax.lax.scan(step, (z0, optimizer.init(z0)), None, length=adam_steps)
+        return z_final, objective(z_final)
+
+    return jax.vmap(run)(z_start)
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _lbfgs_polish(problem: FitProblem, z, *, steps: int):
+    """L-BFGS from z; keeps z when the polish fails or gets worse.  -> (z, gradient norm, objective)."""
+    objective = problem.objective_unconstrained
+    solver = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
+    def step(carry, _):
+        z, state = carry
+        value, gradient = value_and_grad(z, state=state)
+        updates, state = solver.update(gradient, state, z, value=value, grad=gradient, value_fn=objective)
+        return (optax.apply_updates(z, updates), state), None
+
+    (z_final, _), _ = jax.lax.scan(step, (z, solver.init(z)), None, length=steps)
+    start_value, final_value = objective(z), objective(z_final)
+    better = jnp.all(jnp.isfinite(z_final)) & jnp.isfinite(final_value) & (final_value <= start_value)
+    z_out = jnp.where(better, z_final, z)
+    return z_out, jnp.linalg.norm(jax.grad(objective)(z_out)), jnp.where(better, final_value, start_value)
+
+
+@jax.jit
+def _hessian_scaled(problem: FitProblem, origin, widths):
+    """Hessian of the negative log posterior in u, theta = origin + u * widths, at u = 0."""
+
+    def negative_log_posterior(u):
+        t = origin + u * widths
+        return -(problem.log_likelihood(t) + problem.log_prior(t))
+
+    return jax.hessian(negative_log_posterior)(jnp.zeros_like(origin))
+
+
+@jax.jit
+def _theta_chi2(problem: FitProblem, z):
+    theta = problem.to_theta(z)
+    return theta, problem.continuum_fit(theta)[2]
+
+
 def fit_map(
     problem: FitProblem,
     starts: np.ndarray,
@@ -115,68 +182,35 @@ def fit_map(
     learning_rate: float = 0.05,
     polish_steps: int = 50,
 ) -> MapResult:
-    """Multi-start MAP fit of a :class:`FitProblem` from ``starts`` (n_starts, p) in physical units."""
+    """Multi-start MAP fit of a :class:`FitProblem` from ``starts`` (n_starts, p) in physical units.
+
+    The optimizers are compiled once per forward model, number of starts and
+    settings: fitting further spectra on the same pixels reuses them.
+    """
     starts = np.atleast_2d(np.asarray(starts, dtype=np.float64))
     if starts.shape[1] != problem.n_parameters:
         raise ValueError(f"starts must have {problem.n_parameters} columns ({problem.names}), got {starts.shape[1]}")
     z0 = problem.to_unconstrained(jnp.asarray(starts, jnp.float32))
-    objective = problem.objective_unconstrained
-    optimizer = optax.adam(learning_rate)
-
-    @jax.jit
-    def run_adam(z_start):
-        def step(carry, _):
-            z, state = carry
-            value, gradient = jax.value_and_grad(objective)(z)
-            gradient = jnp.where(jnp.isfinite(gradient), gradient, 0.0)
-            updates, state = optimizer.update(gradient, state, z)
-            return (optax.apply_updates(z, updates), state), value
-
-        (z_final, _), _ = jax.lax.scan(step, (z_start, optimizer.init(z_start)), None, length=adam_steps)
-        return z_final, objective(z_final)
-
-    z_all, values = jax.vmap(run_adam)(z0)
+    z_all, values = _adam_starts(problem, z0, adam_steps=adam_steps, learning_rate=float(learning_rate))
     values = np.asarray(values)
     values = np.where(np.isfinite(values), values, np.inf)
     best = int(np.argmin(values))
-    z_best, converged = _polish(objective, z_all[best], polish_steps)
-    theta = problem.to_theta(z_best)
-    log_posterior = -float(objective(z_best))
-    chi2 = float(problem.continuum_fit(theta)[2])
-    covariance = laplace_covariance(problem, np.asarray(theta, dtype=np.float64))
+    z_best, gradient_norm, objective = _lbfgs_polish(problem, z_all[best], steps=polish_steps)
+    theta, chi2 = _theta_chi2(problem, z_best)
+    theta = np.asarray(theta, dtype=np.float64)
+    covariance = laplace_covariance(problem, theta)
     return MapResult(
-        theta=np.asarray(theta, dtype=np.float64),
+        theta=theta,
         names=problem.names,
-        log_posterior=log_posterior,
-        chi2=chi2,
+        log_posterior=-float(objective),
+        chi2=float(chi2),
         n_good=problem.n_good,
         covariance=covariance,
         all_objectives=values,
-        converged=converged,
+        # converged: the log posterior changes by < 0.1 per unit of z (the parameters' boxes
+        # map to |z| of a few units, so the optimum is pinned far below the posterior width)
+        converged=bool(gradient_norm < 0.1),
     )
-
-
-def _polish(objective, z, steps: int):
-    solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(objective)
-
-    @jax.jit
-    def run(z):
-        def step(carry, _):
-            z, state = carry
-            value, gradient = value_and_grad(z, state=state)
-            updates, state = solver.update(gradient, state, z, value=value, grad=gradient, value_fn=objective)
-            return (optax.apply_updates(z, updates), state), None
-
-        (z_final, _), _ = jax.lax.scan(step, (z, solver.init(z)), None, length=steps)
-        return z_final, jnp.linalg.norm(jax.grad(objective)(z_final))
-
-    z_final, gradient_norm = run(z)
-    if not bool(jnp.all(jnp.isfinite(z_final))) or float(objective(z_final)) > float(objective(z)):
-        z_final, gradient_norm = z, jnp.linalg.norm(jax.grad(objective)(z))
-    # converged: the log posterior changes by < 0.1 per unit of z (the parameters' boxes
-    # map to |z| of a few units, so the optimum is pinned far below the posterior width)
-    return z_final, bool(gradient_norm < 0.1)
 
 
 def laplace_covariance(problem: FitProblem, theta: np.ndarray) -> np.ndarray:
@@ -187,15 +221,12 @@ def laplace_covariance(problem: FitProblem, theta: np.ndarray) -> np.ndarray:
     """
     widths = problem.box_widths()
     origin = np.asarray(theta, dtype=np.float64)
+    dtype = jnp.result_type(float)
+    hessian_scaled = np.asarray(_hessian_scaled(problem, jnp.asarray(origin, dtype), jnp.asarray(widths, dtype)), dtype=np.float64)
+    return _invert_hessian(hessian_scaled / np.outer(widths, widths))
 
-    @jax.jit
-    def negative_log_posterior(u):
-        t = jnp.asarray(origin) + u * jnp.asarray(widths)
-        return -(problem.log_likelihood(t) + problem.log_prior(t))
 
-    u0 = jnp.zeros(origin.size, dtype=jnp.result_type(float))
-    hessian_scaled = np.asarray(jax.jit(jax.hessian(negative_log_posterior))(u0), dtype=np.float64)
-    hessian = hessian_scaled / np.outer(widths, widths)
+def _invert_hessian(hessian: np.ndarray) -> np.ndarray:
     hessian = 0.5 * (hessian + hessian.T)
     diagonal = np.diag(hessian)
     if not np.all(np.isfinite(hessian)) or np.any(diagonal <= 0):
@@ -216,3 +247,77 @@ def _safe_inverse(matrix: np.ndarray) -> np.ndarray:
     except np.linalg.LinAlgError:
         return np.full_like(matrix, np.nan)
     return inverse * np.outer(scale, scale)
+
+
+def stack_problems(problems) -> FitProblem:
+    """Stack FitProblems that share a forward model, label spec, priors and continuum treatment
+    into one batched problem (leaves gain a leading batch axis) for :func:`fit_map_batch`."""
+    problems = list(problems)
+    if not problems:
+        raise ValueError("no problems to stack")
+    structure = jax.tree_util.tree_structure(problems[0])
+    for i, problem in enumerate(problems[1:], start=1):
+        if jax.tree_util.tree_structure(problem) != structure:
+            raise ValueError(
+                f"problem {i} differs from problem 0 in its forward model, labels, priors or continuum treatment; "
+                "only problems on the same pixels with the same settings can be fitted as one batch"
+            )
+    return jax.tree_util.tree_map(lambda *leaves: jnp.stack([jnp.asarray(leaf) for leaf in leaves]), *problems)
+
+
+@functools.partial(jax.jit, static_argnames=("adam_steps", "learning_rate", "polish_steps"))
+def _map_batch(stacked: FitProblem, z_start, *, adam_steps: int, learning_rate: float, polish_steps: int):
+    def one(problem, z0):
+        z_all, values = _adam_starts(problem, z0, adam_steps=adam_steps, learning_rate=learning_rate)
+        values = jnp.where(jnp.isfinite(values), values, jnp.inf)
+        z_best, gradient_norm, objective = _lbfgs_polish(problem, z_all[jnp.argmin(values)], steps=polish_steps)
+        theta, chi2 = _theta_chi2(problem, z_best)
+        widths = problem.upper - problem.lower
+        return theta, chi2, objective, gradient_norm, values, _hessian_scaled(problem, theta, widths)
+
+    return jax.vmap(one)(stacked, z_start)
+
+
+def fit_map_batch(
+    problems,
+    starts: np.ndarray,
+    *,
+    adam_steps: int = 300,
+    learning_rate: float = 0.05,
+    polish_steps: int = 50,
+) -> list[MapResult]:
+    """:func:`fit_map` for many spectra at once: one ``vmap`` over spectra (and starts), one compiled
+    program for the whole batch — the way to fill a GPU.
+
+    Args:
+        problems: FitProblems on the same forward model (see :func:`stack_problems`).
+        starts: (n_starts, p) shared starts or (n_problems, n_starts, p) per-problem starts.
+    Returns one :class:`MapResult` per problem, in order.
+    """
+    problems = list(problems)
+    stacked = stack_problems(problems)
+    starts = np.asarray(starts, dtype=np.float64)
+    if starts.ndim == 2:
+        starts = np.broadcast_to(starts, (len(problems),) + starts.shape)
+    if starts.shape[0] != len(problems) or starts.shape[-1] != problems[0].n_parameters:
+        raise ValueError(f"starts must have shape (n_starts, {problems[0].n_parameters}) or "
+                         f"({len(problems)}, n_starts, {problems[0].n_parameters}), got {starts.shape}")
+    z0 = jnp.stack([problem.to_unconstrained(jnp.asarray(s, jnp.float32)) for problem, s in zip(problems, starts)])
+    theta, chi2, objective, gradient_norm, values, hessians = (
+        np.asarray(a) for a in _map_batch(stacked, z0, adam_steps=adam_steps, learning_rate=float(learning_rate),
+                                          polish_steps=polish_steps)
+    )
+    results = []
+    for i, problem in enumerate(problems):
+        widths = problem.box_widths()
+        results.append(MapResult(
+            theta=theta[i].astype(np.float64),
+            names=problem.names,
+            log_posterior=-float(objective[i]),
+            chi2=float(chi2[i]),
+            n_good=problem.n_good,
+            covariance=_invert_hessian(hessians[i].astype(np.float64) / np.outer(widths, widths)),
+            all_objectives=values[i],
+            converged=bool(gradient_norm[i] < 0.1),
+        ))
+    return results
