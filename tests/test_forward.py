@@ -161,3 +161,24 @@ def test_continuum_profiling_recovers_polynomial():
     ivar[:50] = 0.0
     coefficients, _, _, _ = profile_continuum(jnp.asarray(model), jnp.asarray(bad), jnp.asarray(ivar), jnp.asarray(design))
     np.testing.assert_allclose(coefficients, truth, rtol=1e-3, atol=1e-4)
+
+
+def test_simulate_observation_matches_forward_model_and_noise_level():
+    from stellarfit.forward import ForwardModel, simulate_observation
+    from stellarfit.wavelengths import log_lambda_grid
+
+    native = log_lambda_grid(5000.0, 5100.0, 30_000.0, 3.0)
+    line = 1.0 - 0.6 * np.exp(-0.5 * ((native - 5050.0) / 0.08) ** 2)
+    observed = log_lambda_grid(5010.0, 5090.0, 15_000.0, 2.5)
+    clean = simulate_observation(native, line, 30_000.0, observed, 15_000.0, rv=25.0, vsini=6.0, snr=None, continuum=2.0)
+    model = ForwardModel(lambda labels, w: labels, native, 30_000.0, observed, 15_000.0, rv_range=(24.0, 26.0), vsini_max=12.0)
+    expected = 2.0 * np.asarray(model.shift_to_observed(model.broaden(line[model.native_slice], 6.0), 25.0))
+    np.testing.assert_allclose(clean.flux, expected, rtol=1e-5)
+    # the line moved by the Doppler shift: minimum near 5050 * (1 + 25/c)
+    assert abs(observed[np.argmin(clean.flux)] - 5050.0 * (1 + 25.0 / 299_792.458)) < 0.05
+    noisy = simulate_observation(native, line, 30_000.0, observed, 15_000.0, snr=50.0, continuum=3.0, rng=1)
+    residual = noisy.flux - simulate_observation(native, line, 30_000.0, observed, 15_000.0, snr=None, continuum=3.0).flux
+    assert np.std(residual * np.sqrt(noisy.ivar)) == pytest.approx(1.0, rel=0.1)
+    assert np.std(residual) == pytest.approx(3.0 / 50.0, rel=0.1)
+    with pytest.raises(ValueError, match="snr must be positive"):
+        simulate_observation(native, line, 30_000.0, observed, 15_000.0, snr=0.0)

@@ -37,6 +37,8 @@ _LAZY = {
     "ObservedSpectrum": "stellarfit.spectra",
     "read_spectrum": "stellarfit.spectra",
     "fit_star": "stellarfit.inference",
+    "fit_stars": "stellarfit.inference",
+    "example_spectrum": "stellarfit.spectra",
     "cramer_rao": "stellarfit.inference",
 }
 
@@ -65,4 +67,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from stellarfit.spectra import ObservedSpectrum as ObservedSpectrum
     from stellarfit.inference import cramer_rao as cramer_rao
     from stellarfit.inference import fit_star as fit_star
+    from stellarfit.inference import fit_stars as fit_stars
+    from stellarfit.spectra import example_spectrum as example_spectrum
     from stellarfit.spectra import read_spectrum as read_spectrum

@@ -212,7 +212,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.n_train > len(train.labels):
             raise UsageError(f"--n-train {args.n_train} exceeds the {len(train.labels)} training spectra of {args.grid}")
         train = train.subset(np.arange(args.n_train))
-    with_continuum = train.log10_continuum is not None
+    with_continuum = train.log10_continuum is not None and not args.no_continuum
     resolution = grid.metadata.get("engine", {}).get("resolution") if isinstance(grid.metadata.get("engine"), dict) else None
     common = dict(with_continuum=with_continuum, resolution=resolution, seed=args.seed)
     config = TrainConfig(n_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
@@ -289,8 +289,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         options["resolution"] = args.resolution
     if args.snr is not None:
         options["snr"] = args.snr
+    path = args.spectrum
+    if path == "example" and not os.path.exists(path):
+        from stellarfit.data import example_path
+
+        path = example_path("example")
     try:
-        spectrum = read_spectrum(args.spectrum, format=args.format, **options)
+        spectrum = read_spectrum(path, format=args.format, **options)
     except (ValueError, FileNotFoundError, TypeError) as error:
         raise UsageError(str(error)) from None
     if isinstance(spectrum, list):
@@ -481,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random pixels per spectrum per step (TransformerPayne; default 512)")
     train.add_argument("--patience", type=int, default=10,
                        help="validations (every 250 steps) without improvement before stopping (default 10)")
+    train.add_argument("--no-continuum", action="store_true",
+                       help="do not emulate the grid's continuum (normalized flux only: a smaller Payne; fits do not need it)")
     train.add_argument("--init", default=None,
                        help="fine-tune this pre-trained emulator (directory or shipped name) instead of training from scratch")
     train.add_argument("--finetune", choices=["full", "head", "lora"], default="full",
@@ -505,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="fit one spectrum with an emulator",
                               description="Fit one observed spectrum (any supported FITS format) with an emulator.")
-    fit.add_argument("spectrum", help="FITS file (APOGEE, BOSS, LAMOST, DESI, Gaia RVS or a generic table/image)")
+    fit.add_argument("spectrum", help="FITS file (APOGEE, BOSS, LAMOST, DESI, Gaia RVS or a generic table/image), "
+                                      "or 'example' for the shipped example star")
     fit.add_argument("--emulator", default="default", help="shipped emulator name or path to an emulator directory (default: default)")
     fit.add_argument("--method", choices=["map", "nuts", "blackjax"], default="map",
                      help="map (multi-start MAP + Laplace errors), nuts (NumPyro) or blackjax (default map)")

@@ -16,6 +16,8 @@ from stellarfit.emulators.checkpoint import save_emulator as save_emulator
 from stellarfit.emulators.evaluation import EmulatorEvaluation as EmulatorEvaluation
 from stellarfit.emulators.evaluation import evaluate_emulator as evaluate_emulator
 from stellarfit.emulators.evaluation import plot_evaluation as plot_evaluation
+from stellarfit.emulators.distill import distill as distill
+from stellarfit.emulators.distill import teacher_data as teacher_data
 from stellarfit.emulators.finetune import add_lora as add_lora
 from stellarfit.emulators.finetune import finetune as finetune
 from stellarfit.emulators.finetune import merge_lora as merge_lora
@@ -53,6 +55,8 @@ __all__ = [
     "train_emulator",
     "validation_metrics",
     "finetune",
+    "distill",
+    "teacher_data",
     "add_lora",
     "merge_lora",
     "EmulatorEvaluation",

@@ -3,6 +3,7 @@
 - :class:`ForwardModel`: emulator flux -> model flux at observed pixels (pure JAX).
 - :func:`continuum_design_matrix`, :func:`profile_continuum`: the polynomial
   continuum per arm, profiled analytically.
+- :func:`simulate_observation`: a model spectrum observed with noise (injection-recovery).
 - kernels: :func:`doppler_factor`, :func:`rotation_kernel`, :func:`cubic_interpolate`.
 """
 
@@ -18,6 +19,7 @@ from stellarfit.forward._continuum import continuum_design_matrix as continuum_d
 from stellarfit.forward._continuum import profile_continuum as profile_continuum
 from stellarfit.forward._model import ForwardModel as ForwardModel
 from stellarfit.forward._model import ObservationOutsideEmulatorError as ObservationOutsideEmulatorError
+from stellarfit.forward._simulate import simulate_observation as simulate_observation
 
 __all__ = [
     "ForwardModel",
@@ -32,4 +34,5 @@ __all__ = [
     "profile_continuum",
     "rotation_kernel",
     "rotation_kernel_variance",
+    "simulate_observation",
 ]

@@ -19,6 +19,7 @@ from stellarfit.spectra._registry import (
     get_format,
     identify_format,
     read_spectra,
+    example_spectrum,
     read_spectrum,
     register_format,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "SpectrumReadError",
     "UnknownFormatError",
     "SpectrumFormat",
+    "example_spectrum",
     "read_spectrum",
     "read_spectra",
     "available_formats",

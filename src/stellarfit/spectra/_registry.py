@@ -181,3 +181,11 @@ def read_spectra(path: Any, format: str | None = None, **options: Any) -> Spectr
 for _module in (desi, boss, lamost_mrs, lamost_lrs, apogee_apstar, apogee_aspcap, gaia_rvs, generic):
     register_format(_module.FORMAT, _module.identify, _module.read, _module.DESCRIPTION, before=None)
 del _module
+
+
+def example_spectrum(name: str = "example") -> ObservedSpectrum:
+    """A shipped example spectrum: by default a held-out Turbospectrum star observed at
+    R = 22,500 and S/N 60 (``stellarfit.data.example_truth()`` gives its true labels)."""
+    from stellarfit.data import example_path
+
+    return read_spectrum(example_path(name))

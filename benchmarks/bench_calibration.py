@@ -1,0 +1,143 @@
+"""Calibration of fits on held-out realistic spectra: bias, scatter, error calibration, CRB, speed.
+
+Takes the first --n-stars spectra of the default grid's held-out test split
+(Turbospectrum spectra the emulator never saw), observes each with
+:func:`stellarfit.forward.simulate_observation` (random RV in +-150 km/s,
+vsini 0-8 km/s, R = --resolution, a tilted continuum, Gaussian noise at each
+--snr), fits them with :func:`stellarfit.fit_stars` (multi-start MAP + Laplace
+errors + Cramér-Rao bounds, batched) and reports per parameter:
+
+- bias = median(fit - truth), scatter = 1.4826 * MAD(fit - truth);
+- z = (fit - truth) / error: its robust width (1 for calibrated errors; >1:
+  errors too small, e.g. from emulator error that the likelihood ignores);
+- median reported error and median CRB;
+- wall time per star (after the first batch's compilation) and the compile time.
+
+Results: benchmarks/results/calibration_<emulator>.{json,md}.
+
+    python benchmarks/bench_calibration.py --emulator payne-default --grid ~/.cache/stellarfit/grids/ts_default_2000.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    values = np.asarray(values)
+    values = values[np.isfinite(values)]
+    return float(1.4826 * np.median(np.abs(values - np.median(values)))) if values.size else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--emulator", default="payne-default")
+    parser.add_argument("--grid", required=True)
+    parser.add_argument("--n-stars", type=int, default=100)
+    parser.add_argument("--snr", type=float, nargs="+", default=[30.0, 100.0])
+    parser.add_argument("--resolution", type=float, default=22_500.0)
+    parser.add_argument("--window", type=float, nargs=2, default=[5010.0, 5490.0])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--n-starts", type=int, default=8)
+    parser.add_argument("--adam-steps", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    import jax
+
+    import stellarfit as sf
+    from stellarfit.forward import simulate_observation
+    from stellarfit.grids import SpectralGrid
+    from stellarfit.wavelengths import log_lambda_grid
+
+    emulator = sf.load_emulator(args.emulator)
+    grid = SpectralGrid.read(os.path.expanduser(args.grid))
+    _, _, test = grid.split((0.8, 0.1, 0.1), seed=0)
+    test = test[: args.n_stars]
+    names = list(emulator.label_names) + ["rv", "vsini"]
+    wavelength = log_lambda_grid(args.window[0], args.window[1], args.resolution, 2.5)
+    x = (wavelength - wavelength.mean()) / np.ptp(wavelength)
+    rng = np.random.default_rng(args.seed)
+    rvs = rng.uniform(-150.0, 150.0, test.size)
+    vsinis = rng.uniform(0.0, 8.0, test.size)
+    tilts = rng.uniform(-0.2, 0.2, test.size)
+    document = {
+        "benchmark": "bench_calibration", "emulator": args.emulator,
+        "emulator_metrics": emulator.metadata.get("metrics"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "load_average_before": list(os.getloadavg()),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "n_pixels": int(wavelength.size), "results": {},
+    }
+    lines = []
+    for snr in args.snr:
+        spectra, truths = [], []
+        for k, index in enumerate(test):
+            continuum = 1000.0 * (1.0 + tilts[k] * x)
+            spectra.append(simulate_observation(grid.wavelength, grid.flux[index], 30_000.0, wavelength, args.resolution,
+                                                rv=rvs[k], vsini=vsinis[k], snr=snr, continuum=continuum, rng=rng))
+            truths.append(np.concatenate([grid.labels[index], [rvs[k], vsinis[k]]]))
+        truths = np.array(truths)
+        start = time.perf_counter()
+        first = sf.fit_stars(spectra[: args.batch_size], emulator, batch_size=args.batch_size, n_starts=args.n_starts,
+                             adam_steps=args.adam_steps, seed=args.seed, errors="collect")
+        first_s = time.perf_counter() - start
+        start = time.perf_counter()
+        rest = sf.fit_stars(spectra[args.batch_size :], emulator, batch_size=args.batch_size, n_starts=args.n_starts,
+                            adam_steps=args.adam_steps, seed=args.seed, errors="collect", progress=True)
+        rest_s = time.perf_counter() - start
+        results = first + rest
+        ok = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
+        values = np.array([[results[i].labels[n]["value"] for n in names] for i in ok])
+        errors = np.array([[results[i].labels[n]["error"] for n in names] for i in ok])
+        crbs = np.array([[results[i].labels[n]["crb"] for n in names] for i in ok])
+        delta = values - truths[ok]
+        per = {}
+        for j, name in enumerate(names):
+            per[name] = {
+                "bias": float(np.median(delta[:, j])), "scatter": robust_sigma(delta[:, j]),
+                "z_width": robust_sigma(delta[:, j] / errors[:, j]),
+                "median_error": float(np.nanmedian(errors[:, j])), "median_crb": float(np.nanmedian(crbs[:, j])),
+            }
+        flags = [results[i].flags for i in ok]
+        document["results"][str(snr)] = {
+            "n_fitted": len(ok), "n_failed": len(results) - len(ok),
+            "failures": [str(r) for r in results if isinstance(r, Exception)][:5],
+            "first_batch_s": first_s, "seconds_per_star_after_compile": rest_s / max(len(spectra) - args.batch_size, 1),
+            "median_reduced_chi2": float(np.median([results[i].reduced_chi2 for i in ok])),
+            "fraction_flagged": float(np.mean(np.array(flags) != 0)), "parameters": per,
+        }
+        lines.append(f"### S/N {snr:g} ({len(ok)} stars, R = {args.resolution:g}, {wavelength.size} pixels)\n")
+        lines.append("| parameter | bias | scatter | z width | median error | median CRB |")
+        lines.append("|---|---|---|---|---|---|")
+        for name, row in per.items():
+            lines.append(f"| {name} | {row['bias']:+.4g} | {row['scatter']:.4g} | {row['z_width']:.2f} | "
+                         f"{row['median_error']:.4g} | {row['median_crb']:.4g} |")
+        r = document["results"][str(snr)]
+        lines.append(f"\nFirst batch of {args.batch_size} (with compilation): {first_s:.0f} s; afterwards "
+                     f"{r['seconds_per_star_after_compile']:.2f} s per star; median reduced chi2 {r['median_reduced_chi2']:.2f}; "
+                     f"{100 * r['fraction_flagged']:.0f}% flagged.\n")
+        print("\n".join(lines[-len(per) - 4 :]), flush=True)
+    document["load_average_after"] = list(os.getloadavg())
+    out = Path(args.out or HERE / "results" / f"calibration_{Path(args.emulator).name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(document, indent=1))
+    header = (f"Fits of {args.n_stars} held-out Turbospectrum spectra with `{args.emulator}` "
+              f"({document['device']}, {document['cpu_count']} cores, load {document['load_average_before'][0]:.1f}, "
+              f"{document['date']}).\n\n")
+    out.with_suffix(".md").write_text(header + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
