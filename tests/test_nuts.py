@@ -222,3 +222,22 @@ def test_fit_result_to_arviz():
     tree = FitResult(method="nuts", samples=samples, sample_stats={"diverging": np.zeros((2, 7), bool)}, **common).to_arviz()
     np.testing.assert_array_equal(tree.posterior["rv"].values, samples[:, :, 1])
     assert tree.sample_stats["diverging"].shape == (2, 7)
+
+
+def test_blackjax_compiles_once_per_forward_model():
+    from stellarfit.inference import nuts as nuts_module
+
+    wavelength = log_lambda_grid(5242.0, 5259.0, 22_500.0, 2.0)
+    model = ForwardModel(small_flux, NATIVE, NATIVE_R, wavelength, 22_500.0, rv_range=(-8.0, 32.0), vsini_max=40.0)
+    continuum = 1e3 * np.ones(wavelength.size)
+    design = continuum_design_matrix(wavelength, degree=1)
+    clean = continuum * np.asarray(model(jnp.asarray(TRUTH[:3]), TRUTH[3], TRUTH[4]), dtype=np.float64)
+    options = dict(num_warmup=20, num_samples=10, num_chains=2, seed=0)
+    sizes = []
+    for seed in (1, 2):
+        flux = clean + np.random.default_rng(seed).normal(size=clean.size) * continuum / 200.0
+        problem = FitProblem(model, TOY_SPEC, flux, (200.0 / continuum) ** 2, design, continuum="marginalize")
+        result = sample_blackjax(problem, TRUTH, laplace_covariance(problem.with_continuum("profile"), TRUTH), **options)
+        assert result.samples.shape == (2, 10, 5) and np.all(np.isfinite(result.samples))
+        sizes.append(nuts_module._blackjax_chains._cache_size())
+    assert sizes[1] == sizes[0] >= 1

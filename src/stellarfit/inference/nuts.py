@@ -38,6 +38,7 @@ doublings (2^max_tree_depth - 1 leapfrog steps).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable
 
@@ -370,6 +371,38 @@ def sample_numpyro(
 
 
 # -- BlackJAX ---------------------------------------------------------------------
+def _blackjax_chains_fn(logdensity, keys, z_init, inverse_mass, *, num_warmup, num_samples, depth, target_accept, mass_matrix):
+    import blackjax
+
+    warmup = blackjax.window_adaptation(
+        blackjax.nuts, logdensity,
+        is_mass_matrix_diagonal=mass_matrix == "diagonal",
+        initial_inverse_mass_matrix=inverse_mass,
+        target_acceptance_rate=target_accept,
+        max_num_doublings=depth,
+    )
+
+    def one_chain(key, z0):
+        key_warmup, key_draws = jax.random.split(key)
+        (state, parameters), warmup_info = warmup.run(key_warmup, z0, num_warmup)
+        kernel = blackjax.nuts(logdensity, parameters["step_size"], parameters["inverse_mass_matrix"], max_num_doublings=depth)
+
+        def step(state, key):
+            state, info = kernel.step(key, state)
+            return state, (state.position, state.logdensity, info.is_divergent, info.num_integration_steps,
+                           info.num_trajectory_expansions, info.acceptance_rate)
+
+        _, draws = jax.lax.scan(step, state, jax.random.split(key_draws, num_samples))
+        return draws, parameters["step_size"], warmup_info.info.num_integration_steps
+
+    return jax.vmap(one_chain)(keys, z_init)
+
+
+@functools.partial(jax.jit, static_argnames=("num_warmup", "num_samples", "depth", "target_accept", "mass_matrix"))
+def _blackjax_chains(problem: FitProblem, keys, z_init, inverse_mass, **options):
+    return _blackjax_chains_fn(problem.log_density_unconstrained, keys, z_init, inverse_mass, **options)
+
+
 def sample_blackjax(
     problem: FitProblem,
     theta_map: np.ndarray,
@@ -392,36 +425,20 @@ def sample_blackjax(
     ``problem.log_density_unconstrained`` when given (e.g. with extra prior terms).
     """
     check_sampler_settings(problem, num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix, jitter)
-    import blackjax
-
     start_time = time.perf_counter()
     z_init, inverse_mass = _prepare(problem, theta_map, covariance, num_chains, mass_matrix, jitter, seed)
-    logdensity = logdensity_fn or problem.log_density_unconstrained
     depth = int(max_tree_depth)
-    warmup = blackjax.window_adaptation(
-        blackjax.nuts, logdensity,
-        is_mass_matrix_diagonal=mass_matrix == "diagonal",
-        initial_inverse_mass_matrix=None if mass_matrix == "dense" else jnp.asarray(inverse_mass, jnp.float32),
-        target_acceptance_rate=float(target_accept),
-        max_num_doublings=depth,
-    )
-
-    def one_chain(key, z0):
-        key_warmup, key_draws = jax.random.split(key)
-        (state, parameters), warmup_info = warmup.run(key_warmup, z0, int(num_warmup))
-        kernel = blackjax.nuts(logdensity, parameters["step_size"], parameters["inverse_mass_matrix"], max_num_doublings=depth)
-
-        def step(state, key):
-            state, info = kernel.step(key, state)
-            return state, (state.position, state.logdensity, info.is_divergent, info.num_integration_steps,
-                           info.num_trajectory_expansions, info.acceptance_rate)
-
-        _, draws = jax.lax.scan(step, state, jax.random.split(key_draws, int(num_samples)))
-        return draws, parameters["step_size"], warmup_info.info.num_integration_steps
-
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
-    (z, lp, diverging, n_steps, depths, acceptance), step_size, warmup_steps = jax.jit(jax.vmap(one_chain))(
-        keys, jnp.asarray(z_init, jnp.float32))
+    options = dict(num_warmup=int(num_warmup), num_samples=int(num_samples), depth=depth,
+                   target_accept=float(target_accept), mass_matrix=mass_matrix)
+    inverse = None if mass_matrix == "dense" else jnp.asarray(inverse_mass, jnp.float32)
+    if logdensity_fn is None:
+        # compiled once per forward model and settings: the problem's data are arguments
+        outputs = _blackjax_chains(problem, keys, jnp.asarray(z_init, jnp.float32), inverse, **options)
+    else:
+        outputs = jax.jit(lambda k, z0, m: _blackjax_chains_fn(logdensity_fn, k, z0, m, **options))(
+            keys, jnp.asarray(z_init, jnp.float32), inverse)
+    (z, lp, diverging, n_steps, depths, acceptance), step_size, warmup_steps = outputs
     stats = {"diverging": diverging, "n_steps": n_steps, "tree_depth": depths, "acceptance_rate": acceptance, "lp": lp}
     settings = dict(backend="blackjax", num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
                     max_tree_depth=depth, target_accept=float(target_accept), mass_matrix=mass_matrix, seed=int(seed))
