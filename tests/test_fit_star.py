@@ -117,3 +117,24 @@ def test_fit_stars_batch_matches_fit_star_and_collects_failures(emulator):
         assert results[1].labels[name]["crb"] == pytest.approx(single.labels[name]["crb"], rel=0.05)
     with pytest.raises(ValueError, match="no observed pixel"):
         fit_stars([broken], emulator, **options)
+
+
+def test_emulator_pixel_error_inflates_errors_not_crb(emulator, tmp_path):
+    from stellarfit.emulators import load_emulator
+
+    with pytest.raises(ValueError, match="pixel_error must be"):
+        emulator.with_pixel_error(np.full(3, 0.01))
+    noisy = emulator.with_pixel_error(np.full(emulator.n_pixels, 0.01))
+    noisy.save(str(tmp_path / "emu"))
+    loaded = load_emulator(str(tmp_path / "emu"))
+    np.testing.assert_array_equal(loaded.pixel_error, noisy.pixel_error)
+    assert emulator.pixel_error is None
+    spectrum = observe(emulator, [0.4, 0.2, -0.3], 30.0, snr=200.0, seed=5)
+    options = dict(n_starts=8, adam_steps=250, rv_range=(-300.0, 300.0), vsini_max=20.0)
+    plain = fit_star(spectrum, loaded, emulator_error=False, **options)
+    inflated = fit_star(spectrum, loaded, **options)
+    # noise sigma 1/200 = 0.005 per pixel plus emulator error 0.01: errors grow by ~sqrt(1 + 4)
+    for name in emulator.label_names:
+        ratio = inflated.labels[name]["error"] / plain.labels[name]["error"]
+        assert 1.8 < ratio < 2.7, (name, ratio)
+    assert inflated.reduced_chi2 < 0.4 * plain.reduced_chi2

@@ -130,6 +130,7 @@ class Emulator:
         self._graphdef = graphdef
         self._lower = np.asarray(label_spec.lower, np.float64)
         self._span = np.asarray(label_spec.upper - label_spec.lower, np.float64)
+        self._pixel_error: np.ndarray | None = None
 
     # ------------------------------------------------------------------ subclass hooks
     def _complete_config(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -371,6 +372,24 @@ class Emulator:
         return wavelength.shape == self._wavelength.shape and bool(np.array_equal(wavelength, self._wavelength))
 
     # ------------------------------------------------------------------ copies and I/O
+    @property
+    def pixel_error(self) -> np.ndarray | None:
+        """(n_pixels,) the emulator's own error per native pixel (RMS of normalized-flux residuals
+        on held-out spectra), or None when unknown.  Fits add it to the noise (see
+        :func:`stellarfit.inference.fit_star`, ``emulator_error``)."""
+        return self._pixel_error
+
+    def with_pixel_error(self, pixel_error: np.ndarray | None) -> "Emulator":
+        """A copy whose :attr:`pixel_error` is ``pixel_error`` ((n_pixels,), finite, >= 0) or None."""
+        if pixel_error is not None:
+            pixel_error = np.array(pixel_error, dtype=np.float32)
+            if pixel_error.shape != (self.n_pixels,) or not np.all(np.isfinite(pixel_error)) or np.any(pixel_error < 0):
+                raise ValueError(f"pixel_error must be {self.n_pixels} finite values >= 0, got shape {pixel_error.shape}")
+            pixel_error.setflags(write=False)
+        copy_ = copy.copy(self)
+        copy_._pixel_error = pixel_error
+        return copy_
+
     def replace(self, **changes: Any) -> "Emulator":
         """A copy with some of ``params``, ``config``, ``metadata``, ``wavelength``,
         ``has_continuum``, ``resolution`` replaced (the module is rebuilt when
@@ -390,9 +409,12 @@ class Emulator:
         )
         kwargs.update(changes)
         cls = type(self)
-        return cls(
+        new = cls(
             kwargs.pop("label_spec"), kwargs.pop("wavelength"), kwargs.pop("config"), kwargs.pop("params"), **kwargs
         )
+        if self._pixel_error is not None and "wavelength" not in changes and "params" not in changes:
+            new._pixel_error = self._pixel_error  # same network on the same pixels: same error
+        return new
 
     def save(self, path: str, *, overwrite: bool = False) -> None:
         """Write the emulator to directory ``path`` (see :func:`stellarfit.emulators.save_emulator`)."""

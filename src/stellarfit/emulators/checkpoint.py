@@ -10,7 +10,8 @@ An emulator is a directory with two files:
   shape, dtype) and ``stellarfit_version``.
 - ``arrays.npz``: ``wavelength`` (n_pixels,) float64 and one array per
   parameter, named ``params/<path>`` (for example
-  ``params/blocks/0/query/kernel``).  Read with ``allow_pickle=False``.
+  ``params/blocks/0/query/kernel``); optionally ``pixel_error`` (n_pixels,)
+  float32, the emulator's own error per pixel.  Read with ``allow_pickle=False``.
 
 Loading checks the format name, the schema version, that the label spec and
 label names agree with each other and with the architecture, that every
@@ -68,6 +69,8 @@ def save_emulator(emulator: Emulator, path: str | os.PathLike, *, overwrite: boo
     arrays: dict[str, np.ndarray] = {"wavelength": np.asarray(emulator.wavelength, np.float64)}
     for name, value in flatten_params(emulator.params).items():
         arrays[f"params/{name}"] = np.asarray(value)
+    if getattr(emulator, "pixel_error", None) is not None:
+        arrays["pixel_error"] = np.asarray(emulator.pixel_error, np.float32)
     meta = {
         "format": FORMAT_NAME,
         "schema_version": SCHEMA_VERSION,
@@ -181,7 +184,7 @@ def read_emulator(path: str | os.PathLike, *, label_spec: LabelSpec | None = Non
     if meta.get("metrics"):
         metadata["metrics"] = meta["metrics"]
     try:
-        return cls(
+        emulator = cls(
             spec,
             wavelength,
             meta["config"],
@@ -190,6 +193,9 @@ def read_emulator(path: str | os.PathLike, *, label_spec: LabelSpec | None = Non
             has_continuum=bool(meta["has_continuum"]),
             metadata=metadata,
         )
+        if "pixel_error" in arrays:
+            emulator = emulator.with_pixel_error(arrays["pixel_error"])
+        return emulator
     except ValueError as error:
         raise CheckpointError(f"{path}: {error}") from None
 

@@ -156,3 +156,16 @@ def plot_evaluation(evaluation: EmulatorEvaluation, path: str | None = None, *, 
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def estimate_pixel_error(emulator: Emulator, data: TrainingData, *, batch_size: int | None = None) -> np.ndarray:
+    """The emulator's error per native pixel: RMS over ``data`` (held-out spectra on the
+    emulator's native grid; use a validation split, not the test split you report) of the
+    normalized-flux residuals, (n_pixels,) float32.  Attach it with
+    ``emulator.with_pixel_error(...)`` so that fits count it as noise."""
+    if data.n_pixels != emulator.n_pixels or not np.allclose(data.wavelength, emulator.wavelength, rtol=1e-12, atol=0):
+        raise ValueError("estimate_pixel_error needs spectra on the emulator's native wavelengths")
+    if data.n_spectra < 10:
+        raise ValueError(f"need at least 10 held-out spectra to estimate the pixel error, got {data.n_spectra}")
+    flux = emulator.predict(data.labels, batch_size=batch_size, check_bounds=False)
+    return np.sqrt(np.mean((flux.astype(np.float64) - data.flux) ** 2, axis=0)).astype(np.float32)

@@ -141,6 +141,22 @@ class FitResult:
         with open(path, "w") as handle:
             json.dump(self.to_dict(), handle, indent=2)
 
+    def save(self, path, *, overwrite: bool = True, metadata: dict | None = None):
+        """Save the whole result (arrays, samples, diagnostics) to a FITS fit file, no pickle
+        (:func:`stellarfit.results.fitfile.write_fit`; ``metadata``: optional JSON-able facts such as
+        ``{"source": "star.fits"}``); :meth:`load` reads it back."""
+        from stellarfit.results.fitfile import write_fit
+
+        return write_fit(self, path, overwrite=overwrite, metadata=metadata)
+
+    @classmethod
+    def load(cls, path) -> "FitResult":
+        """Read a fit file written by :meth:`save` (:func:`stellarfit.results.fitfile.read_fit`);
+        raises ``FitFileError`` (a ValueError) for foreign or damaged files."""
+        from stellarfit.results.fitfile import read_fit
+
+        return read_fit(path)
+
 
 def _json_safe(value):
     """Nested dicts/lists with NaN and infinities replaced by None (strict JSON)."""
@@ -228,6 +244,7 @@ def fit_star(
     target_accept: float = 0.8,
     mass_matrix: str = "laplace",
     chain_method: str = "vectorized",
+    emulator_error: bool = True,
 ) -> FitResult:
     """Fit one :class:`~stellarfit.spectra.ObservedSpectrum` with an emulator.
 
@@ -246,6 +263,11 @@ def fit_star(
             :func:`stellarfit.inference.nuts.sample_numpyro`).
         chain_method: NumPyro's chain method ("vectorized" by default; ignored by BlackJAX,
             whose chains are always vmapped).
+        emulator_error: when the emulator records its own per-pixel error
+            (``emulator.pixel_error``, shipped emulators do), add it to the noise of
+            every pixel, so that errors and posteriors include the emulator's
+            imperfection (The Payne's fits do the same with a model-error mask).
+            ``crb`` stays the bound from the observational noise alone.
 
     Returns a :class:`FitResult`; for the NUTS methods ``result.samples`` holds
     the draws and ``result.diagnostics`` R-hat, bulk/tail ESS, divergences,
@@ -261,7 +283,7 @@ def fit_star(
                                chain_method=chain_method)
     start_time = time.perf_counter()
     prepared = _prepare(spectrum, emulator, priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
-                        continuum_degree=continuum_degree)
+                        continuum_degree=continuum_degree, emulator_error=emulator_error)
     problem = prepared.problem
     result = fit_map(problem, default_starts(problem, n_starts, rv=prepared.rv0, seed=seed), adam_steps=adam_steps)
     sampling = None
@@ -287,6 +309,7 @@ def fit_stars(
     seed: int = 0,
     progress: bool = False,
     errors: str = "raise",
+    emulator_error: bool = True,
 ) -> list:
     """MAP fits of many spectra, vectorized: spectra on the same pixels (same wavelengths and
     resolution) are fitted ``batch_size`` at a time in one ``vmap``-ed program (all starts of all
@@ -311,7 +334,7 @@ def fit_stars(
         start_time = time.perf_counter()
         try:
             item = _prepare(spectrum, emulator, priors=priors, rv_range=rv_range, rv_window=rv_window,
-                            vsini_max=vsini_max, continuum_degree=continuum_degree)
+                            vsini_max=vsini_max, continuum_degree=continuum_degree, emulator_error=emulator_error)
         except Exception as error:  # noqa: BLE001 - recorded per spectrum on request
             if errors == "raise":
                 raise
@@ -357,7 +380,7 @@ class _Prepared:
     ivar: np.ndarray
 
 
-def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, continuum_degree) -> _Prepared:
+def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, continuum_degree, emulator_error=True) -> _Prepared:
     """Pixels, continuum design, RV search and the FitProblem of one spectrum."""
     resolution = spectrum.require_resolution() if hasattr(spectrum, "require_resolution") else spectrum.resolution
     wavelength = np.asarray(spectrum.wavelength, dtype=np.float64)
@@ -377,8 +400,32 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
     rv0, _, _ = estimate_rv(model, centre, flux, ivar, design)
     low = max(rv0 - rv_window, model.rv_range[0])
     high = min(rv0 + rv_window, model.rv_range[1])
-    problem = FitProblem(model, spec, flux, ivar, design, priors=priors, vsini_max=vsini_max, rv_range=(low, high))
+    fit_ivar = ivar
+    pixel_error = getattr(emulator, "pixel_error", None)
+    if emulator_error and pixel_error is not None:
+        fit_ivar = _with_emulator_error(model, emulator, centre, rv0, flux, ivar, design, pixel_error)
+    problem = FitProblem(model, spec, flux, fit_ivar, design, priors=priors, vsini_max=vsini_max, rv_range=(low, high))
     return _Prepared(spectrum, problem, float(rv0), wavelength, flux, np.where(np.asarray(problem.ivar) > 0, ivar, 0.0))
+
+
+def _with_emulator_error(model, emulator, template_labels, rv, flux, ivar, design, pixel_error) -> np.ndarray:
+    """ivar with the emulator's own error added to the noise: 1 / (1/ivar + (C sigma_emu)^2).
+
+    sigma_emu is the emulator's per-pixel error (normalized flux) moved to the observed frame at
+    the RV-search velocity; C is the continuum of the RV-search template fit (a few per cent
+    off at most, which changes the added variance negligibly).
+    """
+    from stellarfit.forward import doppler_factor, profile_continuum
+
+    rest = model.observed_wavelength / float(doppler_factor(rv))
+    sigma = np.interp(rest, emulator.wavelength, np.asarray(pixel_error, np.float64))
+    template = model(jnp.asarray(template_labels, jnp.float32), rv, 0.0)
+    good = np.where(model.covered, ivar, 0.0)
+    _, continuum, _, _ = profile_continuum(template, jnp.asarray(flux, jnp.float32), jnp.asarray(good, jnp.float32),
+                                           jnp.asarray(design, jnp.float32))
+    variance = (np.asarray(continuum, np.float64) * sigma) ** 2
+    with np.errstate(divide="ignore"):
+        return np.where(ivar > 0, 1.0 / (1.0 / np.where(ivar > 0, ivar, 1.0) + variance), 0.0)
 
 
 def _finish(prepared: _Prepared, result, method: str, emulator, start_time: float, *, n_starts: int, seed: int,
