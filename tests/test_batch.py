@@ -148,8 +148,8 @@ def test_batch_settings_errors(files, tmp_path):
         fit_batch_files(files, other, out, fit_function=fake, progress=False)
     with pytest.raises(ValueError, match="not available"):
         fit_batch_files(files, STUB, tmp_path / "r.fits", method="simplex")
-    with pytest.raises(NotImplementedError, match="not implemented yet"):
-        fit_batch_files(files, STUB, tmp_path / "r.fits", backend="ray")
+    with pytest.raises(ValueError, match="only apply to backend='ray'"):
+        fit_batch_files(files, STUB, tmp_path / "r.fits", workers=2)
     with pytest.raises(ValueError, match="catalog format"):
         fit_batch_files(files, STUB, tmp_path / "r.txt")
     try:

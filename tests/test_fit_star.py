@@ -88,10 +88,10 @@ def test_second_spectrum_on_same_pixels_compiles_nothing(emulator):
     second = observe(emulator, [0.6, 0.3, -0.1], -90.0, snr=80.0, seed=2)
     options = dict(n_starts=4, adam_steps=100, rv_range=(-300.0, 300.0), vsini_max=20.0)
     fit_star(first, emulator, **options)
-    compiled = [f._cache_size() for f in (map_module._adam_starts, map_module._lbfgs_polish, map_module._hessian_scaled,
+    compiled = [f._cache_size() for f in (map_module._optimize_starts, map_module._hessian_scaled,
                                           map_module._rv_chi2_scan, fit_module._full_model_jacobian)]
     result = fit_star(second, emulator, **options)
-    again = [f._cache_size() for f in (map_module._adam_starts, map_module._lbfgs_polish, map_module._hessian_scaled,
+    again = [f._cache_size() for f in (map_module._optimize_starts, map_module._hessian_scaled,
                                        map_module._rv_chi2_scan, fit_module._full_model_jacobian)]
     assert again == compiled
     assert result.labels["rv"]["value"] == pytest.approx(-90.0, abs=2.0)

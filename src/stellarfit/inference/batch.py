@@ -12,20 +12,39 @@ and the run goes on.  At the end the catalog is written atomically from the
 journal (the journal is kept, so adding inputs later and rerunning extends the
 catalog).
 
-Backends: ``'local'`` (this process, one spectrum after the other).  ``'ray'``
-is planned and raises :class:`NotImplementedError` for now.
+Backends:
+
+- ``'local'``: this process, one spectrum after the other.
+- ``'ray'``: a Ray cluster (a local one started for the run, or an existing
+  one).  The driver (this process) still reads the files, skips what the
+  journal has, and alone writes the journal; it sends chunks of
+  ``chunk_size`` spectra as Ray tasks (at most twice the number of workers in
+  flight) and journals their rows as chunks complete.  Each Ray worker process
+  loads the emulator once (shipped through the object store as its checkpoint
+  files, so no shared file system is needed) and keeps it, and with it the
+  compiled fit functions, for every later chunk.  An interrupted run loses at
+  most the chunks in flight.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
+import hashlib
+import io
+import json
 import os
 import sys
+import tempfile
 import time
+import uuid
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 __all__ = ["BatchSummary", "expand_inputs", "fit_batch_files", "journal_path_for"]
 
@@ -45,6 +64,7 @@ class BatchSummary:
         n_fitted: spectra fitted (or failed) in this run; n_skipped: already in the journal.
         n_files: input files after expansion.
         elapsed_s: wall time of this run [s].
+        backend: "local" or "ray"; workers: 1 for local, the Ray workers for ray (0: Ray was not needed).
     """
 
     out: str
@@ -55,6 +75,8 @@ class BatchSummary:
     n_skipped: int
     n_files: int
     elapsed_s: float
+    backend: str = "local"
+    workers: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,6 +168,101 @@ def _message(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
+@dataclasses.dataclass
+class _Item:
+    """One spectrum to fit, with what its catalog row needs."""
+
+    source: str
+    index: int
+    object_id: str | None
+    format: str | None
+    spectrum: Any
+
+
+class _Recorder:
+    """Journals rows (the driver alone writes the journal), counts them, moves the progress bar, calls the callback."""
+
+    def __init__(self, journal, bar, callback: Callable[[dict[str, Any]], None] | None):
+        self.journal = journal
+        self.bar = bar
+        self.callback = callback
+        self.n_fitted = 0
+        self.n_skipped = 0
+
+    def record(self, row: dict[str, Any]) -> None:
+        self.journal.append(row)
+        self.n_fitted += 1
+        self.bar.update(1)
+        if self.callback is not None:
+            self.callback(row)
+
+    def skip(self) -> None:
+        self.n_skipped += 1
+        self.bar.update(1)
+
+
+def _spectra_to_fit(files: Sequence[Path], recorder: _Recorder, *, format: str | None,  # noqa: A002
+                    options: Mapping[str, Any], retry_failed: bool, method: str, emulator_name: str):
+    """Read the files in order and yield an :class:`_Item` per spectrum still to fit.
+
+    Entries already in the journal are skipped; unreadable files and unusable
+    entries of multi-spectrum files are journaled as failed rows right here.
+    """
+    from stellarfit.results import failed_row
+
+    journal, bar = recorder.journal, recorder.bar
+    for path in files:
+        source = str(path.resolve())
+        common = {"source": source, "method": method, "emulator": emulator_name}
+        unreadable = journal.rows.get((source, -1), {}).get("status") == "failed"
+        if unreadable and not retry_failed:  # the file itself could not be read before
+            recorder.skip()
+            continue
+        t0 = time.perf_counter()
+        try:
+            spectra = _read(path, format, options)
+        except Exception as error:  # unreadable file: one failed row, go on
+            recorder.record(failed_row(index=-1, error=_message(error), elapsed_s=time.perf_counter() - t0, **common))
+            continue
+        if unreadable:  # the file was unreadable before and reads now
+            journal.append({**journal.rows[(source, -1)], "status": "superseded"})
+        entries = [(int(s.metadata.get("row", i)), s, None) for i, s in enumerate(spectra)]
+        entries += [(int(s.get("row", -2)), None, s) for s in getattr(spectra, "skipped", [])]
+        bar.total += max(len(entries), 1) - 1
+        bar.refresh()
+        for index, spectrum, skipped in sorted(entries, key=lambda e: e[0]):
+            if journal.done(source, index, retry_failed=retry_failed):
+                recorder.skip()
+                continue
+            object_id = None
+            if spectrum is not None:
+                object_id = spectrum.metadata.get("object_id")
+            elif skipped is not None:
+                object_id = skipped.get("object_id")
+            object_id = None if object_id is None else str(object_id)
+            if skipped is not None:
+                recorder.record(failed_row(index=index, error=f"unusable spectrum: {skipped.get('reason')}",
+                                           object_id=object_id, elapsed_s=0.0, **common))
+                continue
+            yield _Item(source, index, object_id, spectrum.metadata.get("format"), spectrum)
+
+
+def _fit_item(fit: Callable[..., Any], emulator, item: _Item, method: str, fit_options: Mapping[str, Any],
+              emulator_name: str) -> dict[str, Any]:
+    """The catalog row of one spectrum: its fit, or a failed row with the reason if the fit raises."""
+    from stellarfit.inference.fit import FLAGS
+    from stellarfit.results import failed_row, result_row
+
+    t0 = time.perf_counter()
+    try:
+        result = fit(item.spectrum, emulator, method=method, **fit_options)
+        return result_row(result, source=item.source, index=item.index, object_id=item.object_id, format=item.format)
+    except Exception as error:  # one bad spectrum must not stop the catalog
+        return failed_row(source=item.source, index=item.index, error=_message(error), object_id=item.object_id,
+                          format=item.format, method=method, emulator=emulator_name, elapsed_s=time.perf_counter() - t0,
+                          flags=FLAGS["fit_failed"])
+
+
 def fit_batch_files(
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
     emulator,
@@ -161,6 +278,9 @@ def fit_batch_files(
     fit_options: Mapping[str, Any] | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     fit_function: Callable[..., Any] | None = None,
+    workers: int | None = None,
+    chunk_size: int | None = None,
+    ray_address: str | None = None,
 ) -> BatchSummary:
     """Fit every spectrum in ``inputs`` and write one catalog to ``out_path``.
 
@@ -172,27 +292,44 @@ def fit_batch_files(
         format: spectrum format for every file (default: detected per file).
         resolution: resolving power for files that do not give it.
         snr: S/N per pixel for files without uncertainties.
-        backend: "local" (this process); "ray" is not implemented yet.
+        backend: "local" (this process) or "ray" (a Ray cluster; needs ``pip install 'stellarfit[ray]'``).
         retry_failed: refit spectra recorded as failed in the journal.
         progress: a tqdm progress bar with ETA on stderr.
         fit_options: extra keyword arguments for ``fit_star`` (n_starts, rv_range, ...).
-        callback: called with each catalog row right after it is journaled (tests use it to interrupt a run).
+        callback: called (in this process) with each catalog row right after it is journaled
+            (tests use it to interrupt a run).
         fit_function: ``fit_function(spectrum, emulator, method=..., **fit_options) -> FitResult``
-            instead of :func:`~stellarfit.inference.fit_star` (a custom fit pipeline).
+            instead of :func:`~stellarfit.inference.fit_star` (a custom fit pipeline); with
+            backend="ray" it must be picklable (e.g. a module-level function).
+        workers: backend="ray" only: number of Ray workers (CPUs of the local cluster started for
+            the run; chunks in flight are at most twice this).  Default: the CPUs of this machine
+            for a new local cluster, the CPUs of the cluster otherwise.
+        chunk_size: backend="ray" only: spectra per Ray task (default 8).
+        ray_address: backend="ray" only: address of an existing Ray cluster (``"auto"``,
+            ``"ray://host:10001"``, ``"host:6379"``).  Default: a local cluster for this run,
+            or the one this process is already connected to (``ray.init`` called before).
     Returns: a :class:`BatchSummary`.
     Raises:
         FileNotFoundError: missing inputs.  ValueError: bad settings, or the
         journal was written with another emulator or method.
-        NotImplementedError: backend="ray".
+        ImportError: backend="ray" without Ray installed.  TypeError: a fit_function or
+        emulator that cannot be sent to Ray workers.  ConnectionError: no Ray cluster at ``ray_address``.
+        RuntimeError: the Ray workers could not load the emulator or fit function.
     """
-    from stellarfit.inference.fit import FLAGS, fit_star
-    from stellarfit.results import Journal, catalog_format, failed_row, result_row, write_catalog
+    from stellarfit.inference.fit import fit_star
+    from stellarfit.results import Journal, catalog_format, write_catalog
 
     start = time.perf_counter()
-    if backend == "ray":
-        raise NotImplementedError("backend='ray' is not implemented yet; use backend='local'")
-    if backend != "local":
-        raise ValueError(f"unknown backend {backend!r}; available: 'local' ('ray' is planned)")
+    if backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend {backend!r}; available: 'local', 'ray'")
+    if backend == "local":
+        given = [name for name, value in (("workers", workers), ("chunk_size", chunk_size), ("ray_address", ray_address))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to backend='ray'; pass backend='ray' or leave them out")
+    else:
+        _check_count("workers", workers)
+        _check_count("chunk_size", chunk_size)
     from stellarfit.inference import fit as fit_module
 
     methods = tuple(getattr(fit_module, "METHODS", ("map",)))
@@ -207,6 +344,11 @@ def fit_batch_files(
             raise ImportError(f"a Parquet catalog ({out_path.name}) needs pyarrow: pip install pyarrow, or write .fits or .csv") from None
     if not out_path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {out_path}: the directory {out_path.parent} does not exist")
+    if backend == "ray":
+        ray = _import_ray()  # a clear ImportError before anything is read
+        if fit_function is not None:
+            _check_picklable(ray, fit_function, f"fit_function {fit_function!r}",
+                             "use a module-level function or a picklable callable object")
     files = expand_inputs(inputs)
     if isinstance(emulator, (str, os.PathLike)):
         from stellarfit.emulators import load_emulator
@@ -222,67 +364,25 @@ def fit_batch_files(
     fit = fit_star if fit_function is None else fit_function
 
     journal_path = journal_path_for(out_path)
-    n_fitted = n_skipped = 0
     from tqdm import tqdm
 
+    n_workers = 1
     with Journal(journal_path, header={"emulator": emulator_name, "method": method}) as journal:
         bar = tqdm(total=len(files), unit="spectrum", file=sys.stderr, disable=not progress, dynamic_ncols=True,
                    desc="batch fit")
+        recorder = _Recorder(journal, bar, callback)
+        items = _spectra_to_fit(files, recorder, format=format, options=options, retry_failed=retry_failed, method=method,
+                                emulator_name=emulator_name)
         try:
-            for path in files:
-                source = str(path.resolve())
-                common = {"source": source, "method": method, "emulator": emulator_name}
-                unreadable = journal.rows.get((source, -1), {}).get("status") == "failed"
-                if unreadable and not retry_failed:  # the file itself could not be read before
-                    n_skipped += 1
-                    bar.update(1)
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    spectra = _read(path, format, options)
-                except Exception as error:  # unreadable file: one failed row, go on
-                    row = failed_row(index=-1, error=_message(error), elapsed_s=time.perf_counter() - t0, **common)
-                    journal.append(row)
-                    n_fitted += 1
-                    bar.update(1)
-                    if callback is not None:
-                        callback(row)
-                    continue
-                if unreadable:  # the file was unreadable before and reads now
-                    journal.append({**journal.rows[(source, -1)], "status": "superseded"})
-                entries = [(int(s.metadata.get("row", i)), s, None) for i, s in enumerate(spectra)]
-                entries += [(int(s.get("row", -2)), None, s) for s in getattr(spectra, "skipped", [])]
-                bar.total += max(len(entries), 1) - 1
-                bar.refresh()
-                for index, spectrum, skipped in sorted(entries, key=lambda e: e[0]):
-                    if journal.done(source, index, retry_failed=retry_failed):
-                        n_skipped += 1
-                        bar.update(1)
-                        continue
-                    t0 = time.perf_counter()
-                    object_id = None
-                    if spectrum is not None:
-                        object_id = spectrum.metadata.get("object_id")
-                    elif skipped is not None:
-                        object_id = skipped.get("object_id")
-                    object_id = None if object_id is None else str(object_id)
-                    file_format = None if spectrum is None else spectrum.metadata.get("format")
-                    if skipped is not None:
-                        row = failed_row(index=index, error=f"unusable spectrum: {skipped.get('reason')}", object_id=object_id,
-                                         elapsed_s=0.0, **common)
-                    else:
-                        try:
-                            result = fit(spectrum, emulator, method=method, **fit_options)
-                            row = result_row(result, source=source, index=index, object_id=object_id, format=file_format)
-                        except Exception as error:  # one bad spectrum must not stop the catalog
-                            row = failed_row(index=index, error=_message(error), object_id=object_id, format=file_format,
-                                             elapsed_s=time.perf_counter() - t0, flags=FLAGS["fit_failed"], **common)
-                    journal.append(row)
-                    n_fitted += 1
-                    bar.update(1)
-                    if callback is not None:
-                        callback(row)
+            if backend == "local":
+                for item in items:
+                    recorder.record(_fit_item(fit, emulator, item, method, fit_options, emulator_name))
+            else:
+                n_workers = _run_on_ray(items, recorder, emulator=emulator, fit_function=fit_function, method=method,
+                                        fit_options=fit_options, emulator_name=emulator_name, workers=workers,
+                                        chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, ray_address=ray_address)
         finally:
+            items.close()
             bar.close()
         rows = [row for row in journal.rows.values() if row.get("status") != "superseded"]
 
@@ -291,6 +391,244 @@ def fit_batch_files(
     write_catalog(rows, out_path)
     n_ok = sum(row.get("status") == "ok" for row in rows)
     return BatchSummary(
-        out=str(out_path), journal=str(journal_path), n_ok=n_ok, n_failed=len(rows) - n_ok, n_fitted=n_fitted,
-        n_skipped=n_skipped, n_files=len(files), elapsed_s=time.perf_counter() - start,
+        out=str(out_path), journal=str(journal_path), n_ok=n_ok, n_failed=len(rows) - n_ok, n_fitted=recorder.n_fitted,
+        n_skipped=recorder.n_skipped, n_files=len(files), elapsed_s=time.perf_counter() - start, backend=backend,
+        workers=n_workers,
     )
+
+
+def _check_count(name: str, value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+# -- the Ray backend ---------------------------------------------------------------------
+#: spectra per Ray task unless ``chunk_size`` says otherwise
+DEFAULT_CHUNK_SIZE = 8
+#: emulators each Ray worker process keeps loaded (most recently used)
+_WORKER_CACHE_SIZE = 2
+#: in the Ray worker processes: emulator key -> loaded emulator (its compiled forward models stay cached with it)
+_WORKER_EMULATORS: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
+_REMOTE_FIT_CHUNK = None
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("backend='ray' needs Ray, which is not installed: pip install 'stellarfit[ray]' "
+                          "(or pip install 'ray>=2.9'), or use backend='local'") from None
+    return ray
+
+
+def _emulator_payload(emulator) -> tuple[str, str, Any]:
+    """(kind, key, payload) to send an emulator to Ray workers.
+
+    A stellarfit :class:`~stellarfit.emulators.Emulator` travels as its
+    checkpoint files (``Emulator.save``: JSON + npz arrays, no pickle), keyed
+    by their SHA-1 so that workers load each emulator once.  Any other object
+    (a stand-in for a custom ``fit_function``) travels as Ray serializes it.
+    """
+    from stellarfit.emulators import Emulator
+
+    if isinstance(emulator, Emulator):
+        with tempfile.TemporaryDirectory(prefix="stellarfit-emulator-") as directory:
+            emulator.save(directory, overwrite=True)
+            files = {path.name: path.read_bytes() for path in sorted(Path(directory).iterdir()) if path.is_file()}
+        return "files", "files-" + _checkpoint_digest(files), files
+    return "object", f"object-{id(emulator)}-{uuid.uuid4().hex}", emulator
+
+
+def _checkpoint_digest(files: Mapping[str, bytes]) -> str:
+    """SHA-1 of a saved emulator's content (JSON without its save time, array values), the same for every save."""
+    digest = hashlib.sha1()
+    for name, data in sorted(files.items()):
+        digest.update(name.encode() + b"\0")
+        if name.endswith(".json"):
+            try:
+                meta = json.loads(data)
+            except ValueError:
+                meta = None
+            if isinstance(meta, dict):
+                meta.pop("created", None)
+                data = json.dumps(meta, sort_keys=True).encode()
+        elif name.endswith(".npz"):
+            with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+                for key in sorted(arrays.files):
+                    value = np.ascontiguousarray(arrays[key])
+                    digest.update(f"{key}:{value.dtype.str}:{value.shape}".encode())
+                    digest.update(value.tobytes())
+            continue
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _worker_emulator(spec: Mapping[str, Any]):
+    """The emulator of ``spec`` in this Ray worker process: loaded on first use, then kept (with its compiled functions)."""
+    key = spec["key"]
+    cached = _WORKER_EMULATORS.get(key)
+    if cached is not None:
+        _WORKER_EMULATORS.move_to_end(key)
+        return cached
+    import ray
+
+    payload = ray.get(spec["ref"])
+    if spec["kind"] == "files":
+        from stellarfit.emulators import load_emulator
+
+        with tempfile.TemporaryDirectory(prefix="stellarfit-emulator-") as directory:
+            for name, data in payload.items():
+                Path(directory, name).write_bytes(data)
+            emulator = load_emulator(directory)  # reads every array into memory: the files can go
+    else:
+        emulator = payload
+    _WORKER_EMULATORS[key] = emulator
+    while len(_WORKER_EMULATORS) > _WORKER_CACHE_SIZE:
+        _WORKER_EMULATORS.popitem(last=False)
+    return emulator
+
+
+class _WorkerSetupError(RuntimeError):
+    """A Ray worker could not get ready to fit (emulator loading)."""
+
+
+def _fit_chunk(emulator_spec: Mapping[str, Any], fit_function, method: str, fit_options: Mapping[str, Any],
+               emulator_name: str, items: Sequence[_Item]) -> list[dict[str, Any]]:
+    """Runs in a Ray worker: the catalog rows of a chunk of spectra."""
+    try:
+        emulator = _worker_emulator(emulator_spec)
+    except Exception as error:
+        raise _WorkerSetupError(f"the Ray worker could not load the emulator: {_message(error)}") from error
+    if fit_function is None:
+        from stellarfit.inference.fit import fit_star as fit_function
+    return [_fit_item(fit_function, emulator, item, method, fit_options, emulator_name) for item in items]
+
+
+def _remote_fit_chunk(ray):
+    global _REMOTE_FIT_CHUNK
+    if _REMOTE_FIT_CHUNK is None:
+        # one CPU per task; a worker that dies (killed, out of memory) is replaced and its chunk retried twice
+        _REMOTE_FIT_CHUNK = ray.remote(num_cpus=1, max_retries=2)(_fit_chunk)
+    return _REMOTE_FIT_CHUNK
+
+
+def _check_picklable(ray, value, what: str, hint: str) -> None:
+    try:
+        ray.cloudpickle.dumps(value)
+    except Exception as error:
+        raise TypeError(f"{what} cannot be sent to Ray workers ({_message(error)}); {hint}") from None
+
+
+def _put(ray, value, what: str, hint: str):
+    try:
+        return ray.put(value)
+    except Exception as error:
+        raise TypeError(f"{what} cannot be sent to Ray workers ({_message(error)}); {hint}") from None
+
+
+def _init_ray(ray, address: str | None, workers: int | None, **options) -> None:
+    """``ray.init``: connect to ``address``, or start a local cluster with ``workers`` CPUs (default: all)."""
+    with warnings.catch_warnings():
+        # Ray starts its processes with subprocess (fork + exec at once); JAX warns on every fork of a
+        # process where it is initialized, which does not apply to a fork followed by exec.
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        if address is not None:
+            ray.init(address=address, **options)
+        else:
+            ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, **options)
+
+
+def _run_on_ray(items: Iterable[_Item], recorder: _Recorder, *, emulator, fit_function, method: str,
+                fit_options: Mapping[str, Any], emulator_name: str, workers: int | None, chunk_size: int,
+                ray_address: str | None) -> int:
+    """Fit ``items`` in chunks on Ray, journaling rows as chunks complete; returns the number of Ray workers.
+
+    The cluster is started (or connected to), and the emulator sent, only when
+    the first chunk is ready: a rerun with nothing left to fit needs no Ray.
+    """
+    ray = _import_ray()
+    from stellarfit.inference.fit import FLAGS
+    from stellarfit.results import failed_row
+
+    if ray.is_initialized() and ray_address is not None:
+        raise ValueError("this process is already connected to a Ray cluster (ray.init was called); "
+                         "leave ray_address out to use it, or call ray.shutdown() first")
+    started = False
+    session: dict[str, Any] = {}  # filled by start(): workers, max_in_flight, emulator_spec, fit_reference, remote
+    in_flight: dict[Any, list[_Item]] = {}
+
+    def start() -> None:
+        nonlocal started
+        if not ray.is_initialized():
+            try:
+                _init_ray(ray, ray_address, workers)
+            except ConnectionError as error:
+                raise ConnectionError(f"cannot connect to the Ray cluster at {ray_address!r}: {error}; start it with "
+                                      "`ray start --head` or check the address") from None
+            started = True
+        n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        kind, key, payload = _emulator_payload(emulator)
+        session.update(
+            workers=n_workers, max_in_flight=2 * n_workers, remote=_remote_fit_chunk(ray),
+            emulator_spec={"kind": kind, "key": key,
+                           "ref": _put(ray, payload, "the emulator", "pass a stellarfit Emulator or its name/path")},
+            fit_reference=None if fit_function is None else _put(
+                ray, fit_function, f"fit_function {fit_function!r}", "use a module-level function or a picklable callable object"),
+        )
+
+    def submit(chunk: list[_Item]) -> None:
+        if not session:
+            start()
+        while len(in_flight) >= session["max_in_flight"]:
+            collect(block=True)
+        reference = session["remote"].remote(session["emulator_spec"], session["fit_reference"], method, fit_options,
+                                             emulator_name, chunk)
+        in_flight[reference] = chunk
+
+    def collect(block: bool) -> None:
+        if not in_flight:
+            return
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=None if block else 0)
+        if ready:  # and whatever else is finished by now
+            ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
+        for reference in ready:
+            chunk = in_flight.pop(reference)
+            try:
+                rows = ray.get(reference)
+            except ray.exceptions.RayTaskError as error:  # raised by our code outside the per-spectrum fits
+                cause = getattr(error, "cause", None) or error
+                raise RuntimeError(f"the Ray workers could not fit: {_message(cause)}") from None
+            except ray.exceptions.RayError as error:  # the worker died even after retries: record, go on
+                rows = [failed_row(source=item.source, index=item.index, object_id=item.object_id, format=item.format,
+                                   error=f"Ray worker failed: {_message(error)} (rerun with retry_failed to refit)",
+                                   method=method, emulator=emulator_name, flags=FLAGS["fit_failed"]) for item in chunk]
+            for row in rows:
+                recorder.record(row)
+
+    try:
+        chunk: list[_Item] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= chunk_size:
+                submit(chunk)
+                chunk = []
+            collect(block=False)
+        if chunk:
+            submit(chunk)
+        while in_flight:
+            collect(block=True)
+    finally:
+        for reference in in_flight:  # interrupted: the chunks in flight are lost (not journaled)
+            try:
+                ray.cancel(reference)
+            except Exception:  # noqa: BLE001 - best effort; the worker may be gone already
+                pass
+        if started:
+            ray.shutdown()
+    if session:
+        return session["workers"]
+    if workers is not None:
+        return workers
+    return max(1, int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else 0

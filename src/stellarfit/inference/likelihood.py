@@ -245,6 +245,18 @@ class FitProblem:
         theta = self.to_theta(z)
         return -(self.log_likelihood(theta) + self.log_prior(theta))
 
+    def residuals_unconstrained(self, z):
+        """Whitened residuals at z: sqrt(ivar) (flux - continuum * model) with the continuum profiled,
+        then (value - mean) / sigma for each Gaussian prior; half their sum of squares is
+        :meth:`objective_unconstrained` (profiled continuum).  For Levenberg-Marquardt."""
+        theta = self.to_theta(z)
+        model = self.model_normalized(theta)
+        _, continuum, _, _ = profile_continuum(model, self.flux, self.ivar, self.design)
+        residual = jnp.sqrt(self.ivar) * (self.flux - continuum * model)
+        if self._prior_index.size:
+            residual = jnp.concatenate([residual, (theta[self._prior_index] - self._prior_mean) / self._prior_sigma])
+        return residual
+
     def prior_sigmas(self) -> list[float | None]:
         """Per-parameter Gaussian prior widths (None where there is none), for Fisher bounds."""
         out: list[float | None] = [None] * self.n_parameters
