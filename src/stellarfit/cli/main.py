@@ -284,6 +284,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from stellarfit.inference import GaussianPrior, fit_star
     from stellarfit.spectra import read_spectrum
 
+    _check_fit_outputs(args)  # --save / --report: fail before the fit, not after it
     options = {}
     if args.resolution is not None:
         options["resolution"] = args.resolution
@@ -321,10 +322,78 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     if args.out:
         result.write(args.out)
+    written = _save_and_report(result, args)
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps({**result.to_dict(), **written}))
     else:
         print(result.summary())
+    return 0
+
+
+# -- report -------------------------------------------------------------------------
+def _check_fit_outputs(args: argparse.Namespace) -> None:
+    """`fit --save/--report`: writable paths, and matplotlib for the report."""
+    for option in ("save", "report"):
+        if getattr(args, option, None):
+            _check_writable(Path(getattr(args, option)))
+    if getattr(args, "report", None):
+        from stellarfit.reports.fit_report import require_matplotlib
+
+        try:
+            require_matplotlib()
+        except ImportError as error:
+            raise UsageError(f"--report: {error}") from None
+    if getattr(args, "save", None) and getattr(args, "report", None) and Path(args.save).resolve() == Path(args.report).resolve():
+        raise UsageError("--save and --report name the same file; give the fit file (.fits) and the report (.html) different names")
+
+
+def _save_and_report(result, args: argparse.Namespace) -> dict:
+    """Write the fit file (--save) and the HTML report (--report); returns {"saved": path, "report": path} for --json."""
+    written = {}
+    if getattr(args, "save", None):
+        result.save(args.save, metadata={"source": str(args.spectrum), "emulator_path": str(args.emulator)})
+        written["saved"] = str(args.save)
+        _log(f"saved the fit to {args.save} (make a report later with `stellarfit report {args.save}`)")
+    if getattr(args, "report", None):
+        from stellarfit.reports.fit_report import fit_report
+
+        report = fit_report(result, args.report, source=str(args.spectrum))
+        written["report"] = report["html"]
+        _log(f"wrote the report {report['html']}")
+    return written
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from stellarfit.reports.fit_report import fit_report, require_matplotlib
+    from stellarfit.results.fitfile import FitFileError, read_fit, read_fit_metadata
+
+    try:
+        require_matplotlib()
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    fit_path = Path(args.fit)
+    out = Path(args.out) if args.out else fit_path.with_suffix(".html")
+    if out.expanduser().resolve() == fit_path.expanduser().resolve():
+        raise UsageError(f"--out {out} would overwrite the fit file; give the report an .html name")
+    _check_writable(out)
+    try:
+        result = read_fit(fit_path)
+        metadata = read_fit_metadata(fit_path)
+    except (FileNotFoundError, FitFileError) as error:
+        raise UsageError(f"cannot read the fit: {error}") from None
+    try:
+        report = fit_report(result, out, title=args.title, corner=args.corner, trace=args.trace,
+                            zoom=tuple(args.zoom) if args.zoom else None, source=str(metadata.get("source") or fit_path.name),
+                            images_dir=args.images)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    document = {"fit": str(fit_path), "report": report["html"], "method": result.method, "sections": report["sections"],
+                "corner_parameters": report["corner_parameters"], "trace_parameters": report["trace_parameters"],
+                "zoom": list(report["zoom"]), "images": report["image_files"]}
+    if args.json:
+        print(json.dumps(document))
+    else:
+        print(f"wrote {report['html']} ({result.method} fit; sections: {', '.join(report['sections'])})")
     return 0
 
 
@@ -344,8 +413,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     try:
         summary = fit_batch_files(args.inputs, emulator, out, method=args.method, format=args.format, resolution=args.resolution,
                                   snr=args.snr, backend=args.backend, retry_failed=args.retry_failed,
-                                  progress=not args.no_progress, fit_options=fit_options)
-    except (FileNotFoundError, JournalMismatchError, NotImplementedError, ImportError, ValueError) as error:
+                                  progress=not args.no_progress, fit_options=fit_options, workers=args.workers,
+                                  chunk_size=args.chunk_size, ray_address=args.ray_address)
+    except (FileNotFoundError, JournalMismatchError, NotImplementedError, ImportError, ValueError, ConnectionError) as error:
         raise UsageError(str(error)) from None
     document = summary.to_dict()
     if args.json:
@@ -527,8 +597,29 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--starts", type=int, default=8, help="MAP starting points (default 8)")
     fit.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     fit.add_argument("--out", default=None, help="write the result as JSON to this file")
+    fit.add_argument("--save", default=None, metavar="FIT.fits",
+                     help="save the whole result (spectrum, model, covariance, samples) as a FITS fit file for `stellarfit report`")
+    fit.add_argument("--report", default=None, metavar="REPORT.html", help="write the HTML fit report (needs matplotlib)")
     fit.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     fit.set_defaults(func=_cmd_fit)
+
+    report = commands.add_parser("report", help="HTML report of a saved fit (spectrum, model, residuals, corner, traces, diagnostics)",
+                                 description="Make the HTML report of a fit saved with `stellarfit fit SPECTRUM --save FIT.fits`: "
+                                             "summary table, spectrum with model and residuals, a zoom on strong lines, and for "
+                                             "NUTS fits a corner plot, trace and rank plots and the sampler diagnostics "
+                                             "(MAP fits: the Laplace correlation matrix). Needs matplotlib.")
+    report.add_argument("fit", help="fit file written by `stellarfit fit --save` or FitResult.save")
+    report.add_argument("--out", default=None, help="HTML report (default: the fit file with suffix .html)")
+    report.add_argument("--title", default=None, help="page title")
+    report.add_argument("--corner", nargs="+", metavar="NAME", default=None,
+                        help="parameters of the corner plot (default: all if at most 8, else the 8 least constrained relative to their CRB)")
+    report.add_argument("--trace", nargs="+", metavar="NAME", default=None,
+                        help="parameters of the trace and rank plots (default: worst R-hat, lowest ESS, then the first labels; 4 at most)")
+    report.add_argument("--zoom", nargs=2, type=float, metavar=("LO", "HI"), default=None,
+                        help="wavelength window [A, vacuum] of the zoom panel (default: the region with the most line absorption)")
+    report.add_argument("--images", default=None, metavar="DIR", help="also write each plot as a PNG file into DIR")
+    report.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    report.set_defaults(func=_cmd_report)
 
     batch = commands.add_parser("batch", help="fit many spectrum files into one catalog (resumable)",
                                 description="Fit every spectrum in INPUTS (files, globs, directories, list files) into one catalog "
@@ -540,7 +631,13 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--format", default=None, help="spectrum format of every file (default: detected per file)")
     batch.add_argument("--resolution", type=float, default=None, help="resolving power, for files that do not give it")
     batch.add_argument("--snr", type=float, default=None, help="S/N per pixel, for files without uncertainties")
-    batch.add_argument("--backend", choices=["local", "ray"], default="local", help="where to fit (default local; ray: not yet)")
+    batch.add_argument("--backend", choices=["local", "ray"], default="local",
+                       help="where to fit: local (this process, default) or ray (a Ray cluster; pip install 'stellarfit[ray]')")
+    batch.add_argument("--workers", type=int, default=None,
+                       help="ray: number of workers (default: the CPUs of this machine, or of the cluster given by --ray-address)")
+    batch.add_argument("--ray-address", default=None,
+                       help="ray: address of an existing cluster ('auto', HOST:6379, ray://HOST:10001; default: a local cluster for this run)")
+    batch.add_argument("--chunk-size", type=int, default=None, help="ray: spectra per Ray task (default 8)")
     batch.add_argument("--starts", type=int, default=8, help="MAP starting points per spectrum (default 8)")
     batch.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     batch.add_argument("--retry-failed", action="store_true", help="refit spectra that failed in an earlier run")

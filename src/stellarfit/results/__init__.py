@@ -6,6 +6,8 @@
 - :class:`Journal`: append-only, fsync-ed JSON-lines record that makes batch
   runs resumable.
 - :func:`write_catalog` (atomic), :func:`read_catalog`, :func:`rows_to_table`.
+- :func:`write_fit`, :func:`read_fit`: one fit (summary, spectra, covariance,
+  samples) as a FITS file, for ``stellarfit report``.
 """
 
 from stellarfit.results.catalog import (
@@ -20,8 +22,13 @@ from stellarfit.results.catalog import (
     rows_to_table,
     write_catalog,
 )
+from stellarfit.results.fitfile import FitFileError, read_fit, read_fit_metadata, write_fit
 
 __all__ = [
+    "FitFileError",
+    "read_fit",
+    "read_fit_metadata",
+    "write_fit",
     "BASE_COLUMNS",
     "PARAMETER_SUFFIXES",
     "Journal",
