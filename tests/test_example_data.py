@@ -21,3 +21,23 @@ def test_example_spectrum_reads_with_resolution_and_truth():
     # absorption lines: a solar-type star has many pixels well below the continuum
     assert np.mean(spectrum.flux * np.sqrt(spectrum.ivar) < 0.8 * snr) > 0.05
     assert example_path().endswith("example_star.fits")
+
+
+def test_readme_main_job_fits_example_with_shipped_payne(capsys):
+    """The README's first command: `stellarfit fit example --emulator payne-default`."""
+    import json
+
+    from stellarfit.cli.main import main
+
+    assert main(["fit", "example", "--emulator", "payne-default", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    truth = example_truth()
+    labels = document["labels"]
+    assert document["emulator"] == "payne-default"
+    assert abs(labels["teff"]["value"] - truth["teff"]) < 150.0
+    assert abs(labels["logg"]["value"] - truth["logg"]) < 0.3
+    assert abs(labels["fe_h"]["value"] - truth["fe_h"]) < 0.1
+    assert abs(document["rv"]["value"] - truth["rv"]) < 0.5
+    assert 0.5 < document["reduced_chi2"] < 1.5
+    # errors include the emulator's own error: larger than the photon-noise bound
+    assert labels["fe_h"]["error"] > labels["fe_h"]["crb"]
