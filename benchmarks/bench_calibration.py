@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("--n-starts", type=int, default=8)
     parser.add_argument("--adam-steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=["test", "validation"], default="test",
+                        help="held-out split to use (validation: for measuring error floors, see scripts/set_error_floor.py)")
+    parser.add_argument("--no-error-floor", action="store_true", help="report errors without the emulator's label error floor")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -63,8 +66,8 @@ def main() -> None:
 
     emulator = sf.load_emulator(args.emulator)
     grid = SpectralGrid.read(os.path.expanduser(args.grid))
-    _, _, test = grid.split((0.8, 0.1, 0.1), seed=0)
-    test = test[: args.n_stars]
+    _, validation, test = grid.split((0.8, 0.1, 0.1), seed=0)
+    test = (validation if args.split == "validation" else test)[: args.n_stars]
     names = list(emulator.label_names) + ["rv", "vsini"]
     wavelength = log_lambda_grid(args.window[0], args.window[1], args.resolution, 2.5)
     x = (wavelength - wavelength.mean()) / np.ptp(wavelength)
@@ -91,16 +94,19 @@ def main() -> None:
         truths = np.array(truths)
         start = time.perf_counter()
         first = sf.fit_stars(spectra[: args.batch_size], emulator, batch_size=args.batch_size, n_starts=args.n_starts,
-                             adam_steps=args.adam_steps, seed=args.seed, errors="collect")
+                             adam_steps=args.adam_steps, seed=args.seed, errors="collect", error_floor=not args.no_error_floor)
         first_s = time.perf_counter() - start
         start = time.perf_counter()
         rest = sf.fit_stars(spectra[args.batch_size :], emulator, batch_size=args.batch_size, n_starts=args.n_starts,
-                            adam_steps=args.adam_steps, seed=args.seed, errors="collect", progress=True)
+                            adam_steps=args.adam_steps, seed=args.seed, errors="collect", progress=True,
+                            error_floor=not args.no_error_floor)
         rest_s = time.perf_counter() - start
         results = first + rest
         ok = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
         values = np.array([[results[i].labels[n]["value"] for n in names] for i in ok])
         errors = np.array([[results[i].labels[n]["error"] for n in names] for i in ok])
+        statistical = np.array([[results[i].labels[n].get("error_statistical", results[i].labels[n]["error"]) for n in names]
+                                for i in ok])
         crbs = np.array([[results[i].labels[n]["crb"] for n in names] for i in ok])
         delta = values - truths[ok]
         per = {}
@@ -109,6 +115,7 @@ def main() -> None:
                 "bias": float(np.median(delta[:, j])), "scatter": robust_sigma(delta[:, j]),
                 "z_width": robust_sigma(delta[:, j] / errors[:, j]),
                 "median_error": float(np.nanmedian(errors[:, j])), "median_crb": float(np.nanmedian(crbs[:, j])),
+                "median_error_statistical": float(np.nanmedian(statistical[:, j])),
             }
         flags = [results[i].flags for i in ok]
         document["results"][str(snr)] = {
@@ -130,10 +137,11 @@ def main() -> None:
                      f"{100 * r['fraction_flagged']:.0f}% flagged.\n")
         print("\n".join(lines[-len(per) - 4 :]), flush=True)
     document["load_average_after"] = list(os.getloadavg())
-    out = Path(args.out or HERE / "results" / f"calibration_{Path(args.emulator).name}")
+    suffix = ("_validation" if args.split == "validation" else "") + ("_nofloor" if args.no_error_floor else "")
+    out = Path(args.out or HERE / "results" / f"calibration_{Path(args.emulator).name}{suffix}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(document, indent=1))
-    header = (f"Fits of {args.n_stars} held-out Turbospectrum spectra with `{args.emulator}` "
+    header = (f"Fits of {args.n_stars} held-out ({args.split} split) Turbospectrum spectra with `{args.emulator}` "
               f"({document['device']}, {document['cpu_count']} cores, load {document['load_average_before'][0]:.1f}, "
               f"{document['date']}).\n\n")
     out.with_suffix(".md").write_text(header + "\n".join(lines) + "\n")

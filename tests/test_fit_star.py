@@ -138,3 +138,18 @@ def test_emulator_pixel_error_inflates_errors_not_crb(emulator, tmp_path):
         ratio = inflated.labels[name]["error"] / plain.labels[name]["error"]
         assert 1.8 < ratio < 2.7, (name, ratio)
     assert inflated.reduced_chi2 < 0.4 * plain.reduced_chi2
+
+
+def test_label_error_floor_added_in_quadrature(emulator):
+    floored = emulator.replace(metadata={**emulator.metadata, "label_error_floor": {"temp": 0.05, "metal": 0.0}})
+    spectrum = observe(emulator, [0.4, 0.2, -0.3], 30.0, snr=200.0, seed=7)
+    options = dict(n_starts=2, adam_steps=100, rv_range=(-300.0, 300.0), vsini_max=20.0)
+    with_floor = fit_star(spectrum, floored, **options)
+    without = fit_star(spectrum, floored, error_floor=False, **options)
+    row, plain = with_floor.labels["temp"], without.labels["temp"]
+    assert row["value"] == pytest.approx(plain["value"])
+    assert row["error_statistical"] == pytest.approx(plain["error"])
+    assert row["error"] == pytest.approx(np.hypot(plain["error"], 0.05))
+    assert row["upper"] - row["lower"] == pytest.approx(2 * row["error"])
+    assert "error_statistical" not in without.labels["temp"]
+    assert with_floor.labels["shift"]["error"] == pytest.approx(without.labels["shift"]["error"])  # no floor given

@@ -245,6 +245,7 @@ def fit_star(
     mass_matrix: str = "laplace",
     chain_method: str = "vectorized",
     emulator_error: bool = True,
+    error_floor: bool = True,
 ) -> FitResult:
     """Fit one :class:`~stellarfit.spectra.ObservedSpectrum` with an emulator.
 
@@ -268,6 +269,11 @@ def fit_star(
             every pixel, so that errors and posteriors include the emulator's
             imperfection (The Payne's fits do the same with a model-error mask).
             ``crb`` stays the bound from the observational noise alone.
+        error_floor: when the emulator records per-label error floors
+            (``emulator.metadata["label_error_floor"]``, measured by injection
+            tests on held-out realistic spectra; see docs/fitting.md), add them in
+            quadrature to each label's error and widen lower/upper accordingly;
+            the error without the floor is kept as ``error_statistical``.
 
     Returns a :class:`FitResult`; for the NUTS methods ``result.samples`` holds
     the draws and ``result.diagnostics`` R-hat, bulk/tail ESS, divergences,
@@ -291,7 +297,8 @@ def fit_star(
         sampling = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
                         max_tree_depth=max_tree_depth, target_accept=target_accept, mass_matrix=mass_matrix,
                         chain_method=chain_method)
-    return _finish(prepared, result, method, emulator, start_time, n_starts=n_starts, seed=seed, sampling=sampling)
+    return _finish(prepared, result, method, emulator, start_time, n_starts=n_starts, seed=seed, sampling=sampling,
+                   error_floor=error_floor)
 
 
 def fit_stars(
@@ -310,6 +317,7 @@ def fit_stars(
     progress: bool = False,
     errors: str = "raise",
     emulator_error: bool = True,
+    error_floor: bool = True,
 ) -> list:
     """MAP fits of many spectra, vectorized: spectra on the same pixels (same wavelengths and
     resolution) are fitted ``batch_size`` at a time in one ``vmap``-ed program (all starts of all
@@ -354,7 +362,8 @@ def fit_stars(
                 try:
                     # elapsed_s: this spectrum's preparation plus its share of the batch
                     begin = time.perf_counter() - prepared[i][1] - share
-                    out[i] = _finish(prepared[i][0], result, "map", emulator, begin, n_starts=n_starts, seed=seed, sampling=None)
+                    out[i] = _finish(prepared[i][0], result, "map", emulator, begin, n_starts=n_starts, seed=seed, sampling=None,
+                                     error_floor=error_floor)
                 except Exception as error:  # noqa: BLE001
                     if errors == "raise":
                         raise
@@ -429,7 +438,7 @@ def _with_emulator_error(model, emulator, template_labels, rv, flux, ivar, desig
 
 
 def _finish(prepared: _Prepared, result, method: str, emulator, start_time: float, *, n_starts: int, seed: int,
-            sampling: dict | None) -> FitResult:
+            sampling: dict | None, error_floor: bool = True) -> FitResult:
     """Cramér-Rao bounds, optional NUTS, flags and the FitResult from a MAP result."""
     problem = prepared.problem
     spec = problem.label_spec
@@ -481,6 +490,15 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
             max(sampler_diagnostics["r_hat"].values()) > 1.05 or not np.isfinite(ess) or ess < 100
             or sampler_diagnostics["divergences"] > 0.01 * num_chains * num_samples
         )
+    floors = (getattr(emulator, "metadata", {}) or {}).get("label_error_floor") if error_floor else None
+    for name, floor in (floors or {}).items():
+        if name in labels and floor and np.isfinite(labels[name]["error"]):
+            row = labels[name]
+            statistical = row["error"]
+            row["error_statistical"] = statistical
+            row["error"] = float(np.hypot(statistical, floor))
+            row["lower"] = float(row["value"] - np.hypot(row["value"] - row["lower"], floor))
+            row["upper"] = float(row["value"] + np.hypot(row["upper"] - row["value"], floor))
     n_pixels = problem.n_good
     dof = max(n_pixels - theta.size - coefficients.size, 1)
     snr = float(np.median((np.abs(flux) * np.sqrt(ivar))[ivar > 0]))

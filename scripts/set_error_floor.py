@@ -1,0 +1,62 @@
+"""Record per-label error floors in a shipped emulator from an injection-recovery run.
+
+The floors come from `benchmarks/bench_calibration.py --split validation --no-error-floor`
+(held-out spectra of the VALIDATION split, so the test split stays for checking):
+for each label, floor = sqrt(max(scatter^2 - median statistical error^2, 0)) at the
+highest S/N of that run, where the emulator's own systematic error dominates.
+`fit_star` adds the floors in quadrature to the reported errors (``error_floor=True``).
+
+    python scripts/set_error_floor.py benchmarks/results/calibration_payne-default_validation_nofloor.json payne-default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("calibration", help="JSON written by bench_calibration.py --split validation --no-error-floor")
+    parser.add_argument("name", help="shipped emulator name")
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from stellarfit.emulators import load_emulator
+    from stellarfit.emulators.registry import shipped_emulator_path
+
+    document = json.loads(Path(args.calibration).read_text())
+    if document["settings"].get("split") != "validation" or not document["settings"].get("no_error_floor"):
+        raise SystemExit("use a calibration run on the validation split made with --no-error-floor")
+    snr = max(document["results"], key=float)
+    parameters = document["results"][snr]["parameters"]
+    path = shipped_emulator_path(args.name)
+    emulator = load_emulator(path)
+    floors = {}
+    for name in emulator.label_names:
+        row = parameters[name]
+        floors[name] = float(np.sqrt(max(row["scatter"] ** 2 - row["median_error_statistical"] ** 2, 0.0)))
+    # edit the metadata in emulator.json only (the arrays stay byte-identical)
+    meta_path = Path(path) / "emulator.json"
+    meta = json.loads(meta_path.read_text())
+    meta["metadata"]["label_error_floor"] = floors
+    meta["metadata"]["label_error_floor_source"] = {
+        "run": Path(args.calibration).name, "snr": float(snr), "n_stars": document["results"][snr]["n_fitted"],
+        "resolution": document["settings"]["resolution"], "split": "validation"}
+    meta_path.write_text(json.dumps(meta, indent=1, allow_nan=False))
+    reloaded = load_emulator(path)
+    assert reloaded.metadata["label_error_floor"] == floors and reloaded.pixel_error is not None
+    lines = [f"- Label error floors (added in quadrature to fit errors; from {document['results'][snr]['n_fitted']} "
+             f"validation-split stars at S/N {float(snr):g}, R = {document['settings']['resolution']:g}, "
+             f"`scripts/set_error_floor.py`): " + ", ".join(f"{k} {v:.3g}" for k, v in floors.items())]
+    provenance = Path(path) / "PROVENANCE.md"
+    text = provenance.read_text()
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("- Label error floors")) + "\n"
+    provenance.write_text(text + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
