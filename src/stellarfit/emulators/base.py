@@ -31,7 +31,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import jax
 import jax.numpy as jnp
@@ -131,6 +131,22 @@ class Emulator:
         self._lower = np.asarray(label_spec.lower, np.float64)
         self._span = np.asarray(label_spec.upper - label_spec.lower, np.float64)
         self._pixel_error: np.ndarray | None = None
+        self._error_modes: np.ndarray | None = None
+
+    @classmethod
+    def create(
+        cls,
+        label_spec: LabelSpec,
+        wavelength: np.ndarray,
+        config: dict[str, Any] | None = None,
+        *,
+        with_continuum: bool = False,
+        resolution: float | None = None,
+        seed: int = 0,
+    ) -> Self:
+        """A randomly initialized emulator of this class for ``label_spec``; ``wavelength``
+        (n_pixels,) vacuum A is its native grid, ``config`` is merged over ``default_config``."""
+        return cls(label_spec, wavelength, config, resolution=resolution, has_continuum=with_continuum, seed=seed)
 
     # ------------------------------------------------------------------ subclass hooks
     def _complete_config(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -390,6 +406,29 @@ class Emulator:
         copy_._pixel_error = pixel_error
         return copy_
 
+    @property
+    def error_modes(self) -> np.ndarray | None:
+        """(n_modes, n_pixels) the correlated part of the emulator's error, or None.
+
+        The leading principal components of the normalized-flux residuals on
+        held-out spectra, scaled so that ``error_modes.T @ error_modes`` is their
+        covariance (see :func:`~stellarfit.emulators.estimate_error_modes`).  Fits
+        marginalize an amplitude per mode (unit Gaussian prior), which is the
+        likelihood with covariance noise + modes.T @ modes: errors along lines that
+        the emulator gets wrong together are counted once, not pixel by pixel."""
+        return self._error_modes
+
+    def with_error_modes(self, error_modes: np.ndarray | None) -> "Emulator":
+        """A copy whose :attr:`error_modes` is ``error_modes`` ((n_modes, n_pixels), finite) or None."""
+        if error_modes is not None:
+            error_modes = np.array(error_modes, dtype=np.float32)
+            if error_modes.ndim != 2 or error_modes.shape[1] != self.n_pixels or not np.all(np.isfinite(error_modes)):
+                raise ValueError(f"error_modes must be finite with shape (n_modes, {self.n_pixels}), got {error_modes.shape}")
+            error_modes.setflags(write=False)
+        copy_ = copy.copy(self)
+        copy_._error_modes = error_modes
+        return copy_
+
     def replace(self, **changes: Any) -> "Emulator":
         """A copy with some of ``params``, ``config``, ``metadata``, ``wavelength``,
         ``has_continuum``, ``resolution`` replaced (the module is rebuilt when
@@ -414,6 +453,7 @@ class Emulator:
         )
         if self._pixel_error is not None and "wavelength" not in changes and "params" not in changes:
             new._pixel_error = self._pixel_error  # same network on the same pixels: same error
+            new._error_modes = self._error_modes
         return new
 
     def save(self, path: str, *, overwrite: bool = False) -> None:

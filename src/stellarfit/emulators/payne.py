@@ -31,7 +31,6 @@ from flax import nnx
 
 from stellarfit.emulators.base import Emulator, is_concrete, register_model_type
 from stellarfit.emulators.layers import Dense
-from stellarfit.labels import LabelSpec
 
 __all__ = ["PayneNet", "PayneEmulator", "payne_config", "scaled_payne_config"]
 
@@ -100,20 +99,6 @@ class PayneEmulator(Emulator):
         "continuum_scale": 1.0,
     }
     head_modules = ("output",)
-
-    @classmethod
-    def create(
-        cls,
-        label_spec: LabelSpec,
-        wavelength: np.ndarray,
-        config: dict[str, Any] | None = None,
-        *,
-        with_continuum: bool = False,
-        resolution: float | None = None,
-        seed: int = 0,
-    ) -> "PayneEmulator":
-        """A randomly initialized Payne for ``label_spec`` on pixel grid ``wavelength`` (n_pixels,) vacuum A."""
-        return cls(label_spec, wavelength, config, resolution=resolution, has_continuum=with_continuum, seed=seed)
 
     def _complete_config(self, config: dict[str, Any]) -> dict[str, Any]:
         hidden = [int(h) for h in config["hidden"]]

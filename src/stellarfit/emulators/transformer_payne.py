@@ -39,7 +39,6 @@ from flax import nnx
 
 from stellarfit.emulators.base import Emulator, is_concrete, register_model_type
 from stellarfit.emulators.layers import Dense
-from stellarfit.labels import LabelSpec
 
 __all__ = [
     "TransformerPayneNet",
@@ -272,20 +271,6 @@ class TransformerPayneEmulator(Emulator):
         "continuum_scale": 1.0,
     }
     head_modules = ("head_norm", "head_hidden", "head_out")
-
-    @classmethod
-    def create(
-        cls,
-        label_spec: LabelSpec,
-        wavelength: np.ndarray,
-        config: dict[str, Any] | None = None,
-        *,
-        with_continuum: bool = False,
-        resolution: float | None = None,
-        seed: int = 0,
-    ) -> "TransformerPayneEmulator":
-        """A randomly initialized TransformerPayne; ``wavelength`` (n_pixels,) vacuum A is its native grid."""
-        return cls(label_spec, wavelength, config, resolution=resolution, has_continuum=with_continuum, seed=seed)
 
     def _complete_config(self, config: dict[str, Any]) -> dict[str, Any]:
         for key in ("dim", "n_layers", "n_tokens", "head_dim", "ffn_mult", "lora_rank", "chunk_points"):

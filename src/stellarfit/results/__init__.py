@@ -10,6 +10,7 @@
   samples) as a FITS file, for ``stellarfit report``.
 """
 
+from stellarfit.results import catalog
 from stellarfit.results.catalog import (
     BASE_COLUMNS,
     PARAMETER_SUFFIXES,
@@ -24,19 +25,5 @@ from stellarfit.results.catalog import (
 )
 from stellarfit.results.fitfile import FitFileError, read_fit, read_fit_metadata, write_fit
 
-__all__ = [
-    "FitFileError",
-    "read_fit",
-    "read_fit_metadata",
-    "write_fit",
-    "BASE_COLUMNS",
-    "PARAMETER_SUFFIXES",
-    "Journal",
-    "JournalMismatchError",
-    "catalog_format",
-    "failed_row",
-    "read_catalog",
-    "result_row",
-    "rows_to_table",
-    "write_catalog",
-]
+__all__ = ["FitFileError", "read_fit", "read_fit_metadata", "write_fit"]
+__all__ += catalog.__all__

@@ -323,6 +323,18 @@ def header_says_air(*headers: Any) -> bool | None:
     return None
 
 
+def air_convention(air: bool | None, *headers: Any, default: str = "format (vacuum)") -> tuple[bool, str]:
+    """(wavelengths in air?, who says so): the caller's ``air`` if given (``"user"``),
+    else what the headers say (:func:`header_says_air`, ``"header"``), else vacuum
+    (``default`` names that source in ``metadata['air_or_vacuum_source']``)."""
+    if air is not None:
+        return bool(air), "user"
+    said = header_says_air(*headers)
+    if said is None:
+        return False, default
+    return said, "header"
+
+
 def header_resolution(*headers: Any) -> float | None:
     """Resolving power from R/RESOLUTN/SPECRES/SPEC_RES/RESOLVPW, or None (non-positive values ignored)."""
     for header in headers:

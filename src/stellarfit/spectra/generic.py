@@ -59,6 +59,8 @@ ARM_COLUMNS = ("ARM",)
 IVAR_HDUS = ("IVAR", "INVVAR")
 ERROR_HDUS = ("ERROR", "SIGMA", "ERR", "UNCERTAINTY", "NOISE")
 VARIANCE_HDUS = ("VARIANCE", "VAR")
+#: ``metadata['air_or_vacuum_source']`` when neither the caller nor the header says air or vacuum.
+_AIR_DEFAULT_SOURCE = "default (vacuum; the header does not say)"
 
 
 def _table_hdu(hdul: fits.HDUList) -> int | None:
@@ -126,15 +128,6 @@ def read(
             "no table with wavelength and flux columns (e.g. WAVELENGTH, FLUX, IVAR or ERROR) and no 1-D image "
             f"with a wavelength WCS (CRVAL1, CDELT1); the file has {F.summarize(hdul)}"
         )
-
-
-def _air_flag(air: bool | None, *headers: Any) -> tuple[bool, str]:
-    if air is not None:
-        return bool(air), "user"
-    said = F.header_says_air(*headers)
-    if said is None:
-        return False, "default (vacuum; the header does not say)"
-    return said, "header"
 
 
 def _resolution(resolution: Any, column_values: np.ndarray | None, *headers: Any) -> tuple[Any, str | None]:
@@ -220,7 +213,7 @@ def _read_table(hdul, index, name, row, wavelength_unit, air, resolution, snr, f
     lsf_sigma = get(LSF_SIGMA_COLUMNS)
     primary = hdul[0].header
     res, res_source = _resolution(resolution, get(RESOLUTION_COLUMNS), hdu.header, primary)
-    is_air, air_source = _air_flag(air, hdu.header, primary)
+    is_air, air_source = F.air_convention(air, hdu.header, primary, default=_AIR_DEFAULT_SOURCE)
     arm_names = None
     if arm is not None:
         names_card = F.header_value([hdu.header, primary], "ARMNAMES")
@@ -277,7 +270,7 @@ def _read_image(hdul, index, name, wavelength_unit, air, resolution, snr, fix_no
                 raise F.problem(f"HDU MASK has shape {mask.shape} but the flux has {flux.shape}")
     primary = hdul[0].header
     res, res_source = _resolution(resolution, None, header, primary)
-    is_air, air_source = _air_flag(air, header, primary)
+    is_air, air_source = F.air_convention(air, header, primary, default=_AIR_DEFAULT_SOURCE)
     flux_unit = F.header_value([header, primary], "BUNIT")
     metadata = _metadata(name, index, header, primary, flux_unit, res_source, air_source)
     return ObservedSpectrum.from_arrays(

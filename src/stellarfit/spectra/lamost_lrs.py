@@ -107,8 +107,7 @@ def read(
         if len(sizes) != 1:
             raise F.problem(f"FLUX, IVAR and WAVELENGTH have different lengths {sorted(sizes)}")
         primary = hdul[0].header
-        said_air = F.header_says_air(header, primary)
-        is_air = bool(air) if air is not None else bool(said_air)
+        is_air, air_source = F.air_convention(air, header, primary)
         bad = np.zeros(flux.size, dtype=bool) if and_mask is None else F.bitmask_bad(and_mask, and_mask_bits)
         object_id = F.header_value([primary, header], "OBSID", "DESIG", "OBJNAME", "OBJECT")
         metadata = {
@@ -118,7 +117,7 @@ def read(
             "object_id": None if object_id is None else str(object_id).strip(),
             "flux_unit": F.header_value([header, primary], "BUNIT") or "relative",
             "resolution_source": "user" if resolution is not None else "default",
-            "air_or_vacuum_source": "user" if air is not None else ("header" if said_air is not None else "format (vacuum)"),
+            "air_or_vacuum_source": air_source,
             "header": F.header_subset(primary, header),
         }
         return ObservedSpectrum.from_arrays(

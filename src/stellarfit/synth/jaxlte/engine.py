@@ -35,14 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import ndtr
 
-from ...wavelengths import log_lambda_grid, pixel_edges
-from ..abundances import SOLAR_SCALE, abundance_matrix
+from ...wavelengths import pixel_edges
+from .._engine import DEFAULT_LINELIST_RANGE_AIR, LABEL_DEFAULTS, PixelEngine, merge_labels
+from ..abundances import abundance_matrix
 from .synthesizer import JaxLTESynthesizer, WindowOptions, default_reference_abundances
 
 __all__ = ["JaxLteEngine", "pixel_operator"]
 
-_DEFAULT_LINELIST_RANGE_AIR = (4950.0, 5550.0)
-_LABEL_DEFAULTS = {"vmic": 1.0, "alpha_fe": 0.0}
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 
@@ -81,7 +80,7 @@ def pixel_operator(native: np.ndarray, pixels: np.ndarray, resolution: float, n_
     return index.astype(np.int32), w
 
 
-class JaxLteEngine:
+class JaxLteEngine(PixelEngine):
     """Simple-physics spectra from the JAX LTE synthesizer on atmosnet atmospheres.
 
     Args:
@@ -131,20 +130,10 @@ class JaxLteEngine:
             "window": window, "resolution": resolution, "sampling": sampling, "step": step, "margin": margin,
             "linelist": linelist, "label_spec": label_spec, "options": options, "network": network,
         }
-        lower, upper = float(window[0]), float(window[1])
-        if not 0 < lower < upper:
-            raise ValueError(f"window must be (lower, upper) in Angstrom with lower < upper, got {window}")
-        if not 0 < step <= 0.1:
-            raise ValueError(f"step must be in (0, 0.1] A, got {step}")
-        self.window = (lower, upper)
-        self.resolution = float(resolution)
-        self.sampling = float(sampling)
-        self.step = float(step)
-        self.margin = float(margin)
-        self.wavelength = log_lambda_grid(lower, upper, self.resolution, self.sampling)
+        lower, upper = self._set_pixels(window, resolution, sampling, step, margin)
         native = np.arange(lower - margin, upper + margin + 0.5 * step, step)
         if linelist is None:
-            coverage = tuple(float(x) for x in air_to_vacuum(np.array(_DEFAULT_LINELIST_RANGE_AIR)))
+            coverage = tuple(float(x) for x in air_to_vacuum(np.array(DEFAULT_LINELIST_RANGE_AIR)))
             if native[0] < coverage[0] or native[-1] > coverage[1]:
                 raise ValueError(
                     f"the window {lower:g}-{upper:g} A (vacuum, with a {margin:g} A margin) reaches beyond the "
@@ -169,7 +158,7 @@ class JaxLteEngine:
         lower_b = np.asarray(self.label_spec.lower, np.float64)
         upper_b = np.asarray(self.label_spec.upper, np.float64)
         bounds = dict(zip(self.label_names, zip(lower_b, upper_b, strict=True), strict=True))
-        vmic_range = bounds.get("vmic", (_LABEL_DEFAULTS["vmic"],) * 2)
+        vmic_range = bounds.get("vmic", (LABEL_DEFAULTS["vmic"],) * 2)
 
         # reference atmospheres at the corners of (teff, logg, fe_h), alpha_fe = 0
         corners = np.array(
@@ -212,24 +201,14 @@ class JaxLteEngine:
         """What made the spectra: goes into the grid file."""
         summary = self.synthesizer.summary()
         opts = self.synthesizer.options
-        return {
-            "engine": self.name,
-            "engine_version": "stellarfit.synth.jaxlte (JAX LTE synthesizer)",
-            "physics": self.physics,
-            "linelist": self._linelist_name + " (no hydrogen lines)",
-            "atmospheres": "atmosnet c3k cool network (atmosnet 1.0.1)",
-            "solar_scale": SOLAR_SCALE,
-            "resolution": self.resolution,
-            "sampling": self.sampling,
-            "window": list(self.window),
-            "synthesis_step_angstrom": self.step,
-            "synthesis_margin_angstrom": self.margin,
-            "lsf": "Gaussian, FWHM = lambda / resolution",
-            "wavelength_medium": "vacuum",
-            "radiative_transfer": f"LTE, plane-parallel, flux, scattering as absorption, {opts.n_mu} Gauss-Legendre angles",
-            "n_lines_used": summary["n_lines_kept"],
-            "window_options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.__dict__.items()},
-        }
+        return self._metadata(
+            engine_version="stellarfit.synth.jaxlte (JAX LTE synthesizer)",
+            linelist=self._linelist_name + " (no hydrogen lines)",
+            atmospheres="atmosnet c3k cool network (atmosnet 1.0.1)",
+            radiative_transfer=f"LTE, plane-parallel, flux, scattering as absorption, {opts.n_mu} Gauss-Legendre angles",
+            n_lines_used=summary["n_lines_kept"],
+            window_options={k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.__dict__.items()},
+        )
 
     # ------------------------------------------------------------------ labels
     def label_vector(self, labels: Mapping[str, float]) -> np.ndarray:
@@ -242,14 +221,7 @@ class JaxLteEngine:
             ValueError: unknown or missing labels, NaN, or values outside the
                 label spec's bounds.
         """
-        unknown = sorted(set(labels) - set(self.label_names))
-        if unknown:
-            raise ValueError(f"unknown label(s) {unknown} for the jax engine; known labels are {list(self.label_names)}")
-        missing = [name for name in ("teff", "logg", "fe_h") if name not in labels]
-        if missing:
-            raise ValueError(f"missing label(s) {missing}: teff, logg and fe_h are required")
-        values = dict(_LABEL_DEFAULTS)
-        values.update({name: float(v) for name, v in labels.items()})
+        values = merge_labels(labels, self.label_names, "jax")
         alpha = values.get("alpha_fe", 0.0)
         alpha_set = ("mg_fe", "si_fe", "ca_fe", "ti_fe")
         vector = np.array(
@@ -264,7 +236,7 @@ class JaxLteEngine:
         alpha = labels[..., idx["alpha_fe"]] if "alpha_fe" in idx else jnp.zeros_like(labels[..., 0])
         atm_labels = jnp.stack([labels[..., idx["teff"]], labels[..., idx["logg"]], labels[..., idx["fe_h"]], alpha], axis=-1)
         abundances = jnp.asarray(self._solar, labels.dtype) + labels @ jnp.asarray(self._matrix.T, labels.dtype)
-        vmic = labels[..., idx["vmic"]] if "vmic" in idx else jnp.full(labels.shape[:-1], _LABEL_DEFAULTS["vmic"], labels.dtype)
+        vmic = labels[..., idx["vmic"]] if "vmic" in idx else jnp.full(labels.shape[:-1], LABEL_DEFAULTS["vmic"], labels.dtype)
         return atm_labels, abundances, vmic
 
     # ------------------------------------------------------------------ synthesis
