@@ -235,3 +235,38 @@ def test_cli_batch_usage_errors(files, tmp_path, capsys):
     assert "cannot load emulator" in capsys.readouterr().err
     assert main(["batch", str(files), "--out", str(tmp_path / "no" / "c.fits")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_vectorized_batch_fits_and_records_failures(emulator, tmp_path):
+    """--vectorize: spectra fitted together by fit_stars; one outside the emulator's window is recorded, not fatal."""
+    truths = {"a": ([0.4, 0.2, -0.3], 20.0), "c": ([0.7, -0.3, 0.2], -40.0)}
+    folder = tmp_path / "spectra"
+    folder.mkdir()
+    for seed, (name, (truth, rv)) in enumerate(truths.items()):
+        _observe(emulator, truth, rv, 300.0, seed, f"star-{name}").write(folder / f"{name}.fits")
+    wavelength = log_lambda_grid(6000.0, 6050.0, 20_000.0, 3.0)  # far outside the emulator (5000-5100 A)
+    ObservedSpectrum.from_arrays(wavelength, np.ones(wavelength.size), sigma=np.full(wavelength.size, 0.01),
+                                 resolution=20_000.0, metadata={"object_id": "star-b"}).write(folder / "b.fits")
+    out = tmp_path / "catalog.fits"
+    options = {"n_starts": 2, "adam_steps": 60, "rv_range": (-100.0, 100.0), "vsini_max": 30.0}
+    summary = fit_batch_files(folder, emulator, out, fit_options=options, progress=False, vectorize=4)
+    assert (summary.n_ok, summary.n_failed) == (2, 1)
+    catalog = read_catalog(out)
+    failed = catalog[catalog["status"] != "ok"]
+    assert failed["object_id"][0] == "star-b" and "wavelength" in failed["error"][0].lower()
+    for row in catalog[catalog["status"] == "ok"]:
+        truth, rv = truths[row["object_id"][-1]]
+        assert row["rv"] == pytest.approx(rv, abs=1.0)
+        for name, value in zip(emulator.label_names, truth):
+            assert abs(row[name] - value) < max(5 * row[f"e_{name}"], 0.08), (name, row[name], value)
+
+
+def test_vectorize_settings_errors(files, tmp_path):
+    with pytest.raises(ValueError, match="vectorize applies to MAP"):
+        fit_batch_files(files, STUB, tmp_path / "c.fits", method="nuts", vectorize=4, progress=False)
+    with pytest.raises(ValueError, match="vectorize applies to MAP"):
+        fit_batch_files(files, STUB, tmp_path / "c.fits", fit_function=FakeFit(), vectorize=4, progress=False)
+    with pytest.raises(ValueError, match="num_warmup"):
+        fit_batch_files(files, STUB, tmp_path / "c.fits", fit_options={"num_warmup": 10}, vectorize=4, progress=False)
+    with pytest.raises(ValueError, match="vectorize must be a positive integer"):
+        fit_batch_files(files, STUB, tmp_path / "c.fits", vectorize=0, progress=False)

@@ -64,3 +64,21 @@ def test_train_init_finetunes_a_pretrained_emulator(tmp_path, capsys):
         assert not any("lora" in name for name in flatten_params(emulator.params))
     assert main(["train", "--grid", str(grid), "--out", str(tmp_path / "x"), "--init", str(tmp_path / "missing")]) == 2
     assert "cannot load --init" in capsys.readouterr().err
+
+
+def test_evaluate_on_an_empty_part_names_it(tmp_path, capsys):
+    toy = make_toy_grid(4, 80, seed=5)
+    grid = SpectralGrid(toy.labels, toy.wavelength, toy.flux, toy.label_spec, continuum=10.0**toy.log10_continuum,
+                        metadata={"engine": {"engine": "toy", "resolution": 20000.0}})
+    path = tmp_path / "four.h5"
+    grid.write(path)
+    _, _, test = grid.split((0.8, 0.1, 0.1), seed=0)
+    assert len(test) == 0  # four spectra leave nothing for the test part
+    out = tmp_path / "emu"
+    assert main(["train", "--grid", str(_grid_file(tmp_path)), "--out", str(out), "--steps", "5", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--emulator", str(out), "--grid", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "test part" in err and "--part all" in err
+    assert main(["evaluate", "--emulator", str(out), "--grid", str(path), "--part", "all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_spectra"] == 4

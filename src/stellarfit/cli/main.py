@@ -189,6 +189,11 @@ def _load_grid_split(path: str, part: str, seed: int):
         raise UsageError(f"cannot read grid {path}: {error}") from None
     train, validation, test = grid.split((0.8, 0.1, 0.1), seed=seed)
     parts = {"train": train, "validation": validation, "test": test, "all": np.arange(len(grid))}
+    if len(parts[part]) == 0:
+        raise UsageError(
+            f"the {part} part of {path} is empty: the grid has only {len(grid)} spectra and the 80/10/10 split "
+            f"leaves none for {part}; use --part all (or train) or a bigger grid"
+        )
     return grid, TrainingData.from_grid(grid, parts[part])
 
 
@@ -414,7 +419,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         summary = fit_batch_files(args.inputs, emulator, out, method=args.method, format=args.format, resolution=args.resolution,
                                   snr=args.snr, backend=args.backend, retry_failed=args.retry_failed,
                                   progress=not args.no_progress, fit_options=fit_options, workers=args.workers,
-                                  chunk_size=args.chunk_size, ray_address=args.ray_address)
+                                  chunk_size=args.chunk_size, ray_address=args.ray_address, vectorize=args.vectorize)
     except (FileNotFoundError, JournalMismatchError, NotImplementedError, ImportError, ValueError, ConnectionError) as error:
         raise UsageError(str(error)) from None
     document = summary.to_dict()
@@ -638,6 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--ray-address", default=None,
                        help="ray: address of an existing cluster ('auto', HOST:6379, ray://HOST:10001; default: a local cluster for this run)")
     batch.add_argument("--chunk-size", type=int, default=None, help="ray: spectra per Ray task (default 8)")
+    batch.add_argument("--vectorize", type=int, default=None, metavar="N",
+                       help="map: fit N spectra at a time in one vectorized program (fills a GPU; with ray, per worker chunk)")
     batch.add_argument("--starts", type=int, default=8, help="MAP starting points per spectrum (default 8)")
     batch.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     batch.add_argument("--retry-failed", action="store_true", help="refit spectra that failed in an earlier run")

@@ -263,6 +263,52 @@ def _fit_item(fit: Callable[..., Any], emulator, item: _Item, method: str, fit_o
                           flags=FLAGS["fit_failed"])
 
 
+def _fit_items(fit: Callable[..., Any], emulator, items: Sequence[_Item], method: str, fit_options: Mapping[str, Any],
+               emulator_name: str, vectorize: int | None) -> list[dict[str, Any]]:
+    """Catalog rows of ``items``: one fit per spectrum, or (``vectorize``) MAP fits of
+    ``vectorize`` spectra at a time in one vmapped program (:func:`~stellarfit.inference.fit_stars`)."""
+    if not vectorize or len(items) < 2:
+        return [_fit_item(fit, emulator, item, method, fit_options, emulator_name) for item in items]
+    from stellarfit.inference.fit import FLAGS, fit_stars
+    from stellarfit.results import failed_row, result_row
+
+    t0 = time.perf_counter()
+    try:
+        results = fit_stars([item.spectrum for item in items], emulator, batch_size=vectorize, errors="collect",
+                            **fit_options)
+    except Exception:  # noqa: BLE001 - not a per-spectrum failure: fit one at a time, recording each reason
+        return [_fit_item(fit, emulator, item, method, fit_options, emulator_name) for item in items]
+    share = (time.perf_counter() - t0) / len(items)
+    rows = []
+    for item, result in zip(items, results):
+        if isinstance(result, BaseException):
+            rows.append(failed_row(source=item.source, index=item.index, error=_message(result), object_id=item.object_id,
+                                   format=item.format, method=method, emulator=emulator_name, elapsed_s=share,
+                                   flags=FLAGS["fit_failed"]))
+        else:
+            rows.append(result_row(result, source=item.source, index=item.index, object_id=item.object_id,
+                                   format=item.format))
+    return rows
+
+
+def _check_vectorize(vectorize: int | None, method: str, fit_function, fit_options: Mapping[str, Any]) -> None:
+    if vectorize is None:
+        return
+    _check_count("vectorize", vectorize)
+    if method != "map" or fit_function is not None:
+        raise ValueError("vectorize applies to MAP fits with the built-in fit (method='map', no fit_function); "
+                         "leave it out for NUTS or a custom fit_function")
+    import inspect
+
+    from stellarfit.inference.fit import fit_stars
+
+    accepted = set(inspect.signature(fit_stars).parameters) - {"spectra", "emulator", "batch_size", "errors", "progress"}
+    unknown = sorted(set(fit_options) - accepted)
+    if unknown:
+        raise ValueError(f"fit option(s) {', '.join(unknown)} do not apply to vectorized MAP fits; "
+                         f"accepted: {', '.join(sorted(accepted))}")
+
+
 def fit_batch_files(
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
     emulator,
@@ -281,6 +327,7 @@ def fit_batch_files(
     workers: int | None = None,
     chunk_size: int | None = None,
     ray_address: str | None = None,
+    vectorize: int | None = None,
 ) -> BatchSummary:
     """Fit every spectrum in ``inputs`` and write one catalog to ``out_path``.
 
@@ -308,6 +355,10 @@ def fit_batch_files(
         ray_address: backend="ray" only: address of an existing Ray cluster (``"auto"``,
             ``"ray://host:10001"``, ``"host:6379"``).  Default: a local cluster for this run,
             or the one this process is already connected to (``ray.init`` called before).
+        vectorize: MAP only: fit this many spectra at a time in one vectorized program
+            (:func:`~stellarfit.inference.fit_stars`; spectra on the same pixels share it).  The
+            way to fill a GPU; on a CPU it saves the per-star overheads.  With backend="ray"
+            each worker vectorizes within its chunks (make ``chunk_size`` a multiple of it).
     Returns: a :class:`BatchSummary`.
     Raises:
         FileNotFoundError: missing inputs.  ValueError: bad settings, or the
@@ -335,6 +386,7 @@ def fit_batch_files(
     methods = tuple(getattr(fit_module, "METHODS", ("map",)))
     if fit_function is None and method not in methods:
         raise ValueError(f"method {method!r} is not available; choose one of {', '.join(methods)}")
+    _check_vectorize(vectorize, method, fit_function, dict(fit_options or {}))
     out_path = Path(out_path)
     kind = catalog_format(out_path)
     if kind == "parquet":
@@ -375,12 +427,20 @@ def fit_batch_files(
                                 emulator_name=emulator_name)
         try:
             if backend == "local":
+                pending: list[_Item] = []
                 for item in items:
-                    recorder.record(_fit_item(fit, emulator, item, method, fit_options, emulator_name))
+                    pending.append(item)
+                    if len(pending) >= (vectorize or 1):
+                        for row in _fit_items(fit, emulator, pending, method, fit_options, emulator_name, vectorize):
+                            recorder.record(row)
+                        pending = []
+                for row in _fit_items(fit, emulator, pending, method, fit_options, emulator_name, vectorize):
+                    recorder.record(row)
             else:
                 n_workers = _run_on_ray(items, recorder, emulator=emulator, fit_function=fit_function, method=method,
                                         fit_options=fit_options, emulator_name=emulator_name, workers=workers,
-                                        chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, ray_address=ray_address)
+                                        chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, ray_address=ray_address,
+                                        vectorize=vectorize)
         finally:
             items.close()
             bar.close()
@@ -495,7 +555,7 @@ class _WorkerSetupError(RuntimeError):
 
 
 def _fit_chunk(emulator_spec: Mapping[str, Any], fit_function, method: str, fit_options: Mapping[str, Any],
-               emulator_name: str, items: Sequence[_Item]) -> list[dict[str, Any]]:
+               emulator_name: str, items: Sequence[_Item], vectorize: int | None = None) -> list[dict[str, Any]]:
     """Runs in a Ray worker: the catalog rows of a chunk of spectra."""
     try:
         emulator = _worker_emulator(emulator_spec)
@@ -503,7 +563,7 @@ def _fit_chunk(emulator_spec: Mapping[str, Any], fit_function, method: str, fit_
         raise _WorkerSetupError(f"the Ray worker could not load the emulator: {_message(error)}") from error
     if fit_function is None:
         from stellarfit.inference.fit import fit_star as fit_function
-    return [_fit_item(fit_function, emulator, item, method, fit_options, emulator_name) for item in items]
+    return _fit_items(fit_function, emulator, items, method, fit_options, emulator_name, vectorize)
 
 
 def _remote_fit_chunk(ray):
@@ -542,7 +602,7 @@ def _init_ray(ray, address: str | None, workers: int | None, **options) -> None:
 
 def _run_on_ray(items: Iterable[_Item], recorder: _Recorder, *, emulator, fit_function, method: str,
                 fit_options: Mapping[str, Any], emulator_name: str, workers: int | None, chunk_size: int,
-                ray_address: str | None) -> int:
+                ray_address: str | None, vectorize: int | None = None) -> int:
     """Fit ``items`` in chunks on Ray, journaling rows as chunks complete; returns the number of Ray workers.
 
     The cluster is started (or connected to), and the emulator sent, only when
@@ -584,7 +644,7 @@ def _run_on_ray(items: Iterable[_Item], recorder: _Recorder, *, emulator, fit_fu
         while len(in_flight) >= session["max_in_flight"]:
             collect(block=True)
         reference = session["remote"].remote(session["emulator_spec"], session["fit_reference"], method, fit_options,
-                                             emulator_name, chunk)
+                                             emulator_name, chunk, vectorize)
         in_flight[reference] = chunk
 
     def collect(block: bool) -> None:
