@@ -241,3 +241,94 @@ def test_blackjax_compiles_once_per_forward_model():
         assert result.samples.shape == (2, 10, 5) and np.all(np.isfinite(result.samples))
         sizes.append(nuts_module._blackjax_chains._cache_size())
     assert sizes[1] == sizes[0] >= 1
+
+
+def test_numpyro_fit_star_second_spectrum_compiles_nothing(emulator):
+    """fit_star(method="nuts") on a second spectrum on the same pixels (other flux, noise and RV box) reuses
+    every compiled program: the jitted NumPyro sampler's cache does not grow and XLA compiles nothing."""
+    import jax
+
+    from stellarfit.inference import fit_star, forward_model_for
+    from stellarfit.inference import map as map_module
+    from stellarfit.inference import nuts as nuts_module
+    from stellarfit.spectra import ObservedSpectrum
+
+    wavelength = log_lambda_grid(5008.0, 5090.0, 20_000.0, 3.0)
+    continuum = 50.0 * (1 + 0.05 * (wavelength - 5050.0) / 40.0)
+
+    def observe(truth, rv, snr, seed):
+        model = forward_model_for(emulator, wavelength, 20_000.0, rv_range=(rv - 1, rv + 1))
+        flux = continuum * np.asarray(model(np.asarray(truth, np.float32), rv, 0.0), dtype=np.float64)
+        flux = flux + np.random.default_rng(seed).normal(size=wavelength.size) * continuum / snr
+        return ObservedSpectrum.from_arrays(wavelength, flux, sigma=continuum / snr, resolution=20_000.0)
+
+    first, second = observe([0.3, -0.1, 0.2], 40.0, 150.0, 1), observe([0.6, 0.3, -0.1], -90.0, 60.0, 2)
+    options = dict(method="nuts", n_starts=2, adam_steps=60, rv_range=(-300.0, 300.0), vsini_max=20.0,
+                   num_warmup=20, num_samples=10, num_chains=2, seed=0)
+    fit_star(first, emulator, **options)
+    jitted = (nuts_module._numpyro_chains, map_module._optimize_starts, map_module._hessian_scaled, map_module._rv_chi2_scan)
+    sizes = [f._cache_size() for f in jitted]
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        result = fit_star(second, emulator, **options)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert sizes[0] >= 1
+    assert [f._cache_size() for f in jitted] == sizes
+    assert compiles == []
+    assert result.samples.shape == (2, 10, 5) and np.all(np.isfinite(result.samples))
+    assert result.labels["rv"]["value"] == pytest.approx(-90.0, abs=3.0)
+    assert result.diagnostics["backend"] == "numpyro" and len(result.diagnostics["step_size"]) == 2
+    assert result.sample_stats["n_steps"].shape == (2, 10) and result.diagnostics["gradient_evaluations_warmup"] >= 20
+
+
+def test_numpyro_user_model_with_problem_argument_compiles_once():
+    """A user model taking the problem (an extra factor and an extra latent site) compiles once for two
+    spectra and its factor moves the posterior; a closure model (the documented wrapper) still works."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    from stellarfit.inference import nuts as nuts_module
+    from stellarfit.inference.nuts import numpyro_fit_model, numpyro_model
+
+    def tight_teff(problem):
+        theta = numpyro_fit_model(problem)
+        numpyro.sample("nuisance", dist.Normal(0.0, 1.0))
+        numpyro.factor("teff_prior", -0.5 * ((theta[0] - 5500.0) / 5.0) ** 2)
+
+    wavelength = log_lambda_grid(5242.0, 5259.0, 22_500.0, 2.0)
+    model = ForwardModel(small_flux, NATIVE, NATIVE_R, wavelength, 22_500.0, rv_range=(-8.0, 32.0), vsini_max=40.0)
+    continuum = 1e3 * np.ones(wavelength.size)
+    design = continuum_design_matrix(wavelength, degree=1)
+    clean = continuum * np.asarray(model(jnp.asarray(TRUTH[:3]), TRUTH[3], TRUTH[4]), dtype=np.float64)
+    options = dict(num_warmup=60, num_samples=60, num_chains=2, seed=0)
+    sizes = []
+    for seed, rv_range in ((1, (-8.0, 32.0)), (2, (0.0, 25.0))):
+        flux = clean + np.random.default_rng(seed).normal(size=clean.size) * continuum / 400.0
+        marginalized = FitProblem(model, TOY_SPEC, flux, (400.0 / continuum) ** 2, design, continuum="marginalize",
+                                  rv_range=rv_range)
+        run = sample_numpyro(marginalized, TRUTH, None, model=tight_teff, **options)
+        sizes.append(nuts_module._numpyro_chains._cache_size())
+        # the 5 K prior pulls teff from the data's 5600 K to within a few sigma of 5500 K
+        assert abs(np.median(run.samples[..., 0]) - 5500.0) < 25.0
+    assert sizes[1] == sizes[0]
+
+    _, marginalized = make_problem(snr=400.0)
+    base = numpyro_model(marginalized)
+
+    def closure():
+        theta = base()
+        numpyro.factor("teff_prior", -0.5 * ((theta[0] - 5500.0) / 5.0) ** 2)
+
+    run = sample_numpyro(marginalized, TRUTH, None, model=closure, **options)
+    assert abs(np.median(run.samples[..., 0]) - 5500.0) < 25.0
+    with pytest.raises(TypeError, match="only argument"):
+        sample_numpyro(marginalized, TRUTH, None, model=lambda a, b: None, **options)
+    with pytest.raises(ValueError, match="must sample the site 'z'"):
+        sample_numpyro(marginalized, TRUTH, None, model=lambda problem: numpyro_fit_model(problem, site="w"), **options)

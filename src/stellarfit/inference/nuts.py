@@ -2,9 +2,13 @@
 
 This module owns:
 
-- :func:`numpyro_model`: a NumPyro model of a fit that users can extend;
-- :func:`sample_numpyro`: ``numpyro.infer.MCMC`` with ``NUTS`` (chains
-  vectorized by default, which suits a CPU);
+- :func:`numpyro_fit_model` (the problem as its argument) and
+  :func:`numpyro_model` (bound to one problem): the NumPyro model of a fit,
+  which users can extend;
+- :func:`sample_numpyro`: NumPyro's NUTS kernel (``numpyro.infer.hmc.hmc``)
+  on that model, warm-up and draws of all chains in one jitted program of the
+  problem (chains vectorized by default, which suits a CPU), compiled once per
+  forward model like the BlackJAX path;
 - :func:`sample_blackjax`: BlackJAX Stan-style window adaptation followed by
   NUTS, chains ``vmap``-ed, draws by ``lax.scan``;
 - :func:`laplace_inverse_mass_matrix`, :func:`initial_positions`: warm starts
@@ -39,8 +43,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +59,7 @@ __all__ = [
     "check_sampler_settings",
     "initial_positions",
     "laplace_inverse_mass_matrix",
+    "numpyro_fit_model",
     "numpyro_model",
     "sample_blackjax",
     "sample_numpyro",
@@ -260,16 +266,49 @@ def _prepare(problem, theta_map, covariance, num_chains, mass_matrix, jitter, se
 
 
 # -- NumPyro ----------------------------------------------------------------------
-def numpyro_model(problem: FitProblem, *, site: str = "z") -> Callable[[], Any]:
-    """A NumPyro model of ``problem``; calling it returns theta (p,) in physical units.
+def numpyro_fit_model(problem: FitProblem, *, site: str = "z"):
+    """The NumPyro model of a fit, with the :class:`FitProblem` as its argument; returns theta (p,).
 
-    The model has one latent site ``site`` (default "z"): the unconstrained
-    vector (p,) with an improper flat base measure
-    (``dist.ImproperUniform(real_vector)``) and the whole target density added
-    by ``numpyro.factor("log_density", problem.log_density_unconstrained(z))``.
-    The box priors and their Jacobian are inside that factor, so the sampler sees
-    exactly the same density as :func:`sample_blackjax`.  Extend it by calling it
-    inside your own model and adding factors or sites, e.g. a photometric Teff::
+    One latent site ``site`` (default "z"): the unconstrained vector (p,) with
+    an improper flat base measure (``dist.ImproperUniform(real_vector)``); the
+    whole target density is added by
+    ``numpyro.factor("log_density", problem.log_density_unconstrained(z))``.
+    The box priors and their Jacobian are inside that factor, so the sampler
+    sees exactly the same density as :func:`sample_blackjax`.
+
+    Because the problem (a pytree: flux, ivar, boxes, priors are its leaves)
+    is an argument rather than a closure, :func:`sample_numpyro` compiles this
+    model once per forward model and settings and reuses the program for every
+    further spectrum on the same pixels.  Extend it the same way, with a model
+    of your own that takes the problem::
+
+        def model(problem):
+            theta = numpyro_fit_model(problem)
+            numpyro.factor("teff_phot", -0.5 * ((theta[0] - 5777.0) / 80.0) ** 2)
+
+        sample_numpyro(problem, theta_map, model=model)   # compiled once for all stars
+
+    Your own latent sites may be added too (they get a diagonal mass-matrix block).
+    """
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.distributions import constraints
+
+    p = problem.n_parameters
+    z = numpyro.sample(site, dist.ImproperUniform(constraints.real_vector, (), event_shape=(p,)))
+    numpyro.factor("log_density", problem.log_density_unconstrained(z))
+    return problem.to_theta(z)
+
+
+def numpyro_model(problem: FitProblem, *, site: str = "z") -> Callable[[], Any]:
+    """A NumPyro model bound to ``problem`` (no arguments); calling it returns theta (p,) in physical units.
+
+    It is :func:`numpyro_fit_model` with the problem filled in: one latent
+    site ``site`` (default "z"), the unconstrained vector (p,) with an improper
+    flat base measure, and the whole target density added by
+    ``numpyro.factor("log_density", problem.log_density_unconstrained(z))``.
+    Extend it by calling it inside your own model and adding factors or sites,
+    e.g. a photometric Teff::
 
         base = numpyro_model(problem)
 
@@ -278,19 +317,111 @@ def numpyro_model(problem: FitProblem, *, site: str = "z") -> Callable[[], Any]:
             numpyro.factor("teff_phot", -0.5 * ((theta[0] - 5777.0) / 80.0) ** 2)
 
         sample_numpyro(problem, theta_map, model=model)
+
+    Such a closure holds one star's data, so :func:`sample_numpyro` compiles it
+    on every call; for many stars write the model with the problem as its
+    argument (see :func:`numpyro_fit_model`), which compiles once.
     """
-    import numpyro
-    import numpyro.distributions as dist
-    from numpyro.distributions import constraints
+    return functools.partial(numpyro_fit_model, problem, site=site)
 
-    p = problem.n_parameters
 
-    def model():
-        z = numpyro.sample(site, dist.ImproperUniform(constraints.real_vector, (), event_shape=(p,)))
-        numpyro.factor("log_density", problem.log_density_unconstrained(z))
-        return problem.to_theta(z)
+class _NumpyroOptions(NamedTuple):
+    """Static settings of the jitted NumPyro sampler (hashable: one compiled program per value)."""
 
-    return model
+    model: Callable
+    num_warmup: int
+    num_samples: int
+    depth: int
+    target_accept: float
+    dense: bool
+
+
+def _numpyro_one_chain(problem, key, z0, inverse_mass, options: _NumpyroOptions):
+    """One NUTS chain of ``options.model(problem)`` with NumPyro's functional HMC API.
+
+    ``initialize_model`` turns the model into a potential-energy generator of
+    its arguments (``dynamic_args=True``), so the problem's data stay traced
+    arguments; ``numpyro.infer.hmc.hmc`` gives the NUTS init and sample kernels
+    (the ones ``numpyro.infer.NUTS`` wraps), whose warm-up adapts the step size
+    by dual averaging and the mass matrix in Stan-style windows.
+    """
+    from numpyro.infer.hmc import hmc
+    from numpyro.infer.initialization import init_to_value
+    from numpyro.infer.util import initialize_model
+
+    model_args = (problem,)
+    key_init, key_kernel = jax.random.split(key)
+    param_info, potential_fn_gen, _, _ = initialize_model(
+        key_init, options.model, init_strategy=init_to_value(values={"z": z0}), dynamic_args=True, model_args=model_args)
+    if "z" not in param_info.z or jnp.shape(param_info.z["z"]) != jnp.shape(z0):
+        raise ValueError(f"the NumPyro model must sample the site 'z' of shape {jnp.shape(z0)} (the FitProblem's unconstrained "
+                         f"vector), e.g. by calling numpyro_fit_model(problem); its latent sites are {sorted(param_info.z)}")
+    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
+    state = init_kernel(
+        param_info, options.num_warmup, step_size=1.0, inverse_mass_matrix={("z",): inverse_mass},
+        adapt_step_size=True, adapt_mass_matrix=True, dense_mass=[("z",)] if options.dense else [],
+        target_accept_prob=options.target_accept, trajectory_length=None, max_tree_depth=options.depth,
+        model_args=model_args, rng_key=key_kernel,
+    )
+
+    def warmup_step(state, _):
+        state = sample_kernel(state, model_args=model_args)
+        return state, state.num_steps
+
+    def draw_step(state, _):
+        state = sample_kernel(state, model_args=model_args)
+        return state, (state.z["z"], -state.potential_energy, state.diverging, state.num_steps, state.accept_prob)
+
+    state, warmup_steps = jax.lax.scan(warmup_step, state, None, length=options.num_warmup)
+    step_size = state.adapt_state.step_size
+    _, draws = jax.lax.scan(draw_step, state, None, length=options.num_samples)
+    return draws, step_size, warmup_steps
+
+
+def _numpyro_chains_fn(problem, keys, z_init, inverse_mass, options, chain_method):
+    one_chain = functools.partial(_numpyro_one_chain, problem, inverse_mass=inverse_mass, options=options)
+    if chain_method == "sequential":
+        return jax.lax.map(lambda args: one_chain(*args), (keys, z_init))
+    return jax.vmap(one_chain)(keys, z_init)
+
+
+@functools.partial(jax.jit, static_argnames=("options", "chain_method"))
+def _numpyro_chains(problem: FitProblem, keys, z_init, inverse_mass, options: _NumpyroOptions, chain_method: str):
+    """All chains, warm-up and draws in one program; compiled once per forward model, model function and settings."""
+    return _numpyro_chains_fn(problem, keys, z_init, inverse_mass, options, chain_method)
+
+
+#: chain_method="parallel": one chain per device; the problem and the mass matrix are broadcast
+_numpyro_chains_parallel = jax.pmap(_numpyro_one_chain, in_axes=(None, 0, 0, None), static_broadcasted_argnums=(4,))
+
+
+def _as_problem_model(model: Callable | None) -> tuple[Callable, bool]:
+    """(model called as model(problem), whether it may be cached) for sample_numpyro's ``model``."""
+    if model is None:
+        return numpyro_fit_model, True
+    if not callable(model):
+        raise TypeError(f"model must be a NumPyro model (a callable), got {type(model).__name__}")
+    try:
+        signature = inspect.signature(model)
+    except (TypeError, ValueError):  # builtins and the like: assume model(problem)
+        return model, True
+    try:
+        signature.bind(None)
+        return model, True
+    except TypeError:
+        pass
+    try:
+        signature.bind()
+    except TypeError:
+        raise TypeError(
+            f"model must take the FitProblem as its only argument (def model(problem): ...) or no argument "
+            f"(a closure such as numpyro_model(problem)); its signature is {signature}"
+        ) from None
+
+    def closed(problem):
+        return model()
+
+    return closed, False
 
 
 def sample_numpyro(
@@ -311,6 +442,17 @@ def sample_numpyro(
 ) -> SamplerResult:
     """NUTS with NumPyro, started near the MAP.
 
+    The NumPyro model (:func:`numpyro_fit_model` unless ``model`` is given)
+    takes the problem as its argument and the whole run -- model
+    initialization, warm-up and draws of every chain -- is one jitted program
+    whose arguments are the problem's data, the chain starts and the initial
+    mass matrix.  It is compiled once per (forward model, model function,
+    settings) and reused for every further spectrum on the same pixels, as
+    :func:`sample_blackjax` is.  The kernel is NumPyro's NUTS
+    (``numpyro.infer.hmc.hmc``, the kernel behind ``numpyro.infer.NUTS``) with
+    dual-averaging step size and windowed mass-matrix adaptation, each chain
+    adapting its own.
+
     Args:
         problem: the fit (build it with ``continuum="marginalize"`` for sampling).
         theta_map: (p,) MAP in physical units (``fit_map(...).theta``).
@@ -321,11 +463,15 @@ def sample_numpyro(
         target_accept: dual-averaging target acceptance probability.
         mass_matrix: "diagonal", "dense" (from the identity) or "laplace" (dense, from
             the Laplace covariance mapped to z); all adapted during warm-up.
-        chain_method: NumPyro's "vectorized" (default; one process, chains batched),
-            "sequential" or "parallel" (needs one device per chain).
+        chain_method: "vectorized" (default; chains batched with ``vmap`` in one
+            program, which suits a CPU), "sequential" (``lax.map``, one chain after
+            another in one program) or "parallel" (``pmap``, needs one device per chain).
         jitter: spread of the chain starts in units of the Laplace sigma (in z).
-        model: optional model replacing :func:`numpyro_model` (it must sample the
-            site "z" of shape (p,), e.g. by calling ``numpyro_model(problem)()``).
+        model: optional NumPyro model replacing :func:`numpyro_fit_model`; it must
+            sample the site "z" of shape (p,), e.g. by calling ``numpyro_fit_model(problem)``.
+            Either ``model(problem)`` (compiled once per model function: define it once
+            and pass the same function for every star) or ``model()``, a closure such as
+            one wrapping ``numpyro_model(problem)`` (compiled on every call).
     """
     check_sampler_settings(problem, num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix, jitter, chain_method)
     if chain_method == "parallel" and num_chains > jax.local_device_count():
@@ -333,36 +479,30 @@ def sample_numpyro(
             f"chain_method='parallel' needs one device per chain ({num_chains} chains, {jax.local_device_count()} device(s)); "
             "use chain_method='vectorized' or set XLA_FLAGS=--xla_force_host_platform_device_count before importing jax"
         )
-    from numpyro.infer import MCMC, NUTS, init_to_value
-
+    problem_model, reusable = _as_problem_model(model)
     start_time = time.perf_counter()
     z_init, inverse_mass = _prepare(problem, theta_map, covariance, num_chains, mass_matrix, jitter, seed)
-    dense = mass_matrix != "diagonal"
-    kernel = NUTS(
-        model or numpyro_model(problem),
-        max_tree_depth=int(max_tree_depth),
-        target_accept_prob=float(target_accept),
-        dense_mass=dense,
-        inverse_mass_matrix={("z",): jnp.asarray(inverse_mass, jnp.float32)},
-        init_strategy=init_to_value(values={"z": jnp.asarray(z_init[0], jnp.float32)}),
-    )
-    mcmc = MCMC(kernel, num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
-                chain_method=chain_method, progress_bar=False)
-    init = {"z": jnp.asarray(z_init if num_chains > 1 else z_init[0], jnp.float32)}
-    key_warmup, key_draws = jax.random.split(jax.random.PRNGKey(seed))
-    mcmc.warmup(key_warmup, extra_fields=("num_steps",), collect_warmup=True, init_params=init)
-    warmup_steps = np.asarray(mcmc.get_extra_fields()["num_steps"])
-    step_size = np.asarray(mcmc.post_warmup_state.adapt_state.step_size)
-    mcmc.run(key_draws, extra_fields=("num_steps", "diverging", "accept_prob", "potential_energy"))
-    z = np.asarray(mcmc.get_samples(group_by_chain=True)["z"]).reshape(num_chains, num_samples, -1)
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    n_steps = np.asarray(extra["num_steps"]).reshape(num_chains, num_samples)
+    options = _NumpyroOptions(model=problem_model, num_warmup=int(num_warmup), num_samples=int(num_samples),
+                              depth=int(max_tree_depth), target_accept=float(target_accept), dense=mass_matrix != "diagonal")
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
+    arguments = (problem, keys, jnp.asarray(z_init, jnp.float32), jnp.asarray(inverse_mass, jnp.float32))
+    if chain_method == "parallel":
+        parallel = _numpyro_chains_parallel if reusable else jax.pmap(_numpyro_one_chain, in_axes=(None, 0, 0, None),
+                                                                      static_broadcasted_argnums=(4,))
+        outputs = parallel(*arguments, options)
+    elif reusable:
+        # compiled once per forward model, model function and settings: the problem's data are arguments
+        outputs = _numpyro_chains(*arguments, options=options, chain_method=chain_method)
+    else:
+        outputs = jax.jit(functools.partial(_numpyro_chains_fn, options=options, chain_method=chain_method))(*arguments)
+    (z, lp, diverging, n_steps, acceptance), step_size, warmup_steps = outputs
+    n_steps = np.asarray(n_steps)
     stats = {
-        "diverging": np.asarray(extra["diverging"]).reshape(num_chains, num_samples),
+        "diverging": diverging,
         "n_steps": n_steps,
         "tree_depth": np.ceil(np.log2(n_steps + 1.0)).astype(int),
-        "acceptance_rate": np.asarray(extra["accept_prob"]).reshape(num_chains, num_samples),
-        "lp": -np.asarray(extra["potential_energy"]).reshape(num_chains, num_samples),
+        "acceptance_rate": acceptance,
+        "lp": lp,
     }
     settings = dict(backend="numpyro", num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
                     max_tree_depth=int(max_tree_depth), target_accept=float(target_accept), mass_matrix=mass_matrix,
