@@ -14,6 +14,7 @@ from stellarfit.emulators.checkpoint import SCHEMA_VERSION as SCHEMA_VERSION
 from stellarfit.emulators.checkpoint import read_emulator as read_emulator
 from stellarfit.emulators.checkpoint import save_emulator as save_emulator
 from stellarfit.emulators.evaluation import EmulatorEvaluation as EmulatorEvaluation
+from stellarfit.emulators.evaluation import estimate_error_modes as estimate_error_modes
 from stellarfit.emulators.evaluation import estimate_pixel_error as estimate_pixel_error
 from stellarfit.emulators.evaluation import evaluate_emulator as evaluate_emulator
 from stellarfit.emulators.evaluation import plot_evaluation as plot_evaluation
@@ -61,6 +62,7 @@ __all__ = [
     "add_lora",
     "merge_lora",
     "EmulatorEvaluation",
+    "estimate_error_modes",
     "estimate_pixel_error",
     "evaluate_emulator",
     "plot_evaluation",

@@ -10,7 +10,7 @@ An emulator is a directory with two files:
   shape, dtype) and ``stellarfit_version``.
 - ``arrays.npz``: ``wavelength`` (n_pixels,) float64 and one array per
   parameter, named ``params/<path>`` (for example
-  ``params/blocks/0/query/kernel``); optionally ``pixel_error`` (n_pixels,)
+  ``params/blocks/0/query/kernel``); optionally ``error_modes`` (n_modes, n_pixels) and ``pixel_error`` (n_pixels,)
   float32, the emulator's own error per pixel.  Read with ``allow_pickle=False``.
 
 Loading checks the format name, the schema version, that the label spec and
@@ -71,6 +71,8 @@ def save_emulator(emulator: Emulator, path: str | os.PathLike, *, overwrite: boo
         arrays[f"params/{name}"] = np.asarray(value)
     if getattr(emulator, "pixel_error", None) is not None:
         arrays["pixel_error"] = np.asarray(emulator.pixel_error, np.float32)
+    if getattr(emulator, "error_modes", None) is not None:
+        arrays["error_modes"] = np.asarray(emulator.error_modes, np.float32)
     meta = {
         "format": FORMAT_NAME,
         "schema_version": SCHEMA_VERSION,
@@ -195,6 +197,8 @@ def read_emulator(path: str | os.PathLike, *, label_spec: LabelSpec | None = Non
         )
         if "pixel_error" in arrays:
             emulator = emulator.with_pixel_error(arrays["pixel_error"])
+        if "error_modes" in arrays:
+            emulator = emulator.with_error_modes(arrays["error_modes"])
         return emulator
     except ValueError as error:
         raise CheckpointError(f"{path}: {error}") from None

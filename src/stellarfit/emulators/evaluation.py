@@ -169,3 +169,32 @@ def estimate_pixel_error(emulator: Emulator, data: TrainingData, *, batch_size: 
         raise ValueError(f"need at least 10 held-out spectra to estimate the pixel error, got {data.n_spectra}")
     flux = emulator.predict(data.labels, batch_size=batch_size, check_bounds=False)
     return np.sqrt(np.mean((flux.astype(np.float64) - data.flux) ** 2, axis=0)).astype(np.float32)
+
+
+def estimate_error_modes(
+    emulator: Emulator, data: TrainingData, *, n_modes: int = 16, batch_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The correlated part of the emulator's error: principal components of its residuals.
+
+    On ``data`` (held-out spectra on the native grid: a validation split, not
+    the test split you report) the normalized-flux residuals R (n_spectra,
+    n_pixels) are decomposed as R = U S V^T; the modes are S_k V_k / sqrt(n)
+    for the ``n_modes`` largest S_k, so that ``modes.T @ modes`` is the
+    covariance of the residuals restricted to those components.
+
+    Returns ``(modes, pixel_error)``: modes (n_modes, n_pixels) float32 and the
+    per-pixel RMS of what the modes leave, (n_pixels,) float32.  Attach both
+    (``emulator.with_error_modes(modes).with_pixel_error(pixel_error)``) so that
+    fits marginalize the modes and add the rest to the noise.
+    """
+    if data.n_pixels != emulator.n_pixels or not np.allclose(data.wavelength, emulator.wavelength, rtol=1e-12, atol=0):
+        raise ValueError("estimate_error_modes needs spectra on the emulator's native wavelengths")
+    if not 1 <= n_modes < data.n_spectra:
+        raise ValueError(f"n_modes must be between 1 and n_spectra - 1 ({data.n_spectra - 1}), got {n_modes}")
+    flux = emulator.predict(data.labels, batch_size=batch_size, check_bounds=False)
+    residual = flux.astype(np.float64) - data.flux
+    _, singular, vt = np.linalg.svd(residual, full_matrices=False)
+    modes = singular[:n_modes, None] * vt[:n_modes] / np.sqrt(data.n_spectra)
+    captured = residual @ vt[:n_modes].T @ vt[:n_modes]
+    rest = np.sqrt(np.mean((residual - captured) ** 2, axis=0))
+    return modes.astype(np.float32), rest.astype(np.float32)

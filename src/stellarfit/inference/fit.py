@@ -409,32 +409,54 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
     rv0, _, _ = estimate_rv(model, centre, flux, ivar, design)
     low = max(rv0 - rv_window, model.rv_range[0])
     high = min(rv0 + rv_window, model.rv_range[1])
-    fit_ivar = ivar
+    fit_ivar, error_basis = ivar, None
     pixel_error = getattr(emulator, "pixel_error", None)
-    if emulator_error and pixel_error is not None:
-        fit_ivar = _with_emulator_error(model, emulator, centre, rv0, flux, ivar, design, pixel_error)
-    problem = FitProblem(model, spec, flux, fit_ivar, design, priors=priors, vsini_max=vsini_max, rv_range=(low, high))
+    error_modes = getattr(emulator, "error_modes", None)
+    if emulator_error and (pixel_error is not None or error_modes is not None):
+        template_continuum = _template_continuum(model, centre, rv0, flux, ivar, design)
+        if pixel_error is not None:
+            fit_ivar = _with_emulator_error(model, emulator, rv0, ivar, pixel_error, template_continuum)
+        if error_modes is not None:
+            error_basis = _observed_error_modes(model, error_modes, rv0, template_continuum)
+    problem = FitProblem(model, spec, flux, fit_ivar, design, priors=priors, vsini_max=vsini_max, rv_range=(low, high),
+                         error_basis=error_basis)
     return _Prepared(spectrum, problem, float(rv0), wavelength, flux, np.where(np.asarray(problem.ivar) > 0, ivar, 0.0))
 
 
-def _with_emulator_error(model, emulator, template_labels, rv, flux, ivar, design, pixel_error) -> np.ndarray:
-    """ivar with the emulator's own error added to the noise: 1 / (1/ivar + (C sigma_emu)^2).
+def _template_continuum(model, template_labels, rv, flux, ivar, design) -> np.ndarray:
+    """The continuum (n_obs,) of the RV-search template fit (a few per cent off at most: enough
+    to put the emulator's error, a fraction of normalized flux, into flux units)."""
+    from stellarfit.forward import profile_continuum
 
-    sigma_emu is the emulator's per-pixel error (normalized flux) moved to the observed frame at
-    the RV-search velocity; C is the continuum of the RV-search template fit (a few per cent
-    off at most, which changes the added variance negligibly).
-    """
-    from stellarfit.forward import doppler_factor, profile_continuum
-
-    rest = model.observed_wavelength / float(doppler_factor(rv))
-    sigma = np.interp(rest, emulator.wavelength, np.asarray(pixel_error, np.float64))
     template = model(jnp.asarray(template_labels, jnp.float32), rv, 0.0)
     good = np.where(model.covered, ivar, 0.0)
     _, continuum, _, _ = profile_continuum(template, jnp.asarray(flux, jnp.float32), jnp.asarray(good, jnp.float32),
                                            jnp.asarray(design, jnp.float32))
-    variance = (np.asarray(continuum, np.float64) * sigma) ** 2
+    return np.asarray(continuum, np.float64)
+
+
+def _with_emulator_error(model, emulator, rv, ivar, pixel_error, continuum) -> np.ndarray:
+    """ivar with the emulator's own error added to the noise: 1 / (1/ivar + (C sigma_emu)^2).
+
+    sigma_emu is the emulator's per-pixel error (normalized flux) moved to the observed frame at
+    the RV-search velocity; C is the template continuum (:func:`_template_continuum`).
+    """
+    from stellarfit.forward import doppler_factor
+
+    rest = model.observed_wavelength / float(doppler_factor(rv))
+    sigma = np.interp(rest, emulator.wavelength, np.asarray(pixel_error, np.float64))
+    variance = (continuum * sigma) ** 2
     with np.errstate(divide="ignore"):
         return np.where(ivar > 0, 1.0 / (1.0 / np.where(ivar > 0, ivar, 1.0) + variance), 0.0)
+
+
+def _observed_error_modes(model, error_modes, rv, continuum) -> np.ndarray:
+    """The emulator's error modes (n_modes, n_native) seen through the observation: broadened by
+    the instrument (no rotation), shifted to the RV-search velocity, resampled to the observed
+    pixels and multiplied by the template continuum; (n_obs, n_modes)."""
+    native = jnp.asarray(np.asarray(error_modes, np.float32)[:, model.native_slice])
+    observed = jax.vmap(lambda mode: model.shift_to_observed(model.broaden(mode, 0.0), rv))(native)
+    return (np.asarray(observed, np.float64) * continuum[None, :]).T
 
 
 def _finish(prepared: _Prepared, result, method: str, emulator, start_time: float, *, n_starts: int, seed: int,

@@ -14,7 +14,12 @@ the data and returns the pieces every method needs:
 
 - ``log_likelihood(theta)``: Gaussian in ivar, with the continuum polynomial
   either profiled (its best coefficients for these theta) or marginalized
-  analytically under a flat prior (adds -log det(A)/2);
+  analytically under a flat prior (adds -log det(A)/2);  with ``error_basis``
+  E (n_obs, K; the emulator's correlated error modes in the observed frame),
+  the flux model gains E a with a ~ N(0, I), solved for jointly with the
+  continuum: min over a of |flux - C m - E a|^2_ivar + |a|^2 equals the
+  Gaussian likelihood with covariance diag(1/ivar) + E E^T (whose log
+  determinant does not depend on theta);
 - ``log_prior(theta)``: Gaussian user priors (the box is implicit in z);
 - ``log_density_unconstrained(z)``: log L + log prior + log |d theta / d z| (for NUTS);
 - ``objective_unconstrained(z)``: -(log L + log prior), no Jacobian (for MAP).
@@ -32,7 +37,36 @@ import numpy as np
 from stellarfit.forward import ForwardModel, profile_continuum
 from stellarfit.labels import LabelSpec
 
-__all__ = ["FitProblem", "GaussianPrior"]
+__all__ = ["FitProblem", "GaussianPrior", "profile_with_modes"]
+
+
+def profile_with_modes(model, flux, ivar, design, error_basis, ridge: float = 1e-10):
+    """Continuum coefficients c and error-mode amplitudes a, solved jointly (pure JAX).
+
+    Minimizes |flux - (design c) model - E a|^2_ivar + |a|^2 (a unit Gaussian
+    prior on each amplitude; c flat), which equals the chi2 of the residual
+    under the covariance diag(1/ivar) + E E^T.  The normal matrix is
+    Jacobi-scaled before the solve (continuum and mode columns differ by ~1e8
+    in float32).
+
+    Returns (c (k,), continuum (n,), chi2 (including |a|^2), log det of the
+    normal matrix, a (K,)).
+    """
+    k = design.shape[1]
+    columns = jnp.concatenate([design * model[:, None], error_basis], axis=1)
+    weighted = columns * ivar[:, None]
+    normal = columns.T @ weighted
+    scale = jnp.trace(normal[:k, :k]) / k
+    prior = jnp.concatenate([jnp.full((k,), ridge * scale, normal.dtype), jnp.ones((error_basis.shape[1],), normal.dtype)])
+    normal = normal + jnp.diag(prior)
+    jacobi = 1.0 / jnp.sqrt(jnp.diag(normal))
+    solution = jacobi * jnp.linalg.solve(normal * jacobi[:, None] * jacobi[None, :], jacobi * (weighted.T @ flux))
+    coefficients, amplitudes = solution[:k], solution[k:]
+    continuum = design @ coefficients
+    residual = flux - continuum * model - error_basis @ amplitudes
+    chi2 = jnp.sum(ivar * residual**2) + jnp.sum(amplitudes**2)
+    _, logdet = jnp.linalg.slogdet(normal)
+    return coefficients, continuum, chi2, logdet, amplitudes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +133,7 @@ class FitProblem:
         continuum: str = "profile",
         vsini_max: float | None = None,
         rv_range: tuple[float, float] | None = None,
+        error_basis: np.ndarray | None = None,
     ):
         if continuum not in ("profile", "marginalize"):
             raise ValueError(f"continuum must be 'profile' or 'marginalize', got {continuum!r}")
@@ -118,6 +153,12 @@ class FitProblem:
         self.flux = jnp.asarray(flux, dtype=jnp.float32)
         self.ivar = jnp.asarray(ivar, dtype=jnp.float32)
         self.design = jnp.asarray(design, dtype=jnp.float32)
+        if error_basis is not None:
+            error_basis = np.asarray(error_basis, dtype=np.float64)
+            if error_basis.ndim != 2 or error_basis.shape[0] != flux.size or not np.all(np.isfinite(error_basis)):
+                raise ValueError(f"error_basis must be finite with shape ({flux.size}, n_modes), got {error_basis.shape}")
+            error_basis = jnp.asarray(np.where(ivar[:, None] > 0, error_basis, 0.0), dtype=jnp.float32)
+        self.error_basis = error_basis
         vsini_max = forward_model.vsini_max if vsini_max is None else min(vsini_max, forward_model.vsini_max)
         lower = list(label_spec.lower) + [rv_range[0], 0.0]
         upper = list(label_spec.upper) + [rv_range[1], vsini_max]
@@ -141,7 +182,8 @@ class FitProblem:
 
     # -- pytree ----------------------------------------------------------------------
     def tree_flatten(self):
-        children = (self.flux, self.ivar, self.design, self.lower, self.upper, self._prior_mean, self._prior_sigma)
+        children = (self.flux, self.ivar, self.design, self.lower, self.upper, self._prior_mean, self._prior_sigma,
+                    self.error_basis)
         static = (
             self.forward_model, _Identity(self.label_spec), self.continuum, self._prior_names,
             tuple(int(v) for v in self._offset_reference), tuple(float(v) for v in self._offset_halfwidth),
@@ -153,7 +195,7 @@ class FitProblem:
         problem = object.__new__(cls)
         forward_model, spec, continuum, prior_names, reference, halfwidth = static
         (problem.flux, problem.ivar, problem.design, problem.lower, problem.upper,
-         problem._prior_mean, problem._prior_sigma) = children
+         problem._prior_mean, problem._prior_sigma, problem.error_basis) = children
         problem.forward_model = forward_model
         problem.label_spec = spec.value
         problem.continuum = continuum
@@ -214,8 +256,12 @@ class FitProblem:
         return self.forward_model(theta[: self.n_labels], theta[self.n_labels], theta[self.n_labels + 1])
 
     def continuum_fit(self, theta):
-        """(coefficients, continuum (n_obs,), chi2, log det A) for theta (p,)."""
-        return profile_continuum(self.model_normalized(theta), self.flux, self.ivar, self.design)
+        """(coefficients, continuum (n_obs,), chi2, log det A) for theta (p,).
+
+        With an ``error_basis`` chi2 includes the error modes (|r - E a|^2 + |a|^2 at their best a)."""
+        if self.error_basis is None:
+            return profile_continuum(self.model_normalized(theta), self.flux, self.ivar, self.design)
+        return profile_with_modes(self.model_normalized(theta), self.flux, self.ivar, self.design, self.error_basis)[:4]
 
     def model_flux(self, theta):
         """Model flux including the best continuum, (n_obs,)."""
@@ -251,8 +297,13 @@ class FitProblem:
         :meth:`objective_unconstrained` (profiled continuum).  For Levenberg-Marquardt."""
         theta = self.to_theta(z)
         model = self.model_normalized(theta)
-        _, continuum, _, _ = profile_continuum(model, self.flux, self.ivar, self.design)
-        residual = jnp.sqrt(self.ivar) * (self.flux - continuum * model)
+        if self.error_basis is None:
+            _, continuum, _, _ = profile_continuum(model, self.flux, self.ivar, self.design)
+            residual = jnp.sqrt(self.ivar) * (self.flux - continuum * model)
+        else:
+            _, continuum, _, _, amplitudes = profile_with_modes(model, self.flux, self.ivar, self.design, self.error_basis)
+            residual = jnp.sqrt(self.ivar) * (self.flux - continuum * model - self.error_basis @ amplitudes)
+            residual = jnp.concatenate([residual, amplitudes])
         if self._prior_index.size:
             residual = jnp.concatenate([residual, (theta[self._prior_index] - self._prior_mean) / self._prior_sigma])
         return residual
