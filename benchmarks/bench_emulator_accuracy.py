@@ -4,8 +4,9 @@ Trains The Payne (300x300), the scaled-up Payne and TransformerPayne (from
 scratch, and pre-trained on a `simple` JAX-synthesis grid then fine-tuned) on
 the first N training spectra of a realistic grid, for several N, and reports
 the MAE / MSE of normalized flux on the same held-out test spectra (the grid's
-10% test split).  Every trained emulator is saved under --work-dir, so an
-interrupted run resumes where it stopped; results go to
+10% test split).  Every trained emulator is saved under --work-dir and every
+training checkpoints there (--work-dir/checkpoints, every 1,000 steps), so an
+interrupted run resumes where it stopped, even mid-training; results go to
 benchmarks/results/emulator_accuracy.{json,md}.
 
 Example (the numbers quoted in docs/emulators.md):
@@ -68,7 +69,8 @@ def pretrained(args, work: Path):
     train, val = TrainingData.from_grid(grid, train_idx), TrainingData.from_grid(grid, val_idx)
     start = time.perf_counter()
     result = train_emulator(build("tp", train, args), train, val, train_config("tp", args, args.pretrain_steps),
-                            extra_metadata={"grid": str(args.simple_grid), "n_train": int(train.n_spectra)})
+                            extra_metadata={"grid": str(args.simple_grid), "n_train": int(train.n_spectra)},
+                            checkpoint_dir=work / "checkpoints" / "pretrained_tp")
     info = {"n_simple": int(train.n_spectra), "steps": result.final_step, "best_val_mae_simple": result.best_val_mae,
             "train_s": time.perf_counter() - start}
     result.emulator.save(str(path), overwrite=True)
@@ -132,10 +134,12 @@ def main() -> None:
                 if args.simple_grid is None:
                     raise SystemExit("model tp-finetuned needs --simple-grid")
                 parent, pretrain_info = pretrained(args, work)
-                result = finetune(parent, train, val, train_config("tp", args, args.finetune_steps), mode="full")
+                result = finetune(parent, train, val, train_config("tp", args, args.finetune_steps), mode="full",
+                                  checkpoint_dir=work / "checkpoints" / model / str(n))
             else:
                 result = train_emulator(build(model, train, args), train, val, train_config(model, args),
-                                        extra_metadata={"grid": str(args.grid), "n_train": n})
+                                        extra_metadata={"grid": str(args.grid), "n_train": n},
+                                        checkpoint_dir=work / "checkpoints" / model / str(n))
             elapsed = time.perf_counter() - start
             result.emulator.save(str(path), overwrite=True)
             evaluation = evaluate_emulator(result.emulator, test)
