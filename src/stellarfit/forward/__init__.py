@@ -4,12 +4,15 @@
 - :func:`continuum_design_matrix`, :func:`profile_continuum`: the polynomial
   continuum per arm, profiled analytically.
 - :func:`simulate_observation`: a model spectrum observed with noise (injection-recovery).
-- kernels: :func:`doppler_factor`, :func:`rotation_kernel`, :func:`cubic_interpolate`.
+- kernels: :func:`doppler_factor`, :func:`rotation_kernel`, :func:`cubic_interpolate`,
+  :func:`convolve_same_many` and :func:`cubic_interpolate_between` (per-pixel LSF).
 """
 
 from stellarfit.forward._broadening import box_kernel as box_kernel
 from stellarfit.forward._broadening import convolve_same as convolve_same
+from stellarfit.forward._broadening import convolve_same_many as convolve_same_many
 from stellarfit.forward._broadening import cubic_interpolate as cubic_interpolate
+from stellarfit.forward._broadening import cubic_interpolate_between as cubic_interpolate_between
 from stellarfit.forward._broadening import doppler_factor as doppler_factor
 from stellarfit.forward._broadening import gaussian_kernel as gaussian_kernel
 from stellarfit.forward._broadening import log_doppler_factor as log_doppler_factor
@@ -27,7 +30,9 @@ __all__ = [
     "box_kernel",
     "continuum_design_matrix",
     "convolve_same",
+    "convolve_same_many",
     "cubic_interpolate",
+    "cubic_interpolate_between",
     "doppler_factor",
     "gaussian_kernel",
     "log_doppler_factor",

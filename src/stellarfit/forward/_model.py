@@ -9,10 +9,57 @@ model flux at the observed pixels, in this order:
 3. the instrumental LSF, broadened *differentially* from the emulator's native
    resolving power R_native to the observation's R_obs:
    sigma_v^2 = (c / 2.3548)^2 (1 / R_obs^2 - 1 / R_native^2); an observation
-   sharper than the emulator is an error;
-4. the top-hat of an observed pixel when observed pixels are wider than native ones;
-5. the Doppler shift: the broadened rest-frame spectrum is interpolated (Keys
-   cubic) at lambda_obs / D(rv), D the relativistic Doppler factor.
+   sharper than the emulator (at any pixel) is an error;
+4. the top-hat of an observed pixel when observed pixels are wider than native ones
+   (one width: the median observed pixel);
+5. the Doppler shift: the broadened rest-frame spectrum is interpolated at
+   lambda_obs / D(rv), D the relativistic Doppler factor, by an interpolating
+   quintic B-spline (``interpolation="spline"``, the default) or by Keys cubic
+   convolution (``interpolation="keys"``, the former default).
+
+Interpolation.  The native pixels sample the spectrum at ~3 pixels per FWHM, so
+it has power close to the Nyquist frequency.  Keys cubic convolution damps and
+phase-shifts that power by an amount that depends on the sub-pixel phase of the
+shift, which biases a fitted RV periodically in the shift.  On ``payne-default``
+(native R = 30,000, 3.33 km/s pixels), fitting the RV alone to noise-free spectra
+shifted by an exact band-limited (Fourier) shift, with the observed pixels on the
+native ones (every pixel at the same phase, the worst case), Keys is off by up
+to +-33 m/s at R_obs = 30,000 and +-17 m/s at R_obs = 20,000 (linear
+interpolation: 17 and 8 m/s); the quintic B-spline by < 0.3 and < 0.03 m/s.  On
+a grid of 3 pixels per FWHM at R_obs = 20,000 the phases mix and Keys' bias
+drops to 2.4 m/s (spline: 0.01 m/s).  Flux errors at a half-pixel shift: Keys
+7e-3 (R_obs = 30,000) and 2e-3 (20,000), spline 8e-4 and 1e-5
+(``benchmarks/bench_rv_interpolation.py``, ``benchmarks/results/rv_interpolation.md``).
+The spline's coefficients come from a 49-tap FIR prefilter; :meth:`__call__`
+merges it with the rotation and LSF kernels into one FFT convolution, and the
+model is faster than the former one with Keys (whose LSF was a second,
+direct convolution; timings in docs/fitting.md).  The prefilter reaches 24 native pixels: the native
+slice carries 24 more pixels of margin on each side, and the coverage
+(``covered``) is 12 native pixels narrower at each end of the emulator's range
+than with Keys (the prefilter weights beyond 12 pixels are < 1e-4).
+
+Per-pixel resolution.  ``observed_resolution`` may be one R per observed pixel
+(APOGEE, LAMOST, the DESI arms: the LSF changes across a detector, and arms differ).
+When max(R) / min(R) <= 1 + ``lsf_tolerance`` (default 0.02) one LSF at the
+median R is used, exactly as for a scalar R.  Otherwise the LSF is
+wavelength-dependent: the rotated native spectrum is convolved with K *anchor*
+LSFs whose total variances sigma_k^2 (sigma = c / (2.3548 R)) span the observed
+range geometrically, adjacent ones differing by at most ``lsf_anchor_step``
+(default 10%, i.e. ~5% in sigma: K = 6 for the ~20% range of APOGEE, 16 for
+a factor of 2 in R); at each observed pixel the two bracketing convolved spectra
+are interpolated at that pixel's Doppler-shifted position and blended linearly
+in sigma^2 by that pixel's R.  The LSF belongs to the output pixel, so arms with
+different R -- even overlapping in wavelength -- need no special handling.
+Accuracy: Gaussian smoothing obeys the heat equation, dF/d(sigma^2) = F''/2,
+so linear interpolation in sigma^2 is exact to first order; the error at the
+centre of a Gaussian line of depth d and total variance S is at most
+(3/32) d (Delta / S)^2 <= 1e-3 d for an anchor step Delta / S <= 0.1.  Against
+a brute-force per-pixel Gaussian convolution (tests/test_forward_lsf.py; lines
+at the native width, R from 10,000 to 20,000, native R 30,000) the largest
+error is 3e-4 of the continuum; the median R instead errs by 0.11.  The cost
+is K inverse FFTs of the native slice instead of one (rotation, anchor LSF and
+spline prefilter share one FFT convolution per anchor) and two interpolations
+per pixel instead of one (see docs/fitting.md for timings).
 
 The continuum is separate (:mod:`stellarfit.forward._continuum`): a polynomial
 per arm multiplying this model, linear in its coefficients, so it can be
@@ -20,8 +67,6 @@ profiled or marginalized analytically.
 
 All of it is pure JAX in the labels, rv and vsini (jit, vmap, grad, jacfwd).
 The native grid must be uniform in ln(lambda) (the emulators' grids are).
-Observations with per-pixel resolution use the median R (a documented
-approximation; per-pixel LSFs are future work).
 """
 
 from __future__ import annotations
@@ -34,19 +79,80 @@ import numpy as np
 from stellarfit.forward._broadening import (
     box_kernel,
     convolve_same,
+    convolve_same_many,
+    INTERPOLATIONS,
+    SPLINE_PREFILTER_HALF_WIDTH,
     cubic_interpolate,
+    cubic_interpolate_between,
     doppler_factor,
     gaussian_kernel,
     log_doppler_factor,
     rotation_kernel,
+    spline_interpolate,
+    spline_interpolate_between,
+    spline_prefilter_kernel,
 )
 from stellarfit.wavelengths import FWHM_TO_SIGMA, SPEED_OF_LIGHT_KMS
 
-__all__ = ["ForwardModel", "ObservationOutsideEmulatorError"]
+__all__ = ["ForwardModel", "ObservationOutsideEmulatorError", "LSF_TOLERANCE", "LSF_ANCHOR_STEP", "INTERPOLATIONS"]
+
+#: Per-pixel resolving powers whose max / min is at most 1 + this are modelled with one LSF at their median R.
+LSF_TOLERANCE = 0.02
+#: Largest relative step in LSF variance (sigma^2) between adjacent anchor LSFs of a varying resolution.
+LSF_ANCHOR_STEP = 0.1
+#: Native pixels by which the spline's prefilter narrows the coverage at each end of the emulator's range.
+_SPLINE_COVERAGE_MARGIN = 12
+
+
+def _smooth_size(minimum: int) -> int:
+    """The smallest 2^a 3^b 5^c >= ``minimum`` (a fast FFT length)."""
+    best = 1 << int(np.ceil(np.log2(minimum)))
+    power5 = 1
+    while power5 < best:
+        power35 = power5
+        while power35 < best:
+            size = power35 << max(int(np.ceil(np.log2(minimum / power35))), 0)
+            best = min(best, size)
+            power35 *= 3
+        power5 *= 5
+    return best
 
 
 class ObservationOutsideEmulatorError(ValueError):
     """The observed wavelengths or resolution cannot be modelled by this emulator."""
+
+
+def _anchor_lsf(resolution, native_resolution, velocity_step, pixel, anchor_step):
+    """Anchor kernels for a per-pixel resolving power and each pixel's place between them.
+
+    The anchors are K resolving powers from max(R) down to min(R) spaced evenly in
+    ln(sigma^2) (sigma = c / (2.3548 R), the LSF width in velocity), adjacent variances
+    differing by at most ``anchor_step``.  Each anchor kernel is the differential Gaussian
+    from the native R to the anchor's R, convolved with the observed-pixel top-hat ``pixel``.
+
+    Returns (kernels (K, k) float64, anchor R (K,), lower anchor index (n,) int,
+    weight (n,) in [0, 1] of the upper anchor, linear in sigma^2).
+    """
+    variance = (SPEED_OF_LIGHT_KMS * FWHM_TO_SIGMA / resolution) ** 2  # (n,) [km^2/s^2]
+    native_variance = (SPEED_OF_LIGHT_KMS * FWHM_TO_SIGMA / native_resolution) ** 2
+    low, high = float(variance.min()), float(variance.max())
+    n_anchors = max(2, int(np.ceil(np.log(high / low) / np.log1p(anchor_step) - 1e-9)) + 1)
+    anchors = low * (high / low) ** np.linspace(0.0, 1.0, n_anchors)
+    anchors[0], anchors[-1] = low, high
+    position = np.log(variance / low) / np.log(high / low) * (n_anchors - 1)
+    lower = np.clip(np.floor(position).astype(np.int64), 0, n_anchors - 2)
+    weight = np.clip((variance - anchors[lower]) / (anchors[lower + 1] - anchors[lower]), 0.0, 1.0)
+    kernels = []
+    for anchor in anchors:
+        lsf = gaussian_kernel(np.sqrt(max(anchor - native_variance, 0.0)) / velocity_step)
+        kernel = np.convolve(lsf, pixel)
+        kernels.append(kernel / kernel.sum())
+    size = max(kernel.size for kernel in kernels)
+    padded = np.zeros((n_anchors, size))
+    for row, kernel in zip(padded, kernels):
+        start = (size - kernel.size) // 2
+        row[start : start + kernel.size] = kernel
+    return padded, SPEED_OF_LIGHT_KMS * FWHM_TO_SIGMA / np.sqrt(anchors), lower, weight
 
 
 class ForwardModel:
@@ -58,10 +164,21 @@ class ForwardModel:
         native_wavelength: (n_native,) emulator pixels [A, vacuum], uniform in ln(lambda).
         native_resolution: R of the emulator's grid.
         observed_wavelength: (n_obs,) [A, vacuum], increasing within each arm.
-        observed_resolution: R of the observation (scalar or per-pixel; the median is used).
+        observed_resolution: R of the observation: a scalar, or (n_obs,) one per pixel
+            (a wavelength-dependent LSF, see the module docstring).
         rv_range: (min, max) radial velocities [km/s] the model must cover.
         vsini_max: largest vsini [km/s] the rotation kernel can represent.
         limb_darkening: linear limb-darkening coefficient of the rotation profile.
+        lsf_tolerance: per-pixel R with max / min <= 1 + this use one LSF at the median R.
+        lsf_anchor_step: largest relative step in LSF variance between adjacent anchor LSFs.
+        interpolation: the Doppler-shift interpolator on the native pixels: ``"spline"``
+            (interpolating quintic B-spline, default) or ``"keys"`` (Keys cubic convolution;
+            biases the RV by up to +-30 m/s, see the module docstring).
+
+    Attributes (besides the arguments): ``observed_resolution`` (the R used: a float
+    for one LSF, else the (n_obs,) array), ``lsf_anchor_resolution`` ((K,) anchor R,
+    or None for one LSF), ``instrument_kernel`` ((k,) or (K, k)), ``native_slice``,
+    ``covered`` ((n_obs,) bool: pixels modelled with full kernels for every RV).
     """
 
     def __init__(
@@ -75,6 +192,9 @@ class ForwardModel:
         rv_range: tuple[float, float] = (-1000.0, 1000.0),
         vsini_max: float = 300.0,
         limb_darkening: float = 0.6,
+        lsf_tolerance: float = LSF_TOLERANCE,
+        lsf_anchor_step: float = LSF_ANCHOR_STEP,
+        interpolation: str = "spline",
     ):
         native = np.asarray(native_wavelength, dtype=np.float64)
         observed = np.asarray(observed_wavelength, dtype=np.float64)
@@ -87,36 +207,58 @@ class ForwardModel:
             raise ObservationOutsideEmulatorError(
                 "the observation's resolving power is unknown: give it (e.g. --resolution R or resolution= in Python)"
             )
-        resolution = float(np.median(np.asarray(observed_resolution, dtype=np.float64)))
-        if not np.isfinite(resolution) or resolution <= 0:
-            raise ValueError(f"observed resolving power must be positive, got {resolution}")
-        if resolution > native_resolution * (1 + 1e-6):
-            raise ObservationOutsideEmulatorError(
-                f"the observation (R={resolution:.0f}) is sharper than the emulator (native R={native_resolution:.0f}); "
-                "an emulator can only be broadened, not sharpened: use an emulator trained at R >= the observation's"
-            )
+        if not lsf_tolerance >= 0:
+            raise ValueError(f"lsf_tolerance must be >= 0, got {lsf_tolerance}")
+        if not 0 < lsf_anchor_step <= 1:
+            raise ValueError(f"lsf_anchor_step must be in (0, 1], got {lsf_anchor_step}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}, got {interpolation!r}")
+        self.interpolation = interpolation
         rv_min, rv_max = (float(v) for v in rv_range)
         if not -3e4 < rv_min <= rv_max < 3e4:
             raise ValueError(f"rv_range must satisfy -30000 < min <= max < 30000 km/s, got {rv_range}")
+        native_resolution = float(native_resolution)
+        per_pixel = self._check_resolution(observed_resolution, observed, native, native_resolution, (rv_min, rv_max))
         self.log_step = float(log_step[0])
         self.velocity_step = SPEED_OF_LIGHT_KMS * self.log_step  # km/s per native pixel (small-step limit)
-        self.native_resolution = float(native_resolution)
-        self.observed_resolution = resolution
+        self.native_resolution = native_resolution
         self.rv_range = (rv_min, rv_max)
         self.vsini_max = float(vsini_max)
         self.limb_darkening = float(limb_darkening)
-
-        # static kernels: differential LSF (x) observed-pixel top-hat
-        sigma_velocity = SPEED_OF_LIGHT_KMS * FWHM_TO_SIGMA * np.sqrt(max(1.0 / resolution**2 - 1.0 / native_resolution**2, 0.0))
-        lsf = gaussian_kernel(sigma_velocity / self.velocity_step)
         observed_log_step = np.median(np.abs(np.diff(np.log(observed)))) if observed.size > 1 else 0.0
         pixel = box_kernel(observed_log_step / self.log_step)
-        instrument = np.convolve(lsf, pixel)
-        self.instrument_kernel = jnp.asarray(instrument / instrument.sum())
+
+        if per_pixel is None or per_pixel.max() / per_pixel.min() <= 1.0 + lsf_tolerance:
+            # one LSF: the (median) resolving power; static kernel = differential LSF (x) observed-pixel top-hat
+            if per_pixel is None:
+                resolution = float(np.asarray(observed_resolution, dtype=np.float64).reshape(-1)[0])
+            else:
+                resolution = float(np.median(per_pixel))
+            self.observed_resolution: float | np.ndarray = resolution
+            self.lsf_anchor_resolution = None
+            sigma_velocity = SPEED_OF_LIGHT_KMS * FWHM_TO_SIGMA * np.sqrt(
+                max(1.0 / resolution**2 - 1.0 / native_resolution**2, 0.0)
+            )
+            lsf = gaussian_kernel(sigma_velocity / self.velocity_step)
+            instrument = np.convolve(lsf, pixel)
+            self.instrument_kernel = jnp.asarray(instrument / instrument.sum())
+            self._anchor_lower = self._anchor_weight = None
+            kernel_size = instrument.size
+        else:
+            self.observed_resolution = per_pixel
+            kernels, anchors, lower, weight = _anchor_lsf(
+                per_pixel, native_resolution, self.velocity_step, pixel, lsf_anchor_step
+            )
+            self.lsf_anchor_resolution = anchors
+            self.instrument_kernel = jnp.asarray(kernels)
+            self._anchor_lower = jnp.asarray(lower, dtype=jnp.int32)
+            self._anchor_weight = jnp.asarray(weight)
+            kernel_size = kernels.shape[1]
         self.rotation_half_width = int(np.ceil(self.vsini_max / self.velocity_step)) + 1
 
-        # the slice of native pixels needed for every rv in rv_range, plus kernel margins
-        margin_pixels = self.rotation_half_width + instrument.size // 2 + 3
+        # the slice of native pixels needed for every rv in rv_range, plus kernel and interpolation margins
+        spline = interpolation == "spline"
+        margin_pixels = self.rotation_half_width + kernel_size // 2 + 3 + (SPLINE_PREFILTER_HALF_WIDTH if spline else 0)
         lo_rest = observed.min() / float(doppler_factor(rv_max))
         hi_rest = observed.max() / float(doppler_factor(rv_min))
         first = int(np.floor(np.log(lo_rest / native[0]) / self.log_step)) - margin_pixels
@@ -124,7 +266,7 @@ class ForwardModel:
         self.native_slice = slice(max(first, 0), min(last + 1, native.size))
         self.native_wavelength = native[self.native_slice]
         # observed pixels modelled with full kernels for every rv in rv_range
-        edge = (instrument.size // 2 + self.rotation_half_width) * self.log_step
+        edge = (kernel_size // 2 + self.rotation_half_width + (_SPLINE_COVERAGE_MARGIN if spline else 0)) * self.log_step
         self._coverage_edges = (np.log(native[0]) + edge, np.log(native[-1]) - edge)
         self._log_observed = np.log(observed)
         self.covered = self.coverage(self.rv_range)
@@ -140,6 +282,70 @@ class ForwardModel:
         self._base_position = jnp.asarray((np.log(observed) - np.log(self.native_wavelength[0])) / self.log_step)
         self._flux_fn = flux_fn
         self._native_wavelength_jax = jnp.asarray(self.native_wavelength)
+        self._setup_fused_broadening()
+
+    def _setup_fused_broadening(self) -> None:
+        """The static part of :meth:`__call__`'s one-FFT broadening: the instrument kernel(s),
+        convolved with the spline prefilter when ``interpolation == "spline"``, in Fourier space."""
+        static = np.atleast_2d(np.asarray(self.instrument_kernel, dtype=np.float64))  # (1 or K, k)
+        if self.interpolation == "spline":
+            prefilter = spline_prefilter_kernel()
+            static = np.stack([np.convolve(row, prefilter) for row in static])
+        self._fused_half_width = self.rotation_half_width + static.shape[1] // 2
+        # circular convolution of the padded flux (n + 2 h) with the kernel (2 h + 1): the outputs kept,
+        # [2 h, 2 h + n), do not wrap around when the FFT is at least as long as the padded flux
+        self._fused_fft_size = _smooth_size(self.n_native + 2 * self._fused_half_width)
+        self._fused_static_fft = np.fft.rfft(static, self._fused_fft_size, axis=-1)  # (1 or K, n_fft // 2 + 1)
+
+    @staticmethod
+    def _check_resolution(observed_resolution, observed, native, native_resolution, rv_range) -> np.ndarray | None:
+        """Validate R; None for a scalar, else the per-pixel R (n_obs,) with pixels the emulator
+        can never reach (outside its wavelengths at every RV) set to the median of the others."""
+        try:
+            values = np.asarray(observed_resolution, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"observed resolving power must be a number or one per pixel, got {observed_resolution!r}"
+            ) from None
+        if values.size == 1:
+            resolution = float(values.reshape(-1)[0])
+            if not np.isfinite(resolution) or resolution <= 0:
+                raise ValueError(f"observed resolving power must be positive, got {resolution}")
+            if resolution > native_resolution * (1 + 1e-6):
+                raise ObservationOutsideEmulatorError(
+                    f"the observation (R={resolution:.0f}) is sharper than the emulator (native R={native_resolution:.0f}); "
+                    "an emulator can only be broadened, not sharpened: use an emulator trained at R >= the observation's"
+                )
+            return None
+        if values.shape != observed.shape:  # includes an empty array
+            raise ValueError(
+                f"observed resolution has shape {values.shape} but there are {observed.size} observed pixels; "
+                "give a scalar R or one R per pixel"
+            )
+        bad = ~(np.isfinite(values) & (values > 0))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"observed resolving power must be finite and positive in every pixel; {int(bad.sum())} pixel(s) are not "
+                f"(first at {observed[i]:.2f} A: {values[i]}); fill them by interpolation"
+            )
+        # pixels outside the emulator's wavelengths at every RV are never modelled: their R does not matter
+        reachable = (observed >= native[0] * float(doppler_factor(rv_range[0]))) & (
+            observed <= native[-1] * float(doppler_factor(rv_range[1]))
+        )
+        if not reachable.any():
+            reachable = np.ones(observed.size, dtype=bool)  # the coverage check will explain
+        sharp = reachable & (values > native_resolution * (1 + 1e-6))
+        if sharp.any():
+            worst = int(np.flatnonzero(sharp)[np.argmax(values[sharp])])
+            where = observed[sharp]
+            raise ObservationOutsideEmulatorError(
+                f"the observation is sharper than the emulator at {observed[worst]:.2f} A (R={values[worst]:.0f} there, "
+                f"native R={native_resolution:.0f}; {int(sharp.sum())} pixel(s) between {where.min():.2f} and "
+                f"{where.max():.2f} A exceed it); an emulator can only be broadened, not sharpened: use an emulator "
+                f"trained at R >= {values[sharp].max():.0f}, or drop those pixels (spectrum.select(lower, upper))"
+            )
+        return np.where(reachable, values, np.median(values[reachable]))
 
     @classmethod
     def from_emulator(cls, emulator, observed_wavelength, observed_resolution, **options) -> "ForwardModel":
@@ -171,17 +377,61 @@ class ForwardModel:
         """Emulator flux on the native slice, (n_native,)."""
         return self._flux_fn(labels, self._native_wavelength_jax)
 
+    @property
+    def resolution_varies(self) -> bool:
+        """True when the LSF varies from pixel to pixel (anchor LSFs), False for one LSF."""
+        return self.lsf_anchor_resolution is not None
+
     def broaden(self, rest_flux, vsini):
-        """Rotation and instrument applied to native-pixel flux (n_native,)."""
+        """Rotation and instrument applied to native-pixel flux (n_native,).
+
+        Returns (n_native,) for one LSF, or (K, n_native), one row per anchor LSF,
+        when the resolution varies (:meth:`shift_to_observed` blends the rows).
+        """
         kernel = rotation_kernel(vsini, self.velocity_step, self.rotation_half_width, self.limb_darkening)
         rotated = convolve_same(rest_flux, kernel)
-        return convolve_same(rotated, self.instrument_kernel.astype(rotated.dtype))
+        if self.lsf_anchor_resolution is None:
+            return convolve_same(rotated, self.instrument_kernel.astype(rotated.dtype))
+        return convolve_same_many(rotated, self.instrument_kernel.astype(rotated.dtype))
 
     def shift_to_observed(self, broadened, rv):
-        """Doppler shift and interpolation onto the observed pixels, (n_obs,)."""
+        """Doppler shift and interpolation (``self.interpolation``) onto the observed pixels, (n_obs,).
+
+        ``broadened``: the output of :meth:`broaden`, (n_native,) or (K, n_native).
+        """
+        return self._interpolate(broadened, rv, prefiltered=False)
+
+    def _interpolate(self, broadened, rv, *, prefiltered: bool):
+        """``broadened`` (or, with ``prefiltered``, its spline coefficients) at the observed pixels' rest positions."""
         position = self._base_position.astype(broadened.dtype) - log_doppler_factor(rv) / self.log_step
-        return cubic_interpolate(broadened, position)
+        if self.interpolation == "spline":
+            if self.lsf_anchor_resolution is None:
+                return spline_interpolate(broadened, position, prefiltered=prefiltered)
+            return spline_interpolate_between(broadened, position, self._anchor_lower, self._anchor_weight,
+                                              prefiltered=prefiltered)
+        if self.lsf_anchor_resolution is None:
+            return cubic_interpolate(broadened, position)
+        return cubic_interpolate_between(broadened, position, self._anchor_lower, self._anchor_weight)
+
+    def _broaden_fused(self, rest_flux, vsini):
+        """Rotation, instrument and (for the spline) the prefilter in one FFT convolution of (n_native,) flux.
+
+        Returns what :meth:`shift_to_observed` interpolates -- for the spline, its coefficients --
+        as (n_native,) or (K, n_native); equal to :meth:`broaden` (prefiltered) away from the slice ends.
+        """
+        kernel = rotation_kernel(vsini, self.velocity_step, self.rotation_half_width, self.limb_darkening)
+        half, n = self._fused_half_width, rest_flux.shape[-1]
+        padded = jnp.concatenate([jnp.repeat(rest_flux[:1], half), rest_flux, jnp.repeat(rest_flux[-1:], half)])
+        complex_dtype = jnp.result_type(rest_flux.dtype, jnp.complex64)
+        spectrum = (jnp.fft.rfft(padded, self._fused_fft_size) * jnp.fft.rfft(kernel, self._fused_fft_size))[None, :]
+        spectrum = spectrum * jnp.asarray(self._fused_static_fft).astype(complex_dtype)
+        full = jnp.fft.irfft(spectrum, self._fused_fft_size, axis=-1)[:, 2 * half : 2 * half + n].astype(rest_flux.dtype)
+        return full[0] if self.lsf_anchor_resolution is None else full
 
     def __call__(self, labels, rv=0.0, vsini=0.0):
-        """Normalized model flux at the observed pixels, (n_obs,), for labels (n_labels,)."""
-        return self.shift_to_observed(self.broaden(self.rest_frame(labels), vsini), rv)
+        """Normalized model flux at the observed pixels, (n_obs,), for labels (n_labels,).
+
+        Equal to ``shift_to_observed(broaden(rest_frame(labels), vsini), rv)``, computed with one FFT
+        convolution (rotation, LSF and the spline prefilter together) instead of two or three.
+        """
+        return self._interpolate(self._broaden_fused(self.rest_frame(labels), vsini), rv, prefiltered=True)

@@ -14,22 +14,25 @@ def simulate_observation(
     native_flux: np.ndarray,
     native_resolution: float,
     wavelength: np.ndarray,
-    resolution: float,
+    resolution: float | np.ndarray,
     *,
     rv: float = 0.0,
     vsini: float = 0.0,
     snr: float | None = 100.0,
     continuum: np.ndarray | float = 1.0,
     rng: np.random.Generator | int | None = None,
+    arm: np.ndarray | None = None,
 ):
     """Observe a rest-frame, normalized model spectrum as an instrument would.
 
     The spectrum (on ``native_wavelength``, uniform in ln lambda, vacuum, at
     ``native_resolution``) is rotated (``vsini`` [km/s]), broadened to
-    ``resolution`` (differential Gaussian LSF plus the pixel top-hat), Doppler
+    ``resolution`` (a scalar R or one R per pixel of ``wavelength``; differential
+    Gaussian LSF plus the pixel top-hat, as in :class:`ForwardModel`), Doppler
     shifted (``rv`` [km/s]) and interpolated onto ``wavelength``, multiplied by
     ``continuum`` and given Gaussian noise with sigma = continuum / ``snr``
     (``snr=None``: noise-free, ivar still continuum-based at S/N 1e4).
+    ``arm``: optional (n,) arm ids (contiguous blocks 0, 1, ...) for multi-arm spectra.
 
     Returns a :class:`~stellarfit.spectra.ObservedSpectrum`.
     """
@@ -37,6 +40,8 @@ def simulate_observation(
 
     native_flux = np.asarray(native_flux, dtype=np.float64)
     wavelength = np.asarray(wavelength, dtype=np.float64)
+    if resolution is not None and np.ndim(resolution) > 0:
+        resolution = np.asarray(resolution, dtype=np.float64)
     if native_flux.shape != np.shape(native_wavelength):
         raise ValueError(f"native_flux has shape {native_flux.shape}, native_wavelength {np.shape(native_wavelength)}")
     if snr is not None and not snr > 0:
@@ -51,4 +56,4 @@ def simulate_observation(
         generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         flux = flux + sigma * generator.normal(size=wavelength.size)
     ivar = np.where(model.covered, 1.0 / sigma**2, 0.0)
-    return ObservedSpectrum.from_arrays(wavelength, flux, ivar=ivar, resolution=resolution)
+    return ObservedSpectrum.from_arrays(wavelength, flux, ivar=ivar, resolution=resolution, arm=arm)
