@@ -51,8 +51,14 @@ def main() -> None:
     parser.add_argument("--n-starts", type=int, default=8)
     parser.add_argument("--adam-steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", choices=["test", "validation"], default="test",
-                        help="held-out split to use (validation: for measuring error floors, see scripts/set_error_floor.py)")
+    parser.add_argument("--split", choices=["test", "validation", "heldout-a", "heldout-b"], default="test",
+                        help="held-out spectra to use: the test or validation split of the emulator's training grid "
+                             "(validation: for measuring error floors, see scripts/set_error_floor.py), or the first "
+                             "(heldout-a) or second (heldout-b) half of an independent grid made with another --seed")
+    parser.add_argument("--error-modes", default=None,
+                        help="npz from scripts/estimate_error_modes.py: attach its error modes and pixel error to the emulator")
+    parser.add_argument("--no-emulator-error", action="store_true",
+                        help="fit with the noise alone (no pixel error, no error modes)")
     parser.add_argument("--no-error-floor", action="store_true", help="report errors without the emulator's label error floor")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -60,14 +66,23 @@ def main() -> None:
     import jax
 
     import stellarfit as sf
+    from stellarfit.inference.fit import FLAGS
     from stellarfit.forward import simulate_observation
     from stellarfit.grids import SpectralGrid
     from stellarfit.wavelengths import log_lambda_grid
 
     emulator = sf.load_emulator(args.emulator)
+    if args.error_modes:
+        with np.load(os.path.expanduser(args.error_modes)) as arrays:
+            emulator = emulator.with_error_modes(arrays["error_modes"]).with_pixel_error(arrays["pixel_error"])
     grid = SpectralGrid.read(os.path.expanduser(args.grid))
-    _, validation, test = grid.split((0.8, 0.1, 0.1), seed=0)
-    test = (validation if args.split == "validation" else test)[: args.n_stars]
+    if args.split.startswith("heldout"):
+        half = len(grid) // 2
+        test = np.arange(half) if args.split == "heldout-a" else np.arange(half, len(grid))
+    else:
+        _, validation, test = grid.split((0.8, 0.1, 0.1), seed=0)
+        test = validation if args.split == "validation" else test
+    test = test[: args.n_stars]
     names = list(emulator.label_names) + ["rv", "vsini"]
     wavelength = log_lambda_grid(args.window[0], args.window[1], args.resolution, 2.5)
     x = (wavelength - wavelength.mean()) / np.ptp(wavelength)
@@ -81,7 +96,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "load_average_before": list(os.getloadavg()),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "n_pixels": int(wavelength.size), "results": {},
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "n_stars_used": int(test.size), "n_pixels": int(wavelength.size), "results": {},
     }
     lines = []
     for snr in args.snr:
@@ -94,12 +109,13 @@ def main() -> None:
         truths = np.array(truths)
         start = time.perf_counter()
         first = sf.fit_stars(spectra[: args.batch_size], emulator, batch_size=args.batch_size, n_starts=args.n_starts,
-                             adam_steps=args.adam_steps, seed=args.seed, errors="collect", error_floor=not args.no_error_floor)
+                             adam_steps=args.adam_steps, seed=args.seed, errors="collect", error_floor=not args.no_error_floor,
+                             emulator_error=not args.no_emulator_error)
         first_s = time.perf_counter() - start
         start = time.perf_counter()
         rest = sf.fit_stars(spectra[args.batch_size :], emulator, batch_size=args.batch_size, n_starts=args.n_starts,
                             adam_steps=args.adam_steps, seed=args.seed, errors="collect", progress=True,
-                            error_floor=not args.no_error_floor)
+                            error_floor=not args.no_error_floor, emulator_error=not args.no_emulator_error)
         rest_s = time.perf_counter() - start
         results = first + rest
         ok = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
@@ -123,7 +139,9 @@ def main() -> None:
             "failures": [str(r) for r in results if isinstance(r, Exception)][:5],
             "first_batch_s": first_s, "seconds_per_star_after_compile": rest_s / max(len(spectra) - args.batch_size, 1),
             "median_reduced_chi2": float(np.median([results[i].reduced_chi2 for i in ok])),
-            "fraction_flagged": float(np.mean(np.array(flags) != 0)), "parameters": per,
+            "fraction_flagged": float(np.mean(np.array(flags) != 0)),
+            "flag_counts": {name: int(sum(1 for i in ok if results[i].flags & bit)) for name, bit in FLAGS.items()},
+            "parameters": per,
         }
         lines.append(f"### S/N {snr:g} ({len(ok)} stars, R = {args.resolution:g}, {wavelength.size} pixels)\n")
         lines.append("| parameter | bias | scatter | z width | median error | median CRB |")
@@ -134,14 +152,16 @@ def main() -> None:
         r = document["results"][str(snr)]
         lines.append(f"\nFirst batch of {args.batch_size} (with compilation): {first_s:.0f} s; afterwards "
                      f"{r['seconds_per_star_after_compile']:.2f} s per star; median reduced chi2 {r['median_reduced_chi2']:.2f}; "
-                     f"{100 * r['fraction_flagged']:.0f}% flagged.\n")
+                     f"{100 * r['fraction_flagged']:.0f}% flagged ("
+                     + (", ".join(f"{k} {v}" for k, v in r["flag_counts"].items() if v) or "none") + ").\n")
         print("\n".join(lines[-len(per) - 4 :]), flush=True)
     document["load_average_after"] = list(os.getloadavg())
-    suffix = ("_validation" if args.split == "validation" else "") + ("_nofloor" if args.no_error_floor else "")
+    suffix = ("" if args.split == "test" else f"_{args.split}") + ("_nofloor" if args.no_error_floor else "")
+    suffix += ("_modes" if args.error_modes else "") + ("_noemuerror" if args.no_emulator_error else "")
     out = Path(args.out or HERE / "results" / f"calibration_{Path(args.emulator).name}{suffix}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(document, indent=1))
-    header = (f"Fits of {args.n_stars} held-out ({args.split} split) Turbospectrum spectra with `{args.emulator}` "
+    header = (f"Fits of {test.size} held-out ({args.split} split) Turbospectrum spectra with `{args.emulator}` "
               f"({document['device']}, {document['cpu_count']} cores, load {document['load_average_before'][0]:.1f}, "
               f"{document['date']}).\n\n")
     out.with_suffix(".md").write_text(header + "\n".join(lines) + "\n")

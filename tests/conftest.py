@@ -8,6 +8,21 @@ import pytest
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    Hundreds of jitted programs (NUTS kernels, emulator gradients, synthesizers)
+    accumulate in one pytest process; each holds JIT code mappings, and a
+    process near the kernel's map limit crashes inside XLA.  No test relies on
+    another module's compilation cache.
+    """
+    yield
+    import jax
+
+    jax.clear_caches()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     np.random.seed(0)

@@ -69,6 +69,7 @@ def test_estimate_error_modes_finds_the_correlated_part(emulator):
                                                     wavelength=emulator.wavelength[:-1], label_spec=emulator.label_spec))
 
 
+@pytest.mark.slow
 def test_error_modes_round_trip_and_marginalized_in_fits(emulator, tmp_path):
     from stellarfit.emulators import load_emulator
 

@@ -5,7 +5,9 @@
   continuum per arm, profiled analytically.
 - :func:`simulate_observation`: a model spectrum observed with noise (injection-recovery).
 - kernels: :func:`doppler_factor`, :func:`rotation_kernel`, :func:`cubic_interpolate`,
-  :func:`convolve_same_many` and :func:`cubic_interpolate_between` (per-pixel LSF).
+  :func:`convolve_same_many` and :func:`cubic_interpolate_between` (per-pixel LSF);
+  the default Doppler interpolation is the quintic B-spline:
+  :func:`spline_coefficients`, :func:`spline_interpolate`, :func:`spline_interpolate_between`.
 """
 
 from stellarfit.forward._broadening import box_kernel as box_kernel
@@ -18,6 +20,9 @@ from stellarfit.forward._broadening import gaussian_kernel as gaussian_kernel
 from stellarfit.forward._broadening import log_doppler_factor as log_doppler_factor
 from stellarfit.forward._broadening import rotation_kernel as rotation_kernel
 from stellarfit.forward._broadening import rotation_kernel_variance as rotation_kernel_variance
+from stellarfit.forward._broadening import spline_coefficients as spline_coefficients
+from stellarfit.forward._broadening import spline_interpolate as spline_interpolate
+from stellarfit.forward._broadening import spline_interpolate_between as spline_interpolate_between
 from stellarfit.forward._continuum import continuum_design_matrix as continuum_design_matrix
 from stellarfit.forward._continuum import profile_continuum as profile_continuum
 from stellarfit.forward._model import ForwardModel as ForwardModel
@@ -40,4 +45,7 @@ __all__ = [
     "rotation_kernel",
     "rotation_kernel_variance",
     "simulate_observation",
+    "spline_coefficients",
+    "spline_interpolate",
+    "spline_interpolate_between",
 ]

@@ -8,6 +8,9 @@ so for given labels the best c follows from weighted least squares
 analytically: log L_marg = -chi2_min / 2 - log det(A) / 2 + const, with
 A = (B*m)^T W (B*m).  Relative (unnormalized) fluxes and normalized fluxes
 are handled alike: for a normalized spectrum c comes out close to (1, 0, ...).
+Degree 0 is a constant scale per arm.  A design with no columns, shape
+(n_pixels, 0), means no continuum at all: the model is compared with the flux
+as it is (continuum fixed at 1, no coefficients, log det A = 0).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ def continuum_design_matrix(wavelength: np.ndarray, arms: np.ndarray | None = No
         degree: polynomial degree per arm (0 = a constant scale).
     """
     wavelength = np.asarray(wavelength, dtype=np.float64)
-    if degree < 0:
-        raise ValueError(f"continuum degree must be >= 0, got {degree}")
+    if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)) or degree < 0:
+        raise ValueError(f"continuum degree must be an integer >= 0 (0: a constant scale), got {degree!r}")
     arms = np.zeros(wavelength.size, dtype=int) if arms is None else np.asarray(arms)
     if arms.shape != wavelength.shape:
         raise ValueError(f"arms has shape {arms.shape}, wavelength {wavelength.shape}")
@@ -48,11 +51,14 @@ def profile_continuum(model, flux, ivar, design, ridge: float = 1e-10):
     Args:
         model: (n,) normalized model flux.
         flux, ivar: (n,) observed flux and inverse variance (0 for masked pixels).
-        design: (n, k) from :func:`continuum_design_matrix`.
+        design: (n, k) from :func:`continuum_design_matrix`; k = 0: no continuum (fixed at 1).
         ridge: relative ridge added to the normal matrix for stability.
     Returns:
         (coefficients (k,), continuum (n,), chi2 at the best coefficients, log det A)
     """
+    if design.shape[-1] == 0:  # static shape: no continuum, the model is the flux model
+        chi2 = jnp.sum(ivar * (flux - model) ** 2)
+        return jnp.zeros((0,), chi2.dtype), jnp.ones_like(model), chi2, jnp.zeros((), chi2.dtype)
     basis = design * model[:, None]
     weighted = basis * ivar[:, None]
     normal = basis.T @ weighted

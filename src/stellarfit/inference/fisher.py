@@ -18,7 +18,8 @@ only around the Jacobian is avoided: JAX may then reuse executables compiled
 for the other precision.)  F is inverted after
 scaling to unit diagonal; parameters whose Fisher diagonal is negligible are
 reported as unconstrained (infinite bound) and removed before inversion, and
-an ill-conditioned F is flagged.
+an ill-conditioned F is flagged.  Parameters held fixed (a zero scale: a
+zero-width box such as ``vsini_max=0``) are removed too, with a bound of 0.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ class FisherResult:
         names: parameter names, (p,).
         fisher: (p, p) float64 Fisher matrix (priors included).
         covariance: (p, p) inverse of ``fisher`` over the constrained parameters
-            (rows/columns of unconstrained parameters are inf on the diagonal, 0 elsewhere).
-        sigma: (p,) Cramér-Rao bounds, inf for unconstrained parameters.
+            (rows/columns of unconstrained parameters are inf on the diagonal, 0 elsewhere;
+            those of fixed parameters are 0).
+        sigma: (p,) Cramér-Rao bounds, inf for unconstrained parameters, 0 for fixed ones.
         unconstrained: names whose Fisher information is negligible.
         condition_number: of the unit-diagonal-scaled Fisher matrix.
     """
@@ -128,7 +130,10 @@ def cramer_rao_from_fisher(
         names: (p,) parameter names.
         prior_sigma: (p,) Gaussian prior widths (None entries: no prior).
         scales: (p,) a plausible range of each parameter (e.g. the label box
-            width) in its units; default 1.
+            width) in its units; default 1.  A scale of 0 marks a parameter
+            held fixed (a zero-width box, e.g. ``vsini_max=0``): it is left
+            out of the inversion, its bound and covariance are 0 and its
+            Fisher row and column (which may be NaN) are set to 0.
         unconstrained_threshold: a parameter with F_ii * scale_i^2 below this
             (i.e. even alone its bound would exceed 1000 x its range, for the
             default 1e-6) is reported unconstrained, with an infinite bound.
@@ -138,6 +143,15 @@ def cramer_rao_from_fisher(
     p = len(names)
     if fisher.shape != (p, p):
         raise ValueError(f"fisher has shape {fisher.shape}, expected ({p}, {p}) for {names}")
+    scales = np.ones(p) if scales is None else np.asarray(scales, dtype=np.float64)
+    if scales.shape != (p,) or not np.all(np.isfinite(scales)) or np.any(scales < 0):
+        raise ValueError(f"scales must be {p} finite numbers >= 0 (0: a fixed parameter)")
+    fixed = scales == 0
+    fisher[fixed, :] = 0.0
+    fisher[:, fixed] = 0.0
+    if not np.all(np.isfinite(fisher)):
+        bad = sorted({names[i] for i in np.argwhere(~np.isfinite(fisher)).ravel()})
+        raise ValueError(f"the Fisher matrix has NaN or infinite entries for {', '.join(bad)}")
     if not np.allclose(fisher, fisher.T, rtol=1e-8, atol=1e-12 * np.abs(fisher).max()):
         raise ValueError("the Fisher matrix is not symmetric")
     if prior_sigma is not None:
@@ -145,14 +159,13 @@ def cramer_rao_from_fisher(
             if sigma is not None:
                 if not sigma > 0:
                     raise ValueError(f"prior sigma for {names[i]} must be positive, got {sigma}")
-                fisher[i, i] += 1.0 / sigma**2
-    scales = np.ones(p) if scales is None else np.asarray(scales, dtype=np.float64)
-    if scales.shape != (p,) or np.any(scales <= 0):
-        raise ValueError(f"scales must be {p} positive numbers")
-    constrained = np.diag(fisher) * scales**2 > unconstrained_threshold
+                if not fixed[i]:
+                    fisher[i, i] += 1.0 / sigma**2
+    constrained = ~fixed & (np.diag(fisher) * scales**2 > unconstrained_threshold)
+    unconstrained = ~fixed & ~constrained
     keep = np.flatnonzero(constrained)
     covariance = np.zeros((p, p))
-    sigma = np.full(p, np.inf)
+    sigma = np.where(fixed, 0.0, np.inf)
     condition = np.inf
     if keep.size:
         sub = fisher[np.ix_(keep, keep)]
@@ -162,13 +175,13 @@ def cramer_rao_from_fisher(
         inverse = np.linalg.pinv(scaled, rcond=1e-15, hermitian=True) * np.outer(scale, scale)
         covariance[np.ix_(keep, keep)] = inverse
         sigma[keep] = np.sqrt(np.clip(np.diag(inverse), 0.0, None))
-    for i in np.flatnonzero(~constrained):
+    for i in np.flatnonzero(unconstrained):
         covariance[i, i] = np.inf
     return FisherResult(
         names=names,
         fisher=fisher,
         covariance=covariance,
         sigma=sigma,
-        unconstrained=tuple(names[i] for i in np.flatnonzero(~constrained)),
+        unconstrained=tuple(names[i] for i in np.flatnonzero(unconstrained)),
         condition_number=condition,
     )

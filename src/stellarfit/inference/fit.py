@@ -243,7 +243,7 @@ def fit_star(
     max_tree_depth: int = 8,
     target_accept: float = 0.8,
     mass_matrix: str = "laplace",
-    chain_method: str = "vectorized",
+    chain_method: str = "auto",
     emulator_error: bool = True,
     error_floor: bool = True,
 ) -> FitResult:
@@ -262,8 +262,9 @@ def fit_star(
         num_warmup, num_samples, num_chains: NUTS warm-up and kept draws per chain, number of chains.
         max_tree_depth, target_accept, mass_matrix: NUTS settings (see
             :func:`stellarfit.inference.nuts.sample_numpyro`).
-        chain_method: NumPyro's chain method ("vectorized" by default; ignored by BlackJAX,
-            whose chains are always vmapped).
+        chain_method: how chains run: "auto" (default: one after another on a CPU,
+            vectorized on an accelerator), "sequential", "vectorized", or (NumPyro only)
+            "parallel", one device per chain.
         emulator_error: when the emulator records its own per-pixel error
             (``emulator.pixel_error``, shipped emulators do), add it to the noise of
             every pixel, so that errors and posteriors include the emulator's
@@ -500,7 +501,7 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
         if method == "nuts":
             draws = sample_numpyro(sampling_problem, theta, result.covariance, chain_method=chain_method, **options)
         else:
-            draws = sample_blackjax(sampling_problem, theta, result.covariance, **options)
+            draws = sample_blackjax(sampling_problem, theta, result.covariance, chain_method=chain_method, **options)
         samples = draws.samples
         covariance = np.cov(samples.reshape(-1, samples.shape[-1]), rowvar=False)
         for name, row in summarize_samples(samples, problem.names).items():

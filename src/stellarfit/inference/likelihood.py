@@ -238,7 +238,8 @@ class FitProblem:
     def to_unconstrained(self, theta):
         """Physical theta (..., p) -> z (..., p) (inverse of :meth:`to_theta`; values are clipped inside the box)."""
         theta = jnp.asarray(theta)
-        unit = (theta - self.lower) / (self.upper - self.lower)
+        width = self.upper - self.lower
+        unit = (theta - self.lower) / jnp.where(width > 0, width, 1.0)  # zero width (a fixed parameter): any z
         for i in np.flatnonzero(self._offset_reference != -2):
             reference = 0.0 if self._offset_reference[i] == -1 else theta[..., self._offset_reference[i]]
             unit = unit.at[..., i].set((theta[..., i] - reference) / (2.0 * self._offset_halfwidth[i]) + 0.5)
@@ -248,6 +249,7 @@ class FitProblem:
     def log_abs_det_jacobian(self, z):
         """log |d theta / d z| for the density in z (sum over parameters)."""
         width = jnp.where(self._offset_reference != -2, 2.0 * self._offset_halfwidth, self.upper - self.lower)
+        width = jnp.where(width > 0, width, 1.0)  # a fixed parameter (zero width) adds a constant
         return jnp.sum(jnp.log(width) + jax.nn.log_sigmoid(z) + jax.nn.log_sigmoid(-z), axis=-1)
 
     # -- densities -----------------------------------------------------------------

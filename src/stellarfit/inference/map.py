@@ -5,10 +5,29 @@
   optimizer started at 0 would fail (The Payne's +-5 km/s bound is a known
   failure mode).
 - :func:`fit_map`: multi-start optimization in the unconstrained space (Adam,
-  vmapped over starts in one jitted ``lax.scan``), then the best start is
-  polished with Levenberg-Marquardt on the whitened residuals; the Laplace covariance is the inverse Hessian of the
-  negative log posterior at the optimum (float64).  Starts cover the
-  Teff-logg plane to escape the Teff-logg-[Fe/H] degeneracy's local minima.
+  vmapped over starts in one jitted ``lax.scan``), then every start is
+  polished with Levenberg-Marquardt on the whitened residuals and the best
+  wins; the Laplace covariance is the inverse Hessian of the negative log
+  posterior at the optimum (float64).  Starts cover the Teff-logg plane to
+  escape the Teff-logg-[Fe/H] degeneracy's local minima.
+
+Fixed parameters: a parameter whose box has zero width (``vsini_max=0``, an RV
+box of zero width) is held at its value: it is left out of the optimization
+steps, of the Laplace covariance (its rows and columns are 0, so its error is 0)
+and, in :func:`~stellarfit.inference.cramer_rao_from_fisher`, of the Fisher
+inversion (a zero scale).
+
+Convergence (``MapResult.converged``): the fit is converged when the optimizer
+itself could not lower -log posterior by more than ``CONVERGED_DECREASE``: the
+objective fell by less than that over the last ``CONVERGENCE_TAIL_STEPS``
+Levenberg-Marquardt iterations, and no fraction (1, 1/2, ..., 1/4096) of a full
+Gauss-Newton step from the result lowers it by more.  The Gauss-Newton
+decrement g^T H^-1 g itself is no measure here: a Payne MLP is piecewise linear
+in the labels, so at an optimum that lies on a kink the local gradient and the
+predicted decrease stay large while every step raises the objective (on
+Turbospectrum spectra at S/N 100 the decrement was 1-60 at optima that 300
+further iterations could not improve by 0.002).  Decreases are summed per pixel
+as (r0 - r)(r0 + r), so float32 cancellation in chi2 ~ 1e4 does not enter.
 """
 
 from __future__ import annotations
@@ -23,13 +42,21 @@ import optax
 
 from stellarfit.inference.likelihood import FitProblem
 
-#: a MAP fit is converged when a full Gauss-Newton step would lower -log posterior by less than
-#: half this (the parameters are within ~1 sigma of the local quadratic optimum; a piecewise-linear
-#: emulator has kinks where the Gauss-Newton model is only approximate, so a tighter threshold
-#: would flag fits that no optimizer can improve)
-CONVERGED_DECREMENT = 1.0
+#: a MAP fit is converged when neither the last Levenberg-Marquardt iterations nor a (fraction of a)
+#: Gauss-Newton step can lower -log posterior by more than this: a likelihood ratio of e^0.1 = 1.1,
+#: statistically negligible (for a smooth quadratic optimum, a point 0.45 sigma away along one
+#: direction is 0.1 above it; the Gauss-Newton step itself would have found that).  Raised to the
+#: float32 rounding level of the residuals where that is larger (very high S/N, many pixels).
+CONVERGED_DECREASE = 0.1
 
-__all__ = ["MapResult", "estimate_rv", "fit_map", "fit_map_batch", "stack_problems", "default_starts", "laplace_covariance"]
+#: Levenberg-Marquardt iterations at the end of the polish whose total decrease is tested
+CONVERGENCE_TAIL_STEPS = 10
+
+#: fractions of the Gauss-Newton step tried by the convergence test
+_PROBE_FRACTIONS = tuple(0.5**k for k in range(13))
+
+__all__ = ["MapResult", "estimate_rv", "fit_map", "fit_map_batch", "stack_problems", "default_starts", "laplace_covariance",
+           "fixed_parameters"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +68,14 @@ class MapResult:
         names: parameter names.
         log_posterior: at ``theta``.
         chi2: at ``theta`` (continuum profiled); ``n_good`` pixels used.
-        covariance: (p, p) Laplace covariance (inverse Hessian), float64; NaN if singular.
+        covariance: (p, p) Laplace covariance (inverse Hessian), float64; NaN where singular,
+            0 in the rows and columns of fixed parameters (zero-width box).
         all_objectives: (n_starts,) final objective of every start.
-        converged: True if the polish step ended with a small gradient.
+        converged: True if the optimizer could not lower -log posterior by more than
+            :data:`CONVERGED_DECREASE` (see the module docstring).
+        remaining_decrease: the largest decrease of -log posterior the convergence test found.
+        convergence_tolerance: the threshold it was compared with (``CONVERGED_DECREASE``, or
+            the float32 rounding level of the residuals where larger).
     """
 
     theta: np.ndarray
@@ -54,6 +86,8 @@ class MapResult:
     covariance: np.ndarray
     all_objectives: np.ndarray
     converged: bool
+    remaining_decrease: float = float("nan")
+    convergence_tolerance: float = CONVERGED_DECREASE
 
     @property
     def sigma(self) -> np.ndarray:
@@ -133,7 +167,7 @@ def _adam_starts(problem: FitProblem, z_start, *, adam_steps: int, learning_rate
         def step(carry, _):
             z, state = carry
             value, gradient = jax.value_and_grad(objective)(z)
-            gradient = jnp.where(jnp.isfinite(gradient), gradient, 0.0)
+            gradient = jnp.where(jnp.isfinite(gradient) & _free(problem), gradient, 0.0)
             updates, state = optimizer.update(gradient, state, z)
             return (optax.apply_updates(z, updates), state), value
 
@@ -143,52 +177,85 @@ def _adam_starts(problem: FitProblem, z_start, *, adam_steps: int, learning_rate
     return jax.vmap(run)(z_start)
 
 
+def _free(problem: FitProblem):
+    """(p,) True for parameters with a box of positive width (traceable: the box is pytree data)."""
+    return (jnp.asarray(problem.upper) - jnp.asarray(problem.lower)) > 0
+
+
+def fixed_parameters(problem: FitProblem) -> np.ndarray:
+    """(p,) bool: parameters held fixed because their box has zero width (e.g. vsini with ``vsini_max=0``)."""
+    return ~(problem.box_widths() > 0)
+
+
+def _linearize(problem: FitProblem, x):
+    """Whitened residuals r at x, gradient J^T r and Gauss-Newton matrix J^T J (fixed parameters' columns zeroed)."""
+    residual = problem.residuals_unconstrained
+    r = residual(x)
+    jacobian = jnp.where(_free(problem)[None, :], jax.jacfwd(residual)(x), 0.0)
+    return r, jacobian.T @ r, jacobian.T @ jacobian
+
+
+def _gauss_newton_step(gradient, hessian, damping):
+    """-(H + damping diag H)^-1 g, solved with H scaled to unit diagonal (the RV is thousands of
+    times sharper in z than the abundances); zero for parameters without curvature."""
+    scale = 1.0 / jnp.sqrt(jnp.maximum(jnp.diag(hessian), 1e-20))
+    scaled = hessian * scale[:, None] * scale[None, :]
+    return -scale * jnp.linalg.solve(scaled + damping * jnp.eye(gradient.size, dtype=gradient.dtype), gradient * scale)
+
+
+def _decrease(r0, r):
+    """0.5 (|r0|^2 - |r|^2), summed per pixel as (r0 - r)(r0 + r): no float32 cancellation of two large sums."""
+    return 0.5 * jnp.sum((r0 - r) * (r0 + r), axis=-1)
+
+
 @functools.partial(jax.jit, static_argnames=("steps",))
 def _polish(problem: FitProblem, z, *, steps: int):
     """Levenberg-Marquardt from z on the whitened residuals (profiled continuum, Gaussian priors).
 
-    The normal equations are scaled to unit diagonal (the RV is thousands of times sharper
-    in z than the abundances), a step is kept only if it lowers the objective, and the
-    damping adapts (/3 on success, x4 on failure).  Returns (z, Newton decrement
-    g^T H^-1 g at z, objective): the decrement is twice the objective decrease a full
-    Gauss-Newton step would still give, a scale-free convergence measure.
+    A step is kept only if it lowers the objective, and the damping adapts (/3 on success,
+    x4 on failure).  Returns (z, objective, decrease of the objective over the last
+    ``CONVERGENCE_TAIL_STEPS`` iterations).
     """
     residual = problem.residuals_unconstrained
 
-    def cost(x):
-        r = residual(x)
-        return 0.5 * jnp.sum(r * r)
-
-    def normal_equations(x):
-        r = residual(x)
-        jacobian = jax.jacfwd(residual)(x)
-        return jacobian.T @ r, jacobian.T @ jacobian
-
     def step(carry, _):
         x, damping, value = carry
-        gradient, hessian = normal_equations(x)
-        scale = 1.0 / jnp.sqrt(jnp.maximum(jnp.diag(hessian), 1e-20))
-        scaled = hessian * scale[:, None] * scale[None, :]
-        delta = -scale * jnp.linalg.solve(scaled + damping * jnp.eye(x.size, dtype=x.dtype), gradient * scale)
-        candidate = x + delta
-        new_value = cost(candidate)
-        better = jnp.all(jnp.isfinite(candidate)) & jnp.isfinite(new_value) & (new_value < value)
+        r, gradient, hessian = _linearize(problem, x)
+        candidate = x + _gauss_newton_step(gradient, hessian, damping)
+        decrease = _decrease(r, residual(candidate))
+        better = jnp.all(jnp.isfinite(candidate)) & jnp.isfinite(decrease) & (decrease > 0)
         x = jnp.where(better, candidate, x)
-        value = jnp.where(better, new_value, value)
+        value = jnp.where(better, value - decrease, value)
         damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), jnp.minimum(damping * 4.0, 1e8))
-        return (x, damping, value), None
+        return (x, damping, value), jnp.where(better, decrease, 0.0)
 
-    (z_final, _, value), _ = jax.lax.scan(step, (z, jnp.asarray(1e-2, z.dtype), cost(z)), None, length=steps)
-    gradient, hessian = normal_equations(z_final)
-    scale = 1.0 / jnp.sqrt(jnp.maximum(jnp.diag(hessian), 1e-20))
-    scaled = hessian * scale[:, None] * scale[None, :]
-    newton = scale * jnp.linalg.solve(scaled + 1e-6 * jnp.eye(z.size, dtype=z.dtype), gradient * scale)
-    return z_final, jnp.abs(gradient @ newton), value
+    r = residual(z)
+    (z_final, _, value), decreases = jax.lax.scan(step, (z, jnp.asarray(1e-2, z.dtype), 0.5 * jnp.sum(r * r)), None,
+                                                  length=steps)
+    return z_final, value, jnp.sum(decreases[max(steps - CONVERGENCE_TAIL_STEPS, 0):])
+
+
+def _convergence_probe(problem: FitProblem, z):
+    """(largest decrease of the objective over fractions of the Gauss-Newton step from z,
+    float32 rounding level of such a decrease)."""
+    residual = problem.residuals_unconstrained
+    r0, gradient, hessian = _linearize(problem, z)
+    delta = _gauss_newton_step(gradient, hessian, 1e-6)
+    fractions = jnp.asarray(_PROBE_FRACTIONS, z.dtype)
+    decreases = _decrease(r0[None, :], jax.vmap(lambda t: residual(z + t * delta))(fractions))
+    decreases = jnp.where(jnp.isfinite(decreases), decreases, -jnp.inf)
+    # each whitened residual carries a float32 rounding error ~ eps * sqrt(ivar) |flux| (the model's
+    # own precision), so a decrease is known to ~ eps sqrt(sum r^2 ivar flux^2); x10 for the MLP's accumulation
+    n = problem.flux.shape[-1]
+    snr = jnp.sqrt(problem.ivar) * jnp.abs(problem.flux)
+    rounding = 10.0 * jnp.finfo(jnp.float32).eps * jnp.sqrt(jnp.sum((r0[:n] * snr) ** 2))
+    return jnp.max(decreases), rounding
 
 
 @jax.jit
 def _hessian_scaled(problem: FitProblem, origin, widths):
-    """Hessian of the negative log posterior in u, theta = origin + u * widths, at u = 0."""
+    """Hessian of the negative log posterior in u, theta = origin + u * widths, at u = 0
+    (rows and columns of zero widths, i.e. fixed parameters, are 0)."""
 
     def negative_log_posterior(u):
         t = origin + u * widths
@@ -204,13 +271,17 @@ def _optimize_starts(problem: FitProblem, z_start, *, adam_steps: int, learning_
     Polishing every start (not only Adam's best) matters: a Payne MLP with (leaky) ReLUs is
     piecewise linear in the labels, so the chi2 surface has many shallow local minima at the
     kinks, and Adam's ranking after a few hundred steps is not the final ranking.
-    Returns (z_best, Newton decrement at z_best, objective at z_best, final objective per start).
+    Returns (z_best, remaining decrease at z_best (the convergence test), its tolerance,
+    objective at z_best, final objective per start).
     """
+    z_start = jnp.where(_free(problem), z_start, 0.0)  # fixed parameters: any finite z gives theta = lower = upper
     z_all, _ = _adam_starts(problem, z_start, adam_steps=adam_steps, learning_rate=learning_rate)
-    z_all, decrements, values = jax.vmap(lambda z: _polish(problem, z, steps=polish_steps))(z_all)
+    z_all, values, tails = jax.vmap(lambda z: _polish(problem, z, steps=polish_steps))(z_all)
     values = jnp.where(jnp.isfinite(values), values, jnp.inf)
     best = jnp.argmin(values)
-    return z_all[best], decrements[best], values[best], values
+    probe, rounding = _convergence_probe(problem, z_all[best])
+    remaining = jnp.maximum(tails[best], probe)
+    return z_all[best], remaining, jnp.maximum(CONVERGED_DECREASE, rounding), values[best], values
 
 
 @jax.jit
@@ -231,13 +302,15 @@ def fit_map(
 
     The optimizers are compiled once per forward model, number of starts and
     settings: fitting further spectra on the same pixels reuses them.
+    Parameters whose box has zero width stay at their value (error 0).
     """
     starts = np.atleast_2d(np.asarray(starts, dtype=np.float64))
     if starts.shape[1] != problem.n_parameters:
         raise ValueError(f"starts must have {problem.n_parameters} columns ({problem.names}), got {starts.shape[1]}")
+    _check_steps(adam_steps, polish_steps)
     z0 = problem.to_unconstrained(jnp.asarray(starts, jnp.float32))
-    z_best, decrement, objective, values = _optimize_starts(problem, z0, adam_steps=adam_steps,
-                                                            learning_rate=float(learning_rate), polish_steps=polish_steps)
+    z_best, remaining, tolerance, objective, values = _optimize_starts(
+        problem, z0, adam_steps=adam_steps, learning_rate=float(learning_rate), polish_steps=polish_steps)
     values = np.asarray(values)
     theta, chi2 = _theta_chi2(problem, z_best)
     theta = np.asarray(theta, dtype=np.float64)
@@ -250,24 +323,44 @@ def fit_map(
         n_good=problem.n_good,
         covariance=covariance,
         all_objectives=values,
-        converged=bool(decrement < CONVERGED_DECREMENT),
+        converged=bool(remaining < tolerance),
+        remaining_decrease=float(remaining),
+        convergence_tolerance=float(tolerance),
     )
+
+
+def _check_steps(adam_steps, polish_steps) -> None:
+    for name, value in (("adam_steps", adam_steps), ("polish_steps", polish_steps)):
+        if not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 
 def laplace_covariance(problem: FitProblem, theta: np.ndarray) -> np.ndarray:
     """Inverse Hessian of the negative log posterior in physical theta; NaN if singular.
 
     The Hessian is taken in parameters scaled by their box widths (for
-    conditioning) in the model's dtype and inverted in float64.
+    conditioning) in the model's dtype and inverted in float64.  Fixed
+    parameters (zero-width box) have zero rows and columns.
     """
     widths = problem.box_widths()
     origin = np.asarray(theta, dtype=np.float64)
     dtype = jnp.result_type(float)
-    hessian_scaled = np.asarray(_hessian_scaled(problem, jnp.asarray(origin, dtype), jnp.asarray(widths, dtype)), dtype=np.float64)
-    return _invert_hessian(hessian_scaled / np.outer(widths, widths))
+    hessian_scaled = _hessian_scaled(problem, jnp.asarray(origin, dtype), jnp.asarray(widths, dtype))
+    return _invert_hessian(np.asarray(hessian_scaled, dtype=np.float64), widths)
 
 
-def _invert_hessian(hessian: np.ndarray) -> np.ndarray:
+def _invert_hessian(hessian_scaled: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Covariance from the Hessian in width-scaled parameters: fixed parameters (width 0) get zero
+    rows and columns, the rest is inverted in physical units."""
+    covariance = np.zeros_like(hessian_scaled)
+    free = np.flatnonzero(widths > 0)
+    if free.size:
+        block = hessian_scaled[np.ix_(free, free)] / np.outer(widths[free], widths[free])
+        covariance[np.ix_(free, free)] = _invert_free(block)
+    return covariance
+
+
+def _invert_free(hessian: np.ndarray) -> np.ndarray:
     hessian = 0.5 * (hessian + hessian.T)
     diagonal = np.diag(hessian)
     if not np.all(np.isfinite(hessian)) or np.any(diagonal <= 0):
@@ -309,11 +402,11 @@ def stack_problems(problems) -> FitProblem:
 @functools.partial(jax.jit, static_argnames=("adam_steps", "learning_rate", "polish_steps"))
 def _map_batch(stacked: FitProblem, z_start, *, adam_steps: int, learning_rate: float, polish_steps: int):
     def one(problem, z0):
-        z_best, decrement, objective, values = _optimize_starts(problem, z0, adam_steps=adam_steps, learning_rate=learning_rate,
-                                                                polish_steps=polish_steps)
+        z_best, remaining, tolerance, objective, values = _optimize_starts(
+            problem, z0, adam_steps=adam_steps, learning_rate=learning_rate, polish_steps=polish_steps)
         theta, chi2 = _theta_chi2(problem, z_best)
         widths = problem.upper - problem.lower
-        return theta, chi2, objective, decrement, values, _hessian_scaled(problem, theta, widths)
+        return theta, chi2, objective, remaining, tolerance, values, _hessian_scaled(problem, theta, widths)
 
     return jax.vmap(one)(stacked, z_start)
 
@@ -342,8 +435,9 @@ def fit_map_batch(
     if starts.shape[0] != len(problems) or starts.shape[-1] != problems[0].n_parameters:
         raise ValueError(f"starts must have shape (n_starts, {problems[0].n_parameters}) or "
                          f"({len(problems)}, n_starts, {problems[0].n_parameters}), got {starts.shape}")
+    _check_steps(adam_steps, polish_steps)
     z0 = jnp.stack([problem.to_unconstrained(jnp.asarray(s, jnp.float32)) for problem, s in zip(problems, starts)])
-    theta, chi2, objective, decrement, values, hessians = (
+    theta, chi2, objective, remaining, tolerance, values, hessians = (
         np.asarray(a) for a in _map_batch(stacked, z0, adam_steps=adam_steps, learning_rate=float(learning_rate),
                                           polish_steps=polish_steps)
     )
@@ -356,8 +450,10 @@ def fit_map_batch(
             log_posterior=-float(objective[i]),
             chi2=float(chi2[i]),
             n_good=problem.n_good,
-            covariance=_invert_hessian(hessians[i].astype(np.float64) / np.outer(widths, widths)),
+            covariance=_invert_hessian(hessians[i].astype(np.float64), widths),
             all_objectives=values[i],
-            converged=bool(decrement[i] < CONVERGED_DECREMENT),
+            converged=bool(remaining[i] < tolerance[i]),
+            remaining_decrease=float(remaining[i]),
+            convergence_tolerance=float(tolerance[i]),
         ))
     return results
