@@ -25,3 +25,18 @@ def toy_flux(labels, wavelength):
     sigma = CENTRES / NATIVE_R * FWHM_TO_SIGMA * (1.0 + 0.05 * (logg - 3.0) * (KIND == 0))
     profile = jnp.exp(-0.5 * ((wavelength[:, None] - CENTRES[None, :]) / sigma[None, :]) ** 2)
     return jnp.prod(1.0 - depth[None, :] * profile, axis=1)
+
+
+class ToyEmulator:
+    """Just what fit_star needs of an emulator, around :func:`toy_flux`."""
+
+    label_spec = TOY_SPEC
+    label_names = TOY_SPEC.names
+    native_resolution = NATIVE_R
+    wavelength = NATIVE
+    pixel_error = None
+    metadata = {"name": "toy-lines"}
+
+    def flux_fn(self, wavelength):
+        wavelength = jnp.asarray(wavelength)
+        return lambda labels: toy_flux(labels, wavelength)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from _toy_emulator import NATIVE, NATIVE_R, TOY_SPEC, toy_flux
+from _toy_emulator import NATIVE, NATIVE_R, TOY_SPEC, ToyEmulator, toy_flux
 from stellarfit.forward import ForwardModel, continuum_design_matrix, profile_continuum
 from stellarfit.inference import FitProblem, cramer_rao_from_fisher, fit_map
 from stellarfit.inference.map import CONVERGED_DECREASE, default_starts, fixed_parameters
@@ -14,21 +14,6 @@ from stellarfit.wavelengths import log_lambda_grid
 
 TRUTH = np.array([5600.0, 3.8, -0.7])
 RESOLUTION = 22_500.0
-
-
-class ToyEmulator:
-    """Just what fit_star needs of an emulator, around the analytic toy spectra of tests/_toy_emulator.py."""
-
-    label_spec = TOY_SPEC
-    label_names = TOY_SPEC.names
-    native_resolution = NATIVE_R
-    wavelength = NATIVE
-    pixel_error = None
-    metadata = {"name": "toy-lines"}
-
-    def flux_fn(self, wavelength):
-        wavelength = jnp.asarray(wavelength)
-        return lambda labels: toy_flux(labels, wavelength)
 
 
 def wavelengths():

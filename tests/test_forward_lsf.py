@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import ndtr
 
-from _toy_emulator import NATIVE as TOY_NATIVE
-from _toy_emulator import NATIVE_R as TOY_NATIVE_R
-from _toy_emulator import TOY_SPEC, toy_flux
+from _toy_emulator import ToyEmulator
 from stellarfit.forward import ForwardModel, ObservationOutsideEmulatorError, simulate_observation
 from stellarfit.wavelengths import FWHM_TO_SIGMA, SPEED_OF_LIGHT_KMS, log_lambda_grid
 
@@ -181,21 +179,6 @@ def test_simulate_observation_with_per_pixel_resolution():
     reference = brute_force_observation(observed, resolution, -20.0)
     covered = clean.ivar > 0
     assert np.abs(clean.flux - reference)[covered].max() < 5e-4
-
-
-class ToyEmulator:
-    """Just what fit_star needs of an emulator, around the analytic toy spectra of tests/_toy_emulator.py."""
-
-    label_spec = TOY_SPEC
-    label_names = TOY_SPEC.names
-    native_resolution = TOY_NATIVE_R
-    wavelength = TOY_NATIVE
-    pixel_error = None
-    metadata = {"name": "toy-lines"}
-
-    def flux_fn(self, wavelength):
-        wavelength = jnp.asarray(wavelength)
-        return lambda labels: toy_flux(labels, wavelength)
 
 
 def two_arm_observation():
