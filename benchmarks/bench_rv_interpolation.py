@@ -27,7 +27,11 @@ power at low frequency, so the band-limited interpolant is the natural truth.
 
 Interpolators: ``keys`` (Keys 1981 cubic convolution, a = -1/2; the forward
 model's former default) and ``spline`` (interpolating quintic B-spline, now
-the default) through ``ForwardModel.__call__`` itself (float64 here); for
+the default) through ``ForwardModel.__call__`` itself (float64 here; the
+spline's Doppler shift is a Fourier phase in the broadening convolution and the
+observed pixels are read at fixed positions); ``spline_moving`` is the same
+spline evaluated at the Doppler-shifted positions (``__call__`` before the
+phase shift, kept for comparison); for
 comparison, in NumPy on the same broadened spectrum: ``linear``,
 ``lanczos3`` / ``lanczos4`` (windowed sinc, weights normalized to sum 1) and
 ``cubic_bspline`` (interpolating cubic B-spline, exact prefilter).
@@ -42,7 +46,9 @@ Cost rows: ``keys (before)`` is ``shift_to_observed(broaden(...))`` with Keys,
 which is exactly the former ``ForwardModel.__call__`` (rotation FFT convolution
 + direct LSF convolution + Keys); ``keys`` and ``spline`` are the present
 ``__call__`` (rotation, LSF and, for the spline, its prefilter in one FFT
-convolution).  The rows run interleaved; best and median of repeated blocks.
+convolution; the spline's Doppler shift a phase in it, read at fixed pixel
+positions); ``spline (moving positions)`` the same convolution with the spline
+interpolated at the shifted positions (the spline's ``__call__`` before).  The rows run interleaved; best and median of repeated blocks.
 
     nice .venv/bin/python benchmarks/bench_rv_interpolation.py
 
@@ -66,7 +72,7 @@ SPEED_OF_LIGHT_KMS = 299_792.458
 SHIFTS = (0.0, 0.125, 0.25, 0.375, 0.5)
 GUARD_PIXELS = 64  # native pixels next to the slice ends left out (mirror-extension ringing of the reference)
 UPSAMPLE = 16
-LIBRARY = ("keys", "spline")  # through ForwardModel.__call__
+LIBRARY = ("keys", "spline", "spline_moving")  # through ForwardModel (spline_moving: the former spline path)
 NUMPY = ("linear", "lanczos3", "lanczos4", "cubic_bspline")
 STARS = {  # teff, logg, vmic, fe_h, alpha_fe (mg, si, ca, ti = alpha_fe; na, ni, cr, mn = 0)
     "sun": (5772.0, 4.44, 1.0, 0.0, 0.0),
@@ -183,11 +189,16 @@ def accuracy(emulator, stars: dict, configurations: list[tuple[str, float]], met
         observed = native if grid_name == "native" else log_lambda_grid(native[0] + 10.0, native[-1] - 10.0, resolution, 3.0)
         key = f"{grid_name}_R{resolution:.0f}"
         models = {method: ForwardModel(lambda labels, wavelength: labels, native, float(emulator.native_resolution),
-                                       observed, resolution, rv_range=(-5.0, 5.0), vsini_max=5.0, interpolation=method)
+                                       observed, resolution, rv_range=(-5.0, 5.0), vsini_max=5.0,
+                                       interpolation=method.removesuffix("_moving"))
                   for method in LIBRARY if method in methods}
         reference_model = models.get("spline") or next(iter(models.values()))
         log_step = reference_model.log_step
         calls = {method: jax.jit(lambda flux, rv, m=model: m(flux, rv, 0.0)) for method, model in models.items()}
+        if "spline_moving" in models:  # the spline at the Doppler-shifted positions (ForwardModel.__call__ before the phase shift)
+            moving = models["spline_moving"]
+            calls["spline_moving"] = jax.jit(
+                lambda flux, rv: moving._interpolate(moving._broaden_fused(flux, 0.0), rv, prefiltered=True))
         entry = {"observed_pixels": int(observed.size), "methods": {m: {"per_shift": []} for m in methods}}
         checks = []
         for star, flux in rest.items():
@@ -269,6 +280,8 @@ def timing(emulator, repeats: int, block: int) -> dict:
         rows = {
             "keys (before)": lambda p, m=models["keys"]: m.shift_to_observed(m.broaden(m.rest_frame(p[:-2]), p[-1]), p[-2]),
             "keys": lambda p, m=models["keys"]: m(p[:-2], p[-2], p[-1]),
+            "spline (moving positions)": lambda p, m=models["spline"]: m._interpolate(
+                m._broaden_fused(m.rest_frame(p[:-2]), p[-1]), p[-2], prefiltered=True),
             "spline": lambda p, m=models["spline"]: m(p[:-2], p[-2], p[-1]),
         }
         data = rows["spline"](parameters + 0.01)

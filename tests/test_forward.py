@@ -182,3 +182,50 @@ def test_simulate_observation_matches_forward_model_and_noise_level():
     assert np.std(residual) == pytest.approx(3.0 / 50.0, rel=0.1)
     with pytest.raises(ValueError, match="snr must be positive"):
         simulate_observation(native, line, 30_000.0, observed, 15_000.0, snr=0.0)
+
+
+@pytest.mark.parametrize("n_coefficients", [0, 1, 3, 6])
+def test_continuum_chi2_derivatives_match_differentiating_through_the_solve(n_coefficients):
+    """continuum_chi2 takes its derivatives from the envelope theorem; they must equal autodiff through
+    profile_continuum's solve, first and second order, in every argument, and under vmap."""
+    from stellarfit.forward import continuum_chi2
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(7)
+        n = 300
+        wavelength = np.linspace(5000.0, 5100.0, n)
+        arms = (np.arange(n) >= n // 2).astype(int) if n_coefficients == 6 else None
+        design = (np.zeros((n, 0)) if n_coefficients == 0
+                  else continuum_design_matrix(wavelength, arms, n_coefficients // (2 if arms is not None else 1) - 1))
+        assert design.shape[1] == n_coefficients
+        model = 1.0 - 0.3 * np.exp(-0.5 * ((wavelength - 5050.0) / 2.0) ** 2)
+        flux = model * (1.1 + 0.02 * (wavelength - 5050.0) / 50.0) + 0.01 * rng.normal(size=n)
+        ivar = rng.uniform(5e3, 2e4, n)
+        arrays = tuple(jnp.asarray(v) for v in (model, flux, ivar, design))
+
+        def through_solve(*args):
+            _, _, chi2, logdet = profile_continuum(*args)
+            return chi2 + 0.7 * logdet
+
+        def envelope(*args):
+            chi2, logdet = continuum_chi2(*args)
+            return chi2 + 0.7 * logdet
+
+        np.testing.assert_allclose(envelope(*arrays), through_solve(*arrays), rtol=1e-12)
+        for got, expected in zip(jax.grad(envelope, argnums=(0, 1, 2, 3))(*arrays),
+                                 jax.grad(through_solve, argnums=(0, 1, 2, 3))(*arrays)):
+            assert got.shape == expected.shape
+            if expected.size == 0:  # no continuum: no design columns
+                continue
+            scale = max(float(jnp.max(jnp.abs(expected))), 1e-12)
+            np.testing.assert_allclose(got, expected, atol=1e-7 * scale)
+        hessian = jax.hessian(envelope)(*arrays)
+        expected = jax.hessian(through_solve)(*arrays)
+        np.testing.assert_allclose(hessian, expected, atol=1e-6 * float(jnp.max(jnp.abs(expected))))
+        tangent = jnp.asarray(rng.normal(size=n))
+        np.testing.assert_allclose(jax.jvp(lambda m: envelope(m, *arrays[1:]), (arrays[0],), (tangent,))[1],
+                                   jax.jvp(lambda m: through_solve(m, *arrays[1:]), (arrays[0],), (tangent,))[1], rtol=1e-6)
+        batch = jnp.stack([arrays[0], arrays[0] * 0.98])
+        expected = jax.vmap(jax.grad(through_solve), in_axes=(0, None, None, None))(batch, *arrays[1:])
+        np.testing.assert_allclose(jax.vmap(jax.grad(envelope), in_axes=(0, None, None, None))(batch, *arrays[1:]),
+                                   expected, atol=1e-7 * float(jnp.max(jnp.abs(expected))))

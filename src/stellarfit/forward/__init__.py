@@ -2,7 +2,8 @@
 
 - :class:`ForwardModel`: emulator flux -> model flux at observed pixels (pure JAX).
 - :func:`continuum_design_matrix`, :func:`profile_continuum`: the polynomial
-  continuum per arm, profiled analytically.
+  continuum per arm, profiled analytically; :func:`continuum_chi2`: its chi2 and
+  log det with derivatives by the envelope theorem (for likelihoods).
 - :func:`simulate_observation`: a model spectrum observed with noise (injection-recovery).
 - kernels: :func:`doppler_factor`, :func:`rotation_kernel`, :func:`cubic_interpolate`,
   :func:`convolve_same_many` and :func:`cubic_interpolate_between` (per-pixel LSF);
@@ -25,6 +26,7 @@ from stellarfit.forward._broadening import spline_interpolate as spline_interpol
 from stellarfit.forward._broadening import spline_interpolate_between as spline_interpolate_between
 from stellarfit.forward._continuum import continuum_design_matrix as continuum_design_matrix
 from stellarfit.forward._continuum import profile_continuum as profile_continuum
+from stellarfit.forward._continuum import continuum_chi2 as continuum_chi2
 from stellarfit.forward._model import ForwardModel as ForwardModel
 from stellarfit.forward._model import ObservationOutsideEmulatorError as ObservationOutsideEmulatorError
 from stellarfit.forward._simulate import simulate_observation as simulate_observation
@@ -42,6 +44,7 @@ __all__ = [
     "gaussian_kernel",
     "log_doppler_factor",
     "profile_continuum",
+    "continuum_chi2",
     "rotation_kernel",
     "rotation_kernel_variance",
     "simulate_observation",

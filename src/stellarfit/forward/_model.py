@@ -12,10 +12,15 @@ model flux at the observed pixels, in this order:
    sharper than the emulator (at any pixel) is an error;
 4. the top-hat of an observed pixel when observed pixels are wider than native ones
    (one width: the median observed pixel);
-5. the Doppler shift: the broadened rest-frame spectrum is interpolated at
-   lambda_obs / D(rv), D the relativistic Doppler factor, by an interpolating
-   quintic B-spline (``interpolation="spline"``, the default) or by Keys cubic
-   convolution (``interpolation="keys"``, the former default).
+5. the Doppler shift, a translation by ln D(rv) / (native log step) pixels (D the
+   relativistic Doppler factor) evaluated with the interpolating quintic B-spline
+   (``interpolation="spline"``, the default) or Keys cubic convolution
+   (``interpolation="keys"``, the former default).  With the spline and one LSF,
+   :meth:`__call__` shifts the *spectrum*: the shift is a phase exp(-2 pi i nu s) in
+   the FFT convolution of steps 2-4 (the band-limited shift; its integer part exact),
+   and the observed pixels read the spline at their fixed rv = 0 positions with
+   constant weights.  Otherwise (Keys, or a per-pixel LSF) the broadened spectrum is
+   interpolated at the moving positions lambda_obs / D(rv).
 
 Interpolation.  The native pixels sample the spectrum at ~3 pixels per FWHM, so
 it has power close to the Nyquist frequency.  Keys cubic convolution damps and
@@ -25,15 +30,18 @@ shift, which biases a fitted RV periodically in the shift.  On ``payne-default``
 shifted by an exact band-limited (Fourier) shift, with the observed pixels on the
 native ones (every pixel at the same phase, the worst case), Keys is off by up
 to +-33 m/s at R_obs = 30,000 and +-17 m/s at R_obs = 20,000 (linear
-interpolation: 17 and 8 m/s); the quintic B-spline by < 0.3 and < 0.03 m/s.  On
-a grid of 3 pixels per FWHM at R_obs = 20,000 the phases mix and Keys' bias
-drops to 2.4 m/s (spline: 0.01 m/s).  Flux errors at a half-pixel shift: Keys
-7e-3 (R_obs = 30,000) and 2e-3 (20,000), spline 8e-4 and 1e-5
+interpolation: 17 and 8 m/s); the quintic B-spline at the moving positions by
+< 0.3 and < 0.03 m/s, and the phase shift of :meth:`__call__` by < 0.005 m/s.
+Flux errors at a half-pixel shift: Keys 7e-3 (R_obs = 30,000) and 2e-3
+(20,000), spline at moving positions 8e-4 and 1e-5, phase shift 4e-5 and 2e-7.
+On a grid of 3 pixels per FWHM at R_obs = 20,000 (pixels between native ones)
+Keys' bias drops to 2.4 m/s and both spline paths' to 0.01 m/s
 (``benchmarks/bench_rv_interpolation.py``, ``benchmarks/results/rv_interpolation.md``).
 The spline's coefficients come from a 49-tap FIR prefilter; :meth:`__call__`
-merges it with the rotation and LSF kernels into one FFT convolution, and the
-model is faster than the former one with Keys (whose LSF was a second,
-direct convolution; timings in docs/fitting.md).  The prefilter reaches 24 native pixels: the native
+merges it with the rotation and LSF kernels (and the Doppler phase) into one FFT
+convolution.  The FFT is longer than the padded slice by >= 32 samples that join
+its last value back to its first (a raised cosine), so the periodic signal has
+no jump for the sub-pixel phase to ring at.  The prefilter reaches 24 native pixels: the native
 slice carries 24 more pixels of margin on each side, and the coverage
 (``covered``) is 12 native pixels narrower at each end of the emulator's range
 than with Keys (the prefilter weights beyond 12 pixels are < 1e-4).
@@ -73,10 +81,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from stellarfit.forward._broadening import (
+    _quintic_weights,
     box_kernel,
     convolve_same,
     convolve_same_many,
@@ -102,6 +112,10 @@ LSF_TOLERANCE = 0.02
 LSF_ANCHOR_STEP = 0.1
 #: Native pixels by which the spline's prefilter narrows the coverage at each end of the emulator's range.
 _SPLINE_COVERAGE_MARGIN = 12
+#: Samples per tile of the fixed-position spline sampling (each observed pixel reads two tiles).
+_TILE = 16
+#: Least number of FFT samples that join the padded spectrum's end smoothly back to its start.
+_TAPER = 32
 
 
 def _smooth_size(minimum: int) -> int:
@@ -279,7 +293,8 @@ class ForwardModel:
         self.observed_wavelength = observed
         # pixel positions of the observed wavelengths on the native slice at rv = 0, computed in
         # float64 (ln lambda in float32 would be off by ~0.8 pixel); the rv term is added in the model dtype
-        self._base_position = jnp.asarray((np.log(observed) - np.log(self.native_wavelength[0])) / self.log_step)
+        self._base_position_float64 = (np.log(observed) - np.log(self.native_wavelength[0])) / self.log_step
+        self._base_position = jnp.asarray(self._base_position_float64)
         self._flux_fn = flux_fn
         self._native_wavelength_jax = jnp.asarray(self.native_wavelength)
         self._setup_fused_broadening()
@@ -293,9 +308,52 @@ class ForwardModel:
             static = np.stack([np.convolve(row, prefilter) for row in static])
         self._fused_half_width = self.rotation_half_width + static.shape[1] // 2
         # circular convolution of the padded flux (n + 2 h) with the kernel (2 h + 1): the outputs kept,
-        # [2 h, 2 h + n), do not wrap around when the FFT is at least as long as the padded flux
-        self._fused_fft_size = _smooth_size(self.n_native + 2 * self._fused_half_width)
+        # [2 h, 2 h + n), do not wrap around when the FFT is at least as long as the padded flux; _TAPER more
+        # samples join the last value smoothly back to the first, so that the periodic signal has no jump
+        # for the sub-pixel Doppler phase (:meth:`__call__`) to ring at
+        self._fused_fft_size = _smooth_size(self.n_native + 2 * self._fused_half_width + _TAPER)
         self._fused_static_fft = np.fft.rfft(static, self._fused_fft_size, axis=-1)  # (1 or K, n_fft // 2 + 1)
+        self._fixed_sampling = self.interpolation == "spline" and self.lsf_anchor_resolution is None
+        if self._fixed_sampling:
+            self._setup_fixed_sampling()
+
+    def _setup_fixed_sampling(self) -> None:
+        """Constant spline weights of the observed pixels at rv = 0, laid out in native tiles (one LSF).
+
+        :meth:`__call__` moves the spectrum, not the pixels: the Doppler shift is a phase in the
+        FFT convolution, so every observed pixel samples the spline coefficients at the same
+        fractional position for any RV, with constant weights.  The coefficient buffer is cut into
+        tiles of ``_TILE`` samples; each observed pixel reads the window of its tile and the next
+        (its six taps always fit in it), so the interpolation is one dense batched product
+        (tiles x pixels per tile x window) instead of a gather and, for the gradient, a scatter.
+        The tiles' outputs are reordered to the observed pixels at the end.
+        With anchor LSFs (a per-pixel R) each pixel blends two of K rows and the dense product
+        would be K times larger, so that case keeps the spline at the shifted positions.
+        """
+        half, size = self._fused_half_width, self._fused_fft_size
+        # observed pixels in buffer coordinates (native pixel j is output sample j + 2 h of the convolution)
+        position = self._base_position_float64 + 2 * half
+        base = np.clip(np.floor(position), 2, size - 4)
+        fraction = np.clip(position - base, 0.0, 1.0)
+        base = base.astype(np.int64)
+        weights = np.stack(_quintic_weights(fraction), axis=1)  # (n_obs, 6) for taps base - 2 .. base + 3
+        tile = (base - 2) // _TILE
+        first, n_tiles = int(tile.min()), int(tile.max() - tile.min()) + 1
+        local = tile - first
+        counts = np.bincount(local, minlength=n_tiles)
+        per_tile = int(counts.max())
+        order = np.argsort(local, kind="stable")
+        slot = np.empty_like(local)
+        slot[order] = np.arange(local.size) - np.concatenate([[0], np.cumsum(counts)[:-1]])[local[order]]
+        column = (base - 2 - tile * _TILE)[:, None] + np.arange(6)[None, :]  # (n_obs, 6) in [0, 2 _TILE)
+        rows = np.broadcast_to(local[:, None], column.shape)
+        slots = np.broadcast_to(slot[:, None], column.shape)
+        dense = np.zeros((1, n_tiles, per_tile, 2 * _TILE))
+        dense[0, rows, slots, column] = weights
+        self._sample_first = first * _TILE
+        self._sample_tiles = n_tiles
+        self._sample_weights = jnp.asarray(dense, dtype=jnp.float32)
+        self._sample_index = jnp.asarray(local * per_tile + slot, dtype=jnp.int32)
 
     @staticmethod
     def _check_resolution(observed_resolution, observed, native, native_resolution, rv_range) -> np.ndarray | None:
@@ -413,25 +471,60 @@ class ForwardModel:
             return cubic_interpolate(broadened, position)
         return cubic_interpolate_between(broadened, position, self._anchor_lower, self._anchor_weight)
 
-    def _broaden_fused(self, rest_flux, vsini):
+    def _broaden_fused(self, rest_flux, vsini, shift=None):
         """Rotation, instrument and (for the spline) the prefilter in one FFT convolution of (n_native,) flux.
 
         Returns what :meth:`shift_to_observed` interpolates -- for the spline, its coefficients --
         as (n_native,) or (K, n_native); equal to :meth:`broaden` (prefiltered) away from the slice ends.
+        With ``shift`` [native pixels], the result is instead the whole (1 or K, n_fft) circular
+        convolution buffer delayed by ``shift`` (native pixel j at sample j + 2 h + shift), for
+        :meth:`__call__`.
         """
         kernel = rotation_kernel(vsini, self.velocity_step, self.rotation_half_width, self.limb_darkening)
-        half, n = self._fused_half_width, rest_flux.shape[-1]
-        padded = jnp.concatenate([jnp.repeat(rest_flux[:1], half), rest_flux, jnp.repeat(rest_flux[-1:], half)])
+        half, n, size = self._fused_half_width, rest_flux.shape[-1], self._fused_fft_size
+        head, tail = rest_flux[:1], rest_flux[-1:]
+        taper = size - n - 2 * half  # >= _TAPER samples joining the last value back to the first (raised cosine)
+        ramp = jnp.asarray(0.5 - 0.5 * np.cos(np.pi * np.arange(1, taper + 1) / (taper + 1)), rest_flux.dtype)
+        padded = jnp.concatenate([jnp.repeat(head, half), rest_flux, jnp.repeat(tail, half), tail + (head - tail) * ramp])
         complex_dtype = jnp.result_type(rest_flux.dtype, jnp.complex64)
-        spectrum = (jnp.fft.rfft(padded, self._fused_fft_size) * jnp.fft.rfft(kernel, self._fused_fft_size))[None, :]
+        spectrum = (jnp.fft.rfft(padded, size) * jnp.fft.rfft(kernel, size))[None, :]
         spectrum = spectrum * jnp.asarray(self._fused_static_fft).astype(complex_dtype)
-        full = jnp.fft.irfft(spectrum, self._fused_fft_size, axis=-1)[:, 2 * half : 2 * half + n].astype(rest_flux.dtype)
+        if shift is not None:
+            # delay by shift = k + f: the integer part's phase exactly (k m mod N in integers), the fraction's
+            # as a smooth phase (the band-limited sub-pixel shift; differentiable in the RV)
+            whole = jax.lax.stop_gradient(jnp.round(shift))
+            fraction = shift - whole
+            frequency = np.arange(size // 2 + 1)
+            cycles = (jnp.asarray(frequency, jnp.int32) * whole.astype(jnp.int32)) % size
+            angle = -2.0 * np.pi * (cycles.astype(rest_flux.dtype) / size + jnp.asarray(frequency / size, rest_flux.dtype) * fraction)
+            spectrum = spectrum * jax.lax.complex(jnp.cos(angle), jnp.sin(angle)).astype(complex_dtype)
+            return jnp.fft.irfft(spectrum, size, axis=-1).astype(rest_flux.dtype)
+        full = jnp.fft.irfft(spectrum, size, axis=-1)[:, 2 * half : 2 * half + n].astype(rest_flux.dtype)
         return full[0] if self.lsf_anchor_resolution is None else full
+
+    def _sample_fixed(self, buffer):
+        """The spline of the (1 or K, n_fft) coefficient buffer at the observed pixels' rv = 0 positions, (n_obs,)."""
+        start, n_tiles = self._sample_first, self._sample_tiles
+        stop = start + (n_tiles + 1) * _TILE
+        if stop > buffer.shape[-1]:
+            buffer = jnp.pad(buffer, ((0, 0), (0, stop - buffer.shape[-1])))
+        blocks = buffer[:, start:stop].reshape(buffer.shape[0], n_tiles + 1, _TILE)
+        windows = jnp.concatenate([blocks[:, :-1], blocks[:, 1:]], axis=-1)  # (rows, tiles, 2 _TILE)
+        per_tile = jnp.einsum("rtw,rtpw->tp", windows, self._sample_weights.astype(buffer.dtype))
+        return per_tile.reshape(-1)[self._sample_index]
 
     def __call__(self, labels, rv=0.0, vsini=0.0):
         """Normalized model flux at the observed pixels, (n_obs,), for labels (n_labels,).
 
-        Equal to ``shift_to_observed(broaden(rest_frame(labels), vsini), rv)``, computed with one FFT
-        convolution (rotation, LSF and the spline prefilter together) instead of two or three.
+        Equal to ``shift_to_observed(broaden(rest_frame(labels), vsini), rv)`` up to the interpolation
+        error, computed with one FFT convolution (rotation, LSF and the spline prefilter together).
+        With the spline and one LSF, the Doppler shift is a phase in that convolution (the
+        band-limited shift) and the observed pixels are read at fixed positions with constant
+        weights: exact for band-limited spectra on the native grid, at the cost of the spline at
+        moving positions (which per-pixel LSFs keep; see ``benchmarks/bench_rv_interpolation.py``).
         """
-        return self._interpolate(self._broaden_fused(self.rest_frame(labels), vsini), rv, prefiltered=True)
+        rest = self.rest_frame(labels)
+        if not self._fixed_sampling:
+            return self._interpolate(self._broaden_fused(rest, vsini), rv, prefiltered=True)
+        shift = log_doppler_factor(rv) / self.log_step
+        return self._sample_fixed(self._broaden_fused(rest, vsini, jnp.asarray(shift, rest.dtype)))
