@@ -262,9 +262,12 @@ def test_vectorized_batch_fits_and_records_failures(emulator, tmp_path):
 
 
 def test_vectorize_settings_errors(files, tmp_path):
-    with pytest.raises(ValueError, match="vectorize applies to MAP"):
-        fit_batch_files(files, STUB, tmp_path / "c.fits", method="nuts", vectorize=4, progress=False)
-    with pytest.raises(ValueError, match="vectorize applies to MAP"):
+    from stellarfit.inference.batch import _check_vectorize
+
+    with pytest.raises(ValueError, match="vectorize applies to MAP and NumPyro NUTS"):
+        fit_batch_files(files, STUB, tmp_path / "c.fits", method="blackjax", vectorize=4, progress=False)
+    _check_vectorize(4, "nuts", None, {"num_warmup": 10, "num_chains": 2})  # sampler settings apply to batched NUTS
+    with pytest.raises(ValueError, match="vectorize applies to MAP and NumPyro NUTS"):
         fit_batch_files(files, STUB, tmp_path / "c.fits", fit_function=FakeFit(), vectorize=4, progress=False)
     with pytest.raises(ValueError, match="num_warmup"):
         fit_batch_files(files, STUB, tmp_path / "c.fits", fit_options={"num_warmup": 10}, vectorize=4, progress=False)

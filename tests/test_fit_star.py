@@ -153,3 +153,30 @@ def test_label_error_floor_added_in_quadrature(emulator):
     assert row["upper"] - row["lower"] == pytest.approx(2 * row["error"])
     assert "error_statistical" not in without.labels["temp"]
     assert with_floor.labels["shift"]["error"] == pytest.approx(without.labels["shift"]["error"])  # no floor given
+
+
+@pytest.mark.slow  # ~50 s: run by .ci/run's slow step
+def test_fit_stars_nuts_samples_every_star_in_one_batch(emulator):
+    """fit_stars(method="nuts"): the MAP batch, then all chains of all stars in one NumPyro program;
+    each result carries its own draws, sampler diagnostics and intervals that cover its truth."""
+    from stellarfit.inference import fit_stars
+
+    truths = ([0.4, 0.2, -0.3], [0.7, -0.1, 0.2])
+    spectra = [observe(emulator, truth, rv, snr=200.0, seed=20 + i) for i, (truth, rv) in enumerate(zip(truths, [25.0, -70.0]))]
+    options = dict(n_starts=4, adam_steps=150, rv_range=(-300.0, 300.0), vsini_max=20.0)
+    results = fit_stars(spectra, emulator, method="nuts", num_warmup=100, num_samples=100, num_chains=2, max_tree_depth=6,
+                        **options)
+    for result, truth, rv in zip(results, truths, [25.0, -70.0]):
+        assert result.method == "nuts" and result.samples.shape[:2] == (2, 100)
+        d = result.diagnostics
+        assert d["chain_method"] == "batched" and d["divergences"] == 0
+        # vsini sits at its box edge (0) here; 2 x 100 draws mix the labels and rv well, that tail less so
+        assert max(v for k, v in d["r_hat"].items() if k != "vsini") < 1.1 and d["r_hat"]["vsini"] < 1.3
+        assert result.sample_stats["n_steps"].shape == (2, 100) and result.sample_stats["n_steps"].max() <= 2**6 - 1
+        assert result.labels["rv"]["value"] == pytest.approx(rv, abs=1.0)
+        for name, value in zip(emulator.label_names, truth):
+            row = result.labels[name]
+            assert row["lower"] - 3 * row["error"] < value < row["upper"] + 3 * row["error"], (name, row)
+    assert results[0].labels["rv"]["value"] != pytest.approx(results[1].labels["rv"]["value"], abs=10.0)
+    with pytest.raises(ValueError, match="blackjax"):
+        fit_stars(spectra, emulator, method="blackjax", **options)

@@ -644,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ray: address of an existing cluster ('auto', HOST:6379, ray://HOST:10001; default: a local cluster for this run)")
     batch.add_argument("--chunk-size", type=int, default=None, help="ray: spectra per Ray task (default 8)")
     batch.add_argument("--vectorize", type=int, default=None, metavar="N",
-                       help="map: fit N spectra at a time in one vectorized program (fills a GPU; with ray, per worker chunk)")
+                       help="map or nuts: fit N spectra at a time in one vectorized program (fills a GPU; with ray, per worker chunk)")
     batch.add_argument("--starts", type=int, default=8, help="MAP starting points per spectrum (default 8)")
     batch.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     batch.add_argument("--retry-failed", action="store_true", help="refit spectra that failed in an earlier run")

@@ -22,6 +22,7 @@ from stellarfit.inference.nuts import SamplerResult as SamplerResult
 from stellarfit.inference.nuts import numpyro_model as numpyro_model
 from stellarfit.inference.nuts import sample_blackjax as sample_blackjax
 from stellarfit.inference.nuts import sample_numpyro as sample_numpyro
+from stellarfit.inference.nuts import sample_numpyro_batch as sample_numpyro_batch
 from stellarfit.inference.fisher import cramer_rao_from_fisher as cramer_rao_from_fisher
 from stellarfit.inference.fisher import fisher_matrix as fisher_matrix
 
@@ -45,4 +46,5 @@ __all__ = [
     "numpyro_model",
     "sample_blackjax",
     "sample_numpyro",
+    "sample_numpyro_batch",
 ]

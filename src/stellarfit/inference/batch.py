@@ -265,7 +265,7 @@ def _fit_item(fit: Callable[..., Any], emulator, item: _Item, method: str, fit_o
 
 def _fit_items(fit: Callable[..., Any], emulator, items: Sequence[_Item], method: str, fit_options: Mapping[str, Any],
                emulator_name: str, vectorize: int | None) -> list[dict[str, Any]]:
-    """Catalog rows of ``items``: one fit per spectrum, or (``vectorize``) MAP fits of
+    """Catalog rows of ``items``: one fit per spectrum, or (``vectorize``) MAP or NUTS fits of
     ``vectorize`` spectra at a time in one vmapped program (:func:`~stellarfit.inference.fit_stars`)."""
     if not vectorize or len(items) < 2:
         return [_fit_item(fit, emulator, item, method, fit_options, emulator_name) for item in items]
@@ -275,7 +275,7 @@ def _fit_items(fit: Callable[..., Any], emulator, items: Sequence[_Item], method
     t0 = time.perf_counter()
     try:
         results = fit_stars([item.spectrum for item in items], emulator, batch_size=vectorize, errors="collect",
-                            **fit_options)
+                            method=method, **fit_options)
     except Exception:  # noqa: BLE001 - not a per-spectrum failure: fit one at a time, recording each reason
         return [_fit_item(fit, emulator, item, method, fit_options, emulator_name) for item in items]
     share = (time.perf_counter() - t0) / len(items)
@@ -295,17 +295,20 @@ def _check_vectorize(vectorize: int | None, method: str, fit_function, fit_optio
     if vectorize is None:
         return
     _check_count("vectorize", vectorize)
-    if method != "map" or fit_function is not None:
-        raise ValueError("vectorize applies to MAP fits with the built-in fit (method='map', no fit_function); "
-                         "leave it out for NUTS or a custom fit_function")
+    if method not in ("map", "nuts") or fit_function is not None:
+        raise ValueError("vectorize applies to MAP and NumPyro NUTS fits with the built-in fit (method='map' or "
+                         "'nuts', no fit_function); leave it out for BlackJAX or a custom fit_function")
     import inspect
 
     from stellarfit.inference.fit import fit_stars
 
-    accepted = set(inspect.signature(fit_stars).parameters) - {"spectra", "emulator", "batch_size", "errors", "progress"}
+    accepted = set(inspect.signature(fit_stars).parameters) - {"spectra", "emulator", "batch_size", "errors", "progress",
+                                                                 "method"}
+    if method == "map":
+        accepted -= {"num_warmup", "num_samples", "num_chains", "max_tree_depth", "target_accept", "mass_matrix"}
     unknown = sorted(set(fit_options) - accepted)
     if unknown:
-        raise ValueError(f"fit option(s) {', '.join(unknown)} do not apply to vectorized MAP fits; "
+        raise ValueError(f"fit option(s) {', '.join(unknown)} do not apply to vectorized {method} fits; "
                          f"accepted: {', '.join(sorted(accepted))}")
 
 
@@ -355,9 +358,10 @@ def fit_batch_files(
         ray_address: backend="ray" only: address of an existing Ray cluster (``"auto"``,
             ``"ray://host:10001"``, ``"host:6379"``).  Default: a local cluster for this run,
             or the one this process is already connected to (``ray.init`` called before).
-        vectorize: MAP only: fit this many spectra at a time in one vectorized program
-            (:func:`~stellarfit.inference.fit_stars`; spectra on the same pixels share it).  The
-            way to fill a GPU; on a CPU it saves the per-star overheads.  With backend="ray"
+        vectorize: method "map" or "nuts" (NumPyro): fit this many spectra at a time in one
+            vectorized program (:func:`~stellarfit.inference.fit_stars`; spectra on the same pixels
+            share it).  The way to fill a GPU; on a CPU it saves MAP's per-star overheads, while
+            batched NUTS is slower there than one star at a time.  With backend="ray"
             each worker vectorizes within its chunks (make ``chunk_size`` a multiple of it).
     Returns: a :class:`BatchSummary`.
     Raises:

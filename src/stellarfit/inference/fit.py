@@ -319,15 +319,36 @@ def fit_stars(
     errors: str = "raise",
     emulator_error: bool = True,
     error_floor: bool = True,
+    method: str = "map",
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    num_chains: int = 4,
+    max_tree_depth: int = 8,
+    target_accept: float = 0.8,
+    mass_matrix: str = "laplace",
 ) -> list:
-    """MAP fits of many spectra, vectorized: spectra on the same pixels (same wavelengths and
+    """Fits of many spectra, vectorized: spectra on the same pixels (same wavelengths and
     resolution) are fitted ``batch_size`` at a time in one ``vmap``-ed program (all starts of all
     spectra at once), which is what fills a GPU; on a CPU it mainly saves the per-star overheads.
 
-    Arguments as :func:`fit_star` (``method="map"``).  ``errors="raise"`` stops at the first
-    spectrum that cannot be fitted; ``errors="collect"`` puts the exception in its place in the
-    returned list and goes on.  Returns one :class:`FitResult` (or exception) per spectrum, in order.
+    Arguments as :func:`fit_star`.  ``method="map"`` (default) or ``"nuts"``: with ``"nuts"`` each
+    batch is then sampled by :func:`~stellarfit.inference.sample_numpyro_batch` -- all chains of
+    all its stars in one program, each star with its own Laplace whitening and each chain with its
+    own adaptation, trajectories capped at ``max_tree_depth``; the per-draw leapfrog counts are in
+    ``result.sample_stats["n_steps"]``.  On a CPU, batched NUTS is slower than
+    ``fit_star(method="nuts")`` one star at a time (docs/fitting.md); it is the GPU path.
+    ``errors="raise"`` stops at the first spectrum that cannot be fitted; ``errors="collect"`` puts
+    the exception in its place in the returned list and goes on.  Returns one :class:`FitResult`
+    (or exception) per spectrum, in order.
     """
+    if method not in ("map", "nuts"):
+        raise ValueError(f"fit_stars fits method 'map' or 'nuts' (NumPyro, batched), got {method!r}; "
+                         "use fit_star for 'blackjax'")
+    if method == "nuts":
+        from stellarfit.inference.nuts import check_sampler_settings
+
+        check_sampler_settings(None, num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
+                               chain_method="vectorized")
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
     if batch_size < 1:
@@ -358,13 +379,31 @@ def fit_stars(
             start_time = time.perf_counter()
             starts = np.stack([default_starts(prepared[i][0].problem, n_starts, rv=prepared[i][0].rv0, seed=seed) for i in chunk])
             results = fit_map_batch([prepared[i][0].problem for i in chunk], starts, adam_steps=adam_steps)
+            sampling, batch_draws = None, [None] * len(chunk)
+            if method == "nuts":
+                from stellarfit.inference.nuts import sample_numpyro_batch
+
+                sampling = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
+                                max_tree_depth=max_tree_depth, target_accept=target_accept, mass_matrix=mass_matrix,
+                                chain_method="batched")
+                # stars whose MAP failed (non-finite) stay out of the batch and are recorded as failed below
+                good = [k for k, result in enumerate(results) if np.all(np.isfinite(result.theta))]
+                if good:
+                    sampled = sample_numpyro_batch(
+                        [prepared[chunk[k]][0].problem.with_continuum("marginalize") for k in good],
+                        [results[k].theta for k in good], [results[k].covariance for k in good],
+                        **{k: v for k, v in sampling.items() if k != "chain_method"})
+                    for k, draws in zip(good, sampled):
+                        batch_draws[k] = draws
             share = (time.perf_counter() - start_time) / len(chunk)
-            for i, result in zip(chunk, results):
+            for i, result, draws in zip(chunk, results, batch_draws):
                 try:
                     # elapsed_s: this spectrum's preparation plus its share of the batch
                     begin = time.perf_counter() - prepared[i][1] - share
-                    out[i] = _finish(prepared[i][0], result, "map", emulator, begin, n_starts=n_starts, seed=seed, sampling=None,
-                                     error_floor=error_floor)
+                    if method == "nuts" and draws is None:
+                        raise RuntimeError(f"the MAP fit failed (labels {result.theta}), so this spectrum was not sampled")
+                    out[i] = _finish(prepared[i][0], result, method, emulator, begin, n_starts=n_starts, seed=seed,
+                                     sampling=sampling, error_floor=error_floor, draws=draws)
                 except Exception as error:  # noqa: BLE001
                     if errors == "raise":
                         raise
@@ -461,7 +500,7 @@ def _observed_error_modes(model, error_modes, rv, continuum) -> np.ndarray:
 
 
 def _finish(prepared: _Prepared, result, method: str, emulator, start_time: float, *, n_starts: int, seed: int,
-            sampling: dict | None, error_floor: bool = True) -> FitResult:
+            sampling: dict | None, error_floor: bool = True, draws=None) -> FitResult:
     """Cramér-Rao bounds, optional NUTS, flags and the FitResult from a MAP result."""
     problem = prepared.problem
     spec = problem.label_spec
@@ -498,7 +537,9 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
         options = dict(sampling)
         chain_method = options.pop("chain_method")
         num_chains, num_samples = options["num_chains"], options["num_samples"]
-        if method == "nuts":
+        if draws is not None:  # sampled already, in a batch of stars (fit_stars)
+            pass
+        elif method == "nuts":
             draws = sample_numpyro(sampling_problem, theta, result.covariance, chain_method=chain_method, **options)
         else:
             draws = sample_blackjax(sampling_problem, theta, result.covariance, chain_method=chain_method, **options)
