@@ -679,18 +679,24 @@ def sample_numpyro(
     else:
         outputs = jax.jit(functools.partial(_numpyro_chains_fn, options=options, chain_method=chain_method))(*arguments)
     (w, lp, diverging, n_steps, acceptance), step_size, warmup_steps = outputs
-    n_steps = np.asarray(n_steps)
-    stats = {
-        "diverging": diverging,
-        "n_steps": n_steps,
-        "tree_depth": np.ceil(np.log2(n_steps + 1.0)).astype(int),
-        "acceptance_rate": acceptance,
-        "lp": lp,
-    }
-    settings = dict(backend="numpyro", num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
-                    max_tree_depth=int(max_tree_depth), target_accept=float(target_accept), mass_matrix=mass_matrix,
-                    chain_method=chain_method, seed=int(seed))
+    stats = _numpyro_stats(lp, diverging, n_steps, acceptance)
+    settings = _numpyro_settings(num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
+                                 chain_method, seed)
     return _finish(problem, _to_z(start, w), stats, warmup_steps, step_size, settings, start_time, start.laplace)
+
+
+def _numpyro_stats(lp, diverging, n_steps, acceptance) -> dict:
+    """Per-draw statistics of NumPyro chains, (num_chains, num_samples) each."""
+    n_steps = np.asarray(n_steps)
+    return {"diverging": diverging, "n_steps": n_steps, "tree_depth": np.ceil(np.log2(n_steps + 1.0)).astype(int),
+            "acceptance_rate": acceptance, "lp": lp}
+
+
+def _numpyro_settings(num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix, chain_method,
+                      seed) -> dict:
+    return dict(backend="numpyro", num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
+                max_tree_depth=int(max_tree_depth), target_accept=float(target_accept), mass_matrix=mass_matrix,
+                chain_method=chain_method, seed=int(seed))
 
 
 # -- BlackJAX ---------------------------------------------------------------------
@@ -759,16 +765,11 @@ def sample_numpyro_batch(
                              options=options)
     (w, lp, diverging, n_steps, acceptance), step_size, warmup_steps = jax.tree_util.tree_map(np.asarray, outputs)
     share = (time.perf_counter() - start_time) / len(problems)
-    settings = dict(backend="numpyro", num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
-                    max_tree_depth=int(max_tree_depth), target_accept=float(target_accept), mass_matrix=mass_matrix,
-                    chain_method="batched", seed=int(seed))
+    settings = _numpyro_settings(num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
+                                 "batched", seed)
     results = []
     for i, (problem, start) in enumerate(zip(problems, starts)):
-        stats = {
-            "diverging": diverging[i], "n_steps": n_steps[i],
-            "tree_depth": np.ceil(np.log2(n_steps[i] + 1.0)).astype(int),
-            "acceptance_rate": acceptance[i], "lp": lp[i],
-        }
+        stats = _numpyro_stats(lp[i], diverging[i], n_steps[i], acceptance[i])
         results.append(_finish(problem, _to_z(start, w[i]), stats, warmup_steps[i], step_size[i], settings,
                                time.perf_counter() - share, start.laplace))
     return results
