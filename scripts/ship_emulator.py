@@ -28,6 +28,9 @@ def main() -> None:
     parser.add_argument("--grid", required=True, help="the grid it was trained on (for the test split)")
     parser.add_argument("--command", default="", help="the command(s) that trained it, for the provenance note")
     parser.add_argument("--notes", default="", help="extra provenance text")
+    parser.add_argument("--activation-sharpness", type=float, default=None,
+                        help="Payne only: smooth its LeakyReLU (softplus sharpness beta, see stellarfit.emulators.payne) "
+                             "before evaluating and shipping; payne-default ships with 100")
     args = parser.parse_args()
 
     import jax
@@ -38,6 +41,10 @@ def main() -> None:
     from stellarfit.grids import SpectralGrid
 
     emulator = load_emulator(args.emulator)
+    if args.activation_sharpness is not None:
+        if emulator.model_type != "payne":
+            raise SystemExit(f"--activation-sharpness applies to a Payne; {args.emulator} is a {emulator.model_type} emulator")
+        emulator = emulator.replace(config={**emulator.config, "activation_sharpness": args.activation_sharpness})
     grid = SpectralGrid.read(os.path.expanduser(args.grid))
     _, validation, test = grid.split((0.8, 0.1, 0.1), seed=0)
     # the emulator's own error per pixel, from the validation split (the test split stays for reporting)

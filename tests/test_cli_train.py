@@ -34,6 +34,9 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert document["mae"] < 0.6 * baseline
     # refuses to overwrite; clear errors for bad files
     assert main(["train", "--grid", str(grid), "--out", str(out), "--steps", "1"]) == 2
+    assert main(["train", "--grid", str(grid), "--out", str(tmp_path / "t"), "--model", "transformer-payne",
+                 "--activation-sharpness", "100", "--steps", "1"]) == 2
+    assert "--activation-sharpness applies to" in capsys.readouterr().err
     bad = tmp_path / "bad.h5"
     bad.write_text("not hdf5")
     assert main(["evaluate", "--emulator", str(out), "--grid", str(bad)]) == 2
@@ -75,8 +78,12 @@ def test_evaluate_on_an_empty_part_names_it(tmp_path, capsys):
     _, _, test = grid.split((0.8, 0.1, 0.1), seed=0)
     assert len(test) == 0  # four spectra leave nothing for the test part
     out = tmp_path / "emu"
-    assert main(["train", "--grid", str(_grid_file(tmp_path)), "--out", str(out), "--steps", "5", "--no-progress"]) == 0
+    assert main(["train", "--grid", str(_grid_file(tmp_path)), "--out", str(out), "--steps", "5", "--no-progress",
+                 "--activation-sharpness", "50"]) == 0
     capsys.readouterr()
+    from stellarfit.emulators import load_emulator
+
+    assert load_emulator(str(out)).config["activation_sharpness"] == 50.0
     assert main(["evaluate", "--emulator", str(out), "--grid", str(path)]) == 2
     err = capsys.readouterr().err
     assert "test part" in err and "--part all" in err

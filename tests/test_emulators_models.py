@@ -242,3 +242,47 @@ def test_description_and_sizes(tp, payne):
     )
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract)))
     assert 1.7e6 < n < 2.0e6
+
+
+def test_smooth_leaky_relu_tends_to_leaky_relu():
+    from stellarfit.emulators.payne import smooth_leaky_relu
+
+    x = jnp.linspace(-3.0, 3.0, 601)
+    exact = jax.nn.leaky_relu(x, 0.01)
+    np.testing.assert_array_equal(smooth_leaky_relu(x, 0.01, 0.0), exact)
+    gaps = [float(jnp.max(jnp.abs(smooth_leaky_relu(x, 0.01, beta) - exact))) for beta in (10.0, 100.0, 1000.0)]
+    # largest gap (1 - a) log 2 / beta, at x = 0
+    np.testing.assert_allclose(gaps, [0.99 * np.log(2.0) / b for b in (10.0, 100.0, 1000.0)], rtol=1e-3)
+
+
+def test_payne_activation_sharpness_smooths_the_label_jacobian(tmp_path):
+    sharp = PayneEmulator.create(SPEC, WAVE, {"hidden": [16, 16]}, seed=3)
+    labels = sharp.scale_labels(jnp.asarray(_labels(1, seed=4), jnp.float32))
+
+    def second_derivative(emulator):
+        def line(t):
+            return emulator.apply_fn(emulator.params, labels + t * jnp.ones_like(labels))[0]
+        return np.asarray(jax.jacfwd(jax.jacfwd(line))(0.0))
+
+    # LeakyReLU: piecewise linear in the labels, no curvature anywhere but at kinks
+    assert np.all(second_derivative(sharp) == 0.0)
+    smooth = sharp.replace(config={**sharp.config, "activation_sharpness": 30.0})
+    curvature = second_derivative(smooth)
+    assert np.max(np.abs(curvature)) > 1e-4
+    # the second derivative is the derivative of the (now continuous) first derivative
+    def slope(t):
+        return jax.jacfwd(lambda s: smooth.apply_fn(smooth.params, labels + s * jnp.ones_like(labels))[0])(t)
+    finite = (np.asarray(slope(1e-3)) - np.asarray(slope(-1e-3))) / 2e-3
+    np.testing.assert_allclose(curvature, finite, rtol=0, atol=2e-3 * np.max(np.abs(curvature)) + 1e-4)
+    # close to the LeakyReLU network, closer as the sharpness grows
+    base = sharp.predict(_labels(5, seed=5))
+    gaps = [np.max(np.abs(sharp.replace(config={**sharp.config, "activation_sharpness": b}).predict(_labels(5, seed=5)) - base))
+            for b in (10.0, 1000.0)]
+    assert gaps[1] < gaps[0] / 10
+    # the setting survives save and load
+    smooth.save(str(tmp_path / "smooth"))
+    loaded = PayneEmulator.load(str(tmp_path / "smooth"))
+    assert loaded.config["activation_sharpness"] == 30.0
+    np.testing.assert_allclose(loaded.predict(_labels(3)), smooth.predict(_labels(3)), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="activation_sharpness"):
+        sharp.replace(config={**sharp.config, "activation_sharpness": -1.0})

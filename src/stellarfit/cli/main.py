@@ -246,10 +246,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
                    "stopped_early": result.stopped_early}
         print(json.dumps(summary) if args.json else ", ".join(f"{k}={v}" for k, v in summary.items()))
         return 0
+    if args.activation_sharpness is not None and not args.model.startswith("payne"):
+        raise UsageError("--activation-sharpness applies to --model payne or payne-large")
+    if args.activation_sharpness is not None and not args.activation_sharpness >= 0.0:
+        raise UsageError(f"--activation-sharpness must be >= 0 (0: LeakyReLU), got {args.activation_sharpness}")
+    smoothing = {} if args.activation_sharpness is None else {"activation_sharpness": args.activation_sharpness}
     if args.model == "payne":
-        emulator = PayneEmulator.create(train.label_spec, train.wavelength, **common)
+        emulator = PayneEmulator.create(train.label_spec, train.wavelength, smoothing, **common)
     elif args.model == "payne-large":
-        emulator = PayneEmulator.create(train.label_spec, train.wavelength, scaled_payne_config(), **common)
+        emulator = PayneEmulator.create(train.label_spec, train.wavelength, {**scaled_payne_config(), **smoothing}, **common)
     else:
         config = transformer_payne_config(dim=args.dim, n_layers=args.layers, n_tokens=args.tokens)
         emulator = TransformerPayneEmulator.create(train.label_spec, train.wavelength, config, **common)
@@ -557,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dim", type=int, default=128, help="TransformerPayne width")
     train.add_argument("--layers", type=int, default=8, help="TransformerPayne layers")
     train.add_argument("--tokens", type=int, default=16, help="TransformerPayne parameter tokens")
+    train.add_argument("--activation-sharpness", type=float, default=None,
+                       help="Payne: train with the softplus-smoothed LeakyReLU of this sharpness (default: plain LeakyReLU; "
+                            "smooth networks sample faster with NUTS, see docs/emulators.md)")
     train.add_argument("--n-wavelengths", type=int, default=512,
                        help="random pixels per spectrum per step (TransformerPayne; default 512)")
     train.add_argument("--patience", type=int, default=10,

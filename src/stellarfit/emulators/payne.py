@@ -6,6 +6,20 @@ LeakyReLU(0.01) activations (Ting et al. 2019).  When the training grid has a
 continuum, the last layer has 2 * n_pixels outputs (normalized flux and the
 standardized log10 continuum).
 
+With LeakyReLU the network is piecewise linear in the labels: its Jacobian
+jumps wherever a hidden unit changes sign, and a posterior of a high-S/N
+spectrum spans many such kinks, which forces NUTS into short leapfrog steps.
+Config ``activation_sharpness`` = beta > 0 replaces each LeakyReLU(x; a) by its
+softplus smoothing
+
+    a x + (1 - a) softplus(beta x) / beta,
+
+which tends to LeakyReLU as beta -> infinity (it differs from it by at most
+(1 - a) log(2) / beta, at x = 0) and has a continuous Jacobian.  It can be set
+on a network trained with LeakyReLU (the shipped ``payne-default`` uses
+beta = 100, see its PROVENANCE.md and docs/fitting.md, "Speed") or used in
+training.  0 (the default of a new Payne) keeps the exact LeakyReLU.
+
 The network is tied to its pixel grid: ``predict``/``apply_fn`` at other
 wavelengths **linearly interpolate** the native-grid prediction (inside the
 native coverage only).  Interpolation indices and weights of a concrete
@@ -32,12 +46,19 @@ from flax import nnx
 from stellarfit.emulators.base import Emulator, is_concrete, register_model_type
 from stellarfit.emulators.layers import Dense
 
-__all__ = ["PayneNet", "PayneEmulator", "payne_config", "scaled_payne_config"]
+__all__ = ["PayneNet", "PayneEmulator", "payne_config", "scaled_payne_config", "smooth_leaky_relu"]
 
 
 def payne_config() -> dict[str, Any]:
     """The original Payne: two hidden layers of 300, LeakyReLU(0.01) (Ting et al. 2019)."""
     return {"hidden": [300, 300], "negative_slope": 0.01}
+
+
+def smooth_leaky_relu(x: jax.Array, negative_slope: float, sharpness: float) -> jax.Array:
+    """LeakyReLU(x; a) for ``sharpness`` 0, else a x + (1 - a) softplus(sharpness x) / sharpness."""
+    if sharpness <= 0.0:
+        return jax.nn.leaky_relu(x, negative_slope)
+    return negative_slope * x + (1.0 - negative_slope) * jax.nn.softplus(sharpness * x) / sharpness
 
 
 def scaled_payne_config(width: int = 512, depth: int = 3) -> dict[str, Any]:
@@ -63,6 +84,7 @@ class PayneNet(nnx.Module):
         rngs: nnx.Rngs,
         lora_rank: int = 0,
         lora_alpha: float | None = None,
+        activation_sharpness: float = 0.0,
     ):
         sizes = [n_labels, *hidden]
         lora = {"lora_rank": lora_rank, "lora_alpha": lora_alpha}
@@ -71,11 +93,12 @@ class PayneNet(nnx.Module):
         self.n_pixels = int(n_pixels)
         self.n_outputs = int(n_outputs)
         self.negative_slope = float(negative_slope)
+        self.activation_sharpness = float(activation_sharpness)
 
     def __call__(self, scaled: jax.Array) -> jax.Array:
         x = scaled
         for layer in self.hidden:
-            x = jax.nn.leaky_relu(layer(x), self.negative_slope)
+            x = smooth_leaky_relu(layer(x), self.negative_slope, self.activation_sharpness)
         out = self.output(x).reshape(x.shape[0], self.n_outputs, self.n_pixels)
         return jnp.swapaxes(out, 1, 2)
 
@@ -93,6 +116,7 @@ class PayneEmulator(Emulator):
     default_config = {
         "hidden": [300, 300],
         "negative_slope": 0.01,
+        "activation_sharpness": 0.0,
         "lora_rank": 0,
         "lora_alpha": None,
         "continuum_offset": 0.0,
@@ -106,6 +130,10 @@ class PayneEmulator(Emulator):
             raise ValueError(f"hidden must be a non-empty list of positive widths, got {config['hidden']}")
         config["hidden"] = hidden
         config["negative_slope"] = float(config["negative_slope"])
+        sharpness = float(config["activation_sharpness"])
+        if not (np.isfinite(sharpness) and sharpness >= 0.0):
+            raise ValueError(f"activation_sharpness must be 0 (LeakyReLU) or a positive softplus sharpness, got {config['activation_sharpness']!r}")
+        config["activation_sharpness"] = sharpness
         config["lora_rank"] = int(config["lora_rank"])
         config["continuum_offset"] = float(config["continuum_offset"])
         config["continuum_scale"] = float(config["continuum_scale"])
@@ -121,6 +149,7 @@ class PayneEmulator(Emulator):
             rngs=rngs,
             lora_rank=self.config["lora_rank"],
             lora_alpha=self.config["lora_alpha"],
+            activation_sharpness=self.config["activation_sharpness"],
         )
 
     def default_batch_size(self, n_wavelengths: int) -> int:

@@ -245,9 +245,10 @@ def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_ite
     eigenvalues at 1/4, each step is capped at 4 in every coordinate and halved until the
     density does not fall; iterations stop when the Newton decrement g^T H^-1 g / 2 drops
     below ``tolerance`` (nats), or when steps have to be cut below 1/4: a Payne emulator
-    (leaky ReLU) is piecewise linear in the labels, so the density has kinks and Newton
-    ends up within a fraction of a nat of the mode rather than converging -- which is
-    close enough for a mass matrix, a centre for the whitening and chain starts.
+    with plain leaky ReLU (``activation_sharpness`` 0) is piecewise linear in the labels,
+    so the density has kinks and Newton ends up within a fraction of a nat of the mode
+    rather than converging -- which is close enough for a mass matrix, a centre for the
+    whitening and chain starts.
 
     Unlike the physical Laplace covariance mapped through d theta / d z at the MAP
     (:func:`laplace_inverse_mass_matrix`), this stays right for parameters at a box edge
