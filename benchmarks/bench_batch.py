@@ -1,5 +1,6 @@
 """Catalog throughput of `fit_batch_files`: the local backend (one star at a time, and
-vectorized: ``vectorize`` spectra per vmapped MAP program) against Ray workers.
+vectorized: ``vectorize`` spectra per vmapped MAP program) against worker processes
+pinned one per core (backend "processes") and Ray workers.
 
 Simulates N spectra with an emulator (labels drawn in the middle 60% of each
 label's range, RV in +-50 km/s, vsini 0-10 km/s, S/N 100, a sloped continuum),
@@ -18,7 +19,7 @@ inside the fits) and the per-spectrum overhead outside the fits,
 ``(workers * wall - sum(elapsed_s)) / N``: reading files, sending spectra,
 journaling rows, and workers waiting (for the local backend, workers = 1:
 the whole batch minus the fits, divided by N).  It also reports how closely
-the Ray catalog agrees with the local one (largest label difference).
+the Ray and processes catalogs agree with the local one (largest label difference).
 
 Prints and saves JSON to benchmarks/results/batch_throughput.json.
 
@@ -92,7 +93,7 @@ def measure(folder: Path, emulator, out: Path, *, backend: str, workers: int, op
     from stellarfit.inference.batch import fit_batch_files
     from stellarfit.results import read_catalog
 
-    extra = {"workers": workers, "chunk_size": chunk_size} if backend == "ray" else {}
+    extra = {"workers": workers, "chunk_size": chunk_size} if backend in ("ray", "processes") else {}
     if backend == "local-vectorized":
         backend, extra = "local", {"vectorize": vectorize}
     start = time.perf_counter()
@@ -101,7 +102,7 @@ def measure(folder: Path, emulator, out: Path, *, backend: str, workers: int, op
     catalog = read_catalog(out)
     elapsed = np.asarray(catalog["elapsed_s"], np.float64)
     n = len(catalog)
-    used = workers if backend == "ray" else 1
+    used = workers if backend in ("ray", "processes") else 1
     return {
         "n_spectra": n, "n_ok": summary.n_ok, "n_failed": summary.n_failed, "workers": used,
         "wall_s": wall, "spectra_per_hour": 3600.0 * n / wall,
@@ -134,10 +135,11 @@ def main(argv=None) -> int:
     parser.add_argument("--emulator", required=True,
                         help="emulator directory or shipped name, or 'toy' (a tiny toy Payne trained on the spot)")
     parser.add_argument("--n", type=int, default=32, help="simulated spectra (default 32)")
-    parser.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="spectra per Ray task (default: the library's, 8)")
-    parser.add_argument("--backends", nargs="+", choices=["local", "local-vectorized", "ray"],
-                        default=["local", "local-vectorized", "ray"])
+    parser.add_argument("--workers", type=int, default=2, help="Ray workers or pinned worker processes (default 2)")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="spectra per task (default: the library's, 8 for Ray and 1 for processes)")
+    parser.add_argument("--backends", nargs="+", choices=["local", "local-vectorized", "processes", "ray"],
+                        default=["local", "local-vectorized", "processes", "ray"])
     parser.add_argument("--resolution", type=float, default=None,
                         help="resolving power of the simulated spectra (default: 2/3 of the emulator's)")
     parser.add_argument("--snr", type=float, default=100.0)
@@ -195,6 +197,9 @@ def main(argv=None) -> int:
         if {"local", "ray"} <= set(args.backends):
             report["agreement_local_vs_ray"] = agreement(work / "local_cold.fits", work / "ray_cold.fits")
             print("local vs ray:", report["agreement_local_vs_ray"])
+        if {"local", "processes"} <= set(args.backends):
+            report["agreement_local_vs_processes"] = agreement(work / "local_cold.fits", work / "processes_cold.fits")
+            print("local vs processes:", report["agreement_local_vs_processes"])
         if {"local", "local-vectorized"} <= set(args.backends):
             report["agreement_local_vs_vectorized"] = agreement(work / "local_cold.fits", work / "local-vectorized_cold.fits")
             print("local vs local-vectorized:", report["agreement_local_vs_vectorized"])

@@ -7,9 +7,13 @@ Fits the shipped example spectrum, then a second spectrum on the same pixels
 XLA compilation; the second shows the cost per further star, since programs are
 compiled once per forward model.  Reported per fit: wall time, sampler time,
 gradient evaluations (warm-up + draws), min bulk ESS, gradient evaluations per
-effective sample, max R-hat, divergences.
+effective sample, max R-hat, divergences.  ``nuts:<chain_method>`` (and
+``blackjax:<chain_method>``) compare how the chains run, e.g. ``processes``
+(worker processes pinned one per core; their start-up and compilation are in
+the first fit) against ``sequential`` (one after another in this process).
 
     python benchmarks/bench_nuts.py --emulator payne-default
+    python benchmarks/bench_nuts.py --methods map nuts:processes nuts:sequential blackjax:processes blackjax:sequential
 
 Results: benchmarks/results/nuts_speed_<emulator>.{json,md}.
 """

@@ -20,7 +20,10 @@ def _release_compiled_programs():
     yield
     import jax
 
+    from stellarfit._workers import shutdown_pools
+
     jax.clear_caches()
+    shutdown_pools()  # worker processes (chain_method / backend "processes") and their compiled programs
 
 
 @pytest.fixture(autouse=True)

@@ -149,7 +149,7 @@ def test_batch_settings_errors(files, tmp_path):
     with pytest.raises(ValueError, match="not available"):
         fit_batch_files(files, STUB, tmp_path / "r.fits", method="simplex")
     with pytest.raises(ValueError, match="only apply to backend='ray'"):
-        fit_batch_files(files, STUB, tmp_path / "r.fits", workers=2)
+        fit_batch_files(files, STUB, tmp_path / "r.fits", backend="local", workers=2)
     with pytest.raises(ValueError, match="catalog format"):
         fit_batch_files(files, STUB, tmp_path / "r.txt")
     try:

@@ -321,7 +321,7 @@ def test_numpyro_fit_star_second_spectrum_compiles_nothing(emulator):
 
     first, second = observe([0.3, -0.1, 0.2], 40.0, 150.0, 1), observe([0.6, 0.3, -0.1], -90.0, 60.0, 2)
     options = dict(method="nuts", n_starts=2, adam_steps=60, rv_range=(-300.0, 300.0), vsini_max=20.0,
-                   num_warmup=20, num_samples=10, num_chains=2, seed=0)
+                   num_warmup=20, num_samples=10, num_chains=2, seed=0, chain_method="sequential")
     fit_star(first, emulator, **options)
     jitted = (nuts_module._numpyro_chains, map_module._optimize_starts, map_module._hessian_scaled, map_module._rv_chi2_scan)
     sizes = [f._cache_size() for f in jitted]
@@ -343,6 +343,55 @@ def test_numpyro_fit_star_second_spectrum_compiles_nothing(emulator):
     assert result.labels["rv"]["value"] == pytest.approx(-90.0, abs=3.0)
     assert result.diagnostics["backend"] == "numpyro" and len(result.diagnostics["step_size"]) == 2
     assert result.sample_stats["n_steps"].shape == (2, 10) and result.diagnostics["gradient_evaluations_warmup"] >= 20
+
+
+@pytest.mark.parametrize("method", ["nuts", "blackjax"])
+def test_chains_in_pinned_worker_processes_match_sequential(emulator, method):
+    """chain_method="processes" deals the chains out to worker processes pinned one per core; each chain
+    runs the same program with the same key and start as in "sequential", so the draws agree."""
+    from stellarfit import _workers
+    from stellarfit.inference import fit_star
+    from stellarfit.inference._processes import usable
+    from stellarfit.inference.fit import _prepare
+    from stellarfit.spectra import ObservedSpectrum
+
+    wavelength = log_lambda_grid(5008.0, 5090.0, 20_000.0, 3.0)
+    continuum = 50.0 * (1 + 0.05 * (wavelength - 5050.0) / 40.0)
+    from stellarfit.inference import forward_model_for
+
+    model = forward_model_for(emulator, wavelength, 20_000.0, rv_range=(20.0, 30.0))
+    flux = continuum * np.asarray(model(np.asarray([0.2, 0.1, -0.2], np.float32), 25.0, 0.0), dtype=np.float64)
+    flux = flux + np.random.default_rng(7).normal(size=wavelength.size) * continuum / 80.0
+    spectrum = ObservedSpectrum.from_arrays(wavelength, flux, sigma=continuum / 80.0, resolution=20_000.0)
+    options = dict(method=method, n_starts=2, adam_steps=60, rv_range=(-300.0, 300.0), vsini_max=20.0,
+                   num_warmup=40, num_samples=30, num_chains=3, seed=2)
+    problem = _prepare(spectrum, emulator, priors=None, rv_range=(-300.0, 300.0), rv_window=50.0, vsini_max=20.0,
+                       continuum_degree=2).problem
+    if usable(problem, 3) is not None:  # one core, or not Linux: a clear error, and "auto" runs sequentially
+        with pytest.raises(ValueError, match="chain_method='processes' cannot run here"):
+            fit_star(spectrum, emulator, chain_method="processes", **options)
+        assert fit_star(spectrum, emulator, **options).diagnostics["chain_method"] == "sequential"
+        return
+    sequential = fit_star(spectrum, emulator, chain_method="sequential", **options)
+    automatic = fit_star(spectrum, emulator, **options)  # "auto" picks the worker processes here
+    assert automatic.diagnostics["chain_method"] == "processes"
+    assert _workers.get_pool(2).cores == _workers.usable_cores()[:2]
+    assert automatic.samples.shape == sequential.samples.shape == (3, 30, 5)
+    for key in ("gradient_evaluations", "gradient_evaluations_warmup"):
+        assert automatic.diagnostics[key] == sequential.diagnostics[key]
+    np.testing.assert_allclose(automatic.samples, sequential.samples, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(automatic.diagnostics["step_size"], sequential.diagnostics["step_size"], rtol=1e-4)
+
+
+def test_processes_chain_method_needs_a_problem_built_from_an_emulator(runs):
+    best, _, _ = runs
+    _, marginalized = make_problem(snr=400.0)  # ForwardModel(flux_fn, ...): no emulator to send to a worker
+    with pytest.raises(ValueError, match="cannot run here: .*(not built from an emulator|one core|cannot pin)"):
+        sample_numpyro(marginalized, best.theta, best.covariance, num_warmup=5, num_samples=5, num_chains=2,
+                       chain_method="processes")
+    with pytest.raises(ValueError, match="custom model or log density"):
+        sample_blackjax(marginalized, best.theta, best.covariance, num_warmup=5, num_samples=5, num_chains=2,
+                        chain_method="processes", logdensity_fn=marginalized.log_density_unconstrained)
 
 
 @pytest.mark.slow

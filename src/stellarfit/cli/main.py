@@ -326,7 +326,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise UsageError(f"--prior {text!r}: expected NAME:MEAN:SIGMA, e.g. logg:4.4:0.05") from None
     _log(f"fitting {args.spectrum} ({spectrum.n_good} good pixels) with {args.emulator} by {args.method}")
     try:
-        sampler = {} if args.method == "map" else {"num_chains": args.chains, "num_warmup": args.warmup, "num_samples": args.samples}
+        sampler = {} if args.method == "map" else {"num_chains": args.chains, "num_warmup": args.warmup, "num_samples": args.samples,
+                                                   "chain_method": args.chain_method}
         result = fit_star(spectrum, emulator, method=args.method, priors=priors, n_starts=args.starts, seed=args.seed, **sampler)
     except (ObservationOutsideEmulatorError, KeyError) as error:
         raise UsageError(str(error)) from None
@@ -603,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
     fit.add_argument("--warmup", type=int, default=500, help="NUTS warm-up steps per chain (default 500)")
     fit.add_argument("--samples", type=int, default=500, help="NUTS draws per chain (default 500)")
+    fit.add_argument("--chain-method", default="auto", choices=["auto", "sequential", "processes", "vectorized"],
+                     help="how NUTS chains run: auto (default: worker processes pinned one per core on a multi-core "
+                          "Linux CPU, else one after another; vectorized on a GPU), sequential, processes, vectorized")
     fit.add_argument("--format", default=None, help="spectrum format (default: detected)")
     fit.add_argument("--resolution", type=float, default=None, help="resolving power, when the file does not give it")
     fit.add_argument("--snr", type=float, default=None, help="S/N per pixel, for files without uncertainties")
@@ -644,13 +648,17 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--format", default=None, help="spectrum format of every file (default: detected per file)")
     batch.add_argument("--resolution", type=float, default=None, help="resolving power, for files that do not give it")
     batch.add_argument("--snr", type=float, default=None, help="S/N per pixel, for files without uncertainties")
-    batch.add_argument("--backend", choices=["local", "ray"], default="local",
-                       help="where to fit: local (this process, default) or ray (a Ray cluster; pip install 'stellarfit[ray]')")
+    batch.add_argument("--backend", choices=["auto", "local", "processes", "ray"], default="auto",
+                       help="where to fit: auto (default: processes on a multi-core Linux machine for several files, else "
+                            "local), local (this process), processes (worker processes pinned one per CPU core) or ray "
+                            "(a Ray cluster; pip install 'stellarfit[ray]')")
     batch.add_argument("--workers", type=int, default=None,
-                       help="ray: number of workers (default: the CPUs of this machine, or of the cluster given by --ray-address)")
+                       help="processes: worker processes (default: one per core); ray: number of workers (default: the "
+                            "CPUs of this machine, or of the cluster given by --ray-address)")
     batch.add_argument("--ray-address", default=None,
                        help="ray: address of an existing cluster ('auto', HOST:6379, ray://HOST:10001; default: a local cluster for this run)")
-    batch.add_argument("--chunk-size", type=int, default=None, help="ray: spectra per Ray task (default 8)")
+    batch.add_argument("--chunk-size", type=int, default=None,
+                       help="spectra per task: ray (default 8), processes (default 1)")
     batch.add_argument("--vectorize", type=int, default=None, metavar="N",
                        help="map or nuts: fit N spectra at a time in one vectorized program (fills a GPU; with ray, per worker chunk)")
     batch.add_argument("--starts", type=int, default=8, help="MAP starting points per spectrum (default 8)")

@@ -228,6 +228,8 @@ class ForwardModel:
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}, got {interpolation!r}")
         self.interpolation = interpolation
+        #: (emulator, observed wavelength, observed resolution, options) for models made by from_emulator, else None
+        self.source = None
         rv_min, rv_max = (float(v) for v in rv_range)
         if not -3e4 < rv_min <= rv_max < 3e4:
             raise ValueError(f"rv_range must satisfy -30000 < min <= max < 30000 km/s, got {rv_range}")
@@ -414,6 +416,8 @@ class ForwardModel:
         model = cls(None, emulator.wavelength, emulator.native_resolution, observed_wavelength, observed_resolution, **options)
         native_flux = emulator.flux_fn(model.native_wavelength)
         model._flux_fn = lambda labels, wavelength: native_flux(labels)
+        # what rebuilds this model elsewhere (worker processes, see stellarfit.inference._processes)
+        model.source = (emulator, np.asarray(observed_wavelength, dtype=np.float64), observed_resolution, dict(options))
         return model
 
     def coverage(self, rv_range: tuple[float, float]) -> np.ndarray:

@@ -14,7 +14,17 @@ catalog).
 
 Backends:
 
+- ``'auto'`` (default): ``'processes'`` where it applies (Linux, >= 2 usable
+  cores, >= 2 input files, the built-in fit, a stellarfit Emulator, no
+  ``vectorize``), else ``'local'``.
 - ``'local'``: this process, one spectrum after the other.
+- ``'processes'``: worker processes on this machine, each pinned to its own CPU
+  core (:mod:`stellarfit._workers`: XLA gains nothing from more cores on one
+  small fit, but pinned processes run side by side at full speed).  Like Ray
+  below, the driver reads, journals and hands out chunks of ``chunk_size``
+  spectra (default 1); each worker loads the emulator once and keeps its
+  compiled programs.  NUTS fits run their chains one after another inside a
+  worker (``chain_method="sequential"`` unless ``fit_options`` say otherwise).
 - ``'ray'``: a Ray cluster (a local one started for the run, or an existing
   one).  The driver (this process) still reads the files, skips what the
   journal has, and alone writes the journal; it sends chunks of
@@ -64,7 +74,8 @@ class BatchSummary:
         n_fitted: spectra fitted (or failed) in this run; n_skipped: already in the journal.
         n_files: input files after expansion.
         elapsed_s: wall time of this run [s].
-        backend: "local" or "ray"; workers: 1 for local, the Ray workers for ray (0: Ray was not needed).
+        backend: "local", "processes" or "ray" (what "auto" chose); workers: 1 for local, the worker
+            processes, or the Ray workers for ray (0: Ray was not needed).
     """
 
     out: str
@@ -321,7 +332,7 @@ def fit_batch_files(
     format: str | None = None,  # noqa: A002
     resolution: float | None = None,
     snr: float | None = None,
-    backend: str = "local",
+    backend: str = "auto",
     retry_failed: bool = False,
     progress: bool = True,
     fit_options: Mapping[str, Any] | None = None,
@@ -342,7 +353,9 @@ def fit_batch_files(
         format: spectrum format for every file (default: detected per file).
         resolution: resolving power for files that do not give it.
         snr: S/N per pixel for files without uncertainties.
-        backend: "local" (this process) or "ray" (a Ray cluster; needs ``pip install 'stellarfit[ray]'``).
+        backend: "auto" (default: "processes" where it applies, else "local"; see the module docstring),
+            "local" (this process), "processes" (worker processes pinned one per core on this machine)
+            or "ray" (a Ray cluster; needs ``pip install 'stellarfit[ray]'``).
         retry_failed: refit spectra recorded as failed in the journal.
         progress: a tqdm progress bar with ETA on stderr.
         fit_options: extra keyword arguments for ``fit_star`` (n_starts, rv_range, ...).
@@ -351,10 +364,11 @@ def fit_batch_files(
         fit_function: ``fit_function(spectrum, emulator, method=..., **fit_options) -> FitResult``
             instead of :func:`~stellarfit.inference.fit_star` (a custom fit pipeline); with
             backend="ray" it must be picklable (e.g. a module-level function).
-        workers: backend="ray" only: number of Ray workers (CPUs of the local cluster started for
-            the run; chunks in flight are at most twice this).  Default: the CPUs of this machine
-            for a new local cluster, the CPUs of the cluster otherwise.
-        chunk_size: backend="ray" only: spectra per Ray task (default 8).
+        workers: backend="processes": worker processes (default: one per usable core); backend="ray":
+            number of Ray workers (CPUs of the local cluster started for the run; chunks in flight are
+            at most twice this; default: the CPUs of this machine for a new local cluster, the CPUs of
+            the cluster otherwise).
+        chunk_size: spectra per task: backend="ray" (default 8) or "processes" (default 1).
         ray_address: backend="ray" only: address of an existing Ray cluster (``"auto"``,
             ``"ray://host:10001"``, ``"host:6379"``).  Default: a local cluster for this run,
             or the one this process is already connected to (``ray.init`` called before).
@@ -375,14 +389,17 @@ def fit_batch_files(
     from stellarfit.results import Journal, catalog_format, write_catalog
 
     start = time.perf_counter()
-    if backend not in ("local", "ray"):
-        raise ValueError(f"unknown backend {backend!r}; available: 'local', 'ray'")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; available: {', '.join(map(repr, BACKENDS))}")
     if backend == "local":
         given = [name for name, value in (("workers", workers), ("chunk_size", chunk_size), ("ray_address", ray_address))
                  if value is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} only apply to backend='ray'; pass backend='ray' or leave them out")
+            raise ValueError(f"{', '.join(given)} only apply to backend='ray' or 'processes'; pass one of them or "
+                             "leave them out")
     else:
+        if backend == "processes" and ray_address is not None:
+            raise ValueError("ray_address only applies to backend='ray'")
         _check_count("workers", workers)
         _check_count("chunk_size", chunk_size)
     from stellarfit.inference import fit as fit_module
@@ -410,6 +427,10 @@ def fit_batch_files(
         from stellarfit.emulators import load_emulator
 
         emulator = load_emulator(emulator)
+    if backend == "auto":
+        backend = _auto_backend(len(files), emulator, fit_function, vectorize, workers, ray_address)
+    if backend == "processes":
+        _check_for_processes(emulator, fit_function)
     emulator_name = str(emulator.metadata.get("name", type(emulator).__name__))
     options: dict[str, Any] = {}
     if resolution is not None:
@@ -440,6 +461,10 @@ def fit_batch_files(
                         pending = []
                 for row in _fit_items(fit, emulator, pending, method, fit_options, emulator_name, vectorize):
                     recorder.record(row)
+            elif backend == "processes":
+                n_workers = _run_on_processes(items, recorder, emulator=emulator, fit_function=fit_function,
+                                              method=method, fit_options=fit_options, emulator_name=emulator_name,
+                                              workers=workers, chunk_size=chunk_size or 1, vectorize=vectorize)
             else:
                 n_workers = _run_on_ray(items, recorder, emulator=emulator, fit_function=fit_function, method=method,
                                         fit_options=fit_options, emulator_name=emulator_name, workers=workers,
@@ -459,6 +484,45 @@ def fit_batch_files(
         n_skipped=recorder.n_skipped, n_files=len(files), elapsed_s=time.perf_counter() - start, backend=backend,
         workers=n_workers,
     )
+
+
+#: where fit_batch_files fits
+BACKENDS = ("auto", "local", "processes", "ray")
+
+
+def _auto_backend(n_files: int, emulator, fit_function, vectorize, workers, ray_address) -> str:
+    """backend="auto": "processes" for the built-in fit of several files on a multi-core Linux machine, else "local"."""
+    from stellarfit import _workers
+    from stellarfit.emulators import Emulator
+
+    if ray_address is not None:
+        return "ray"
+    if workers is not None:  # asked for workers: processes where they can run, else the explicit error of "processes"
+        return "processes"
+    if (n_files >= 2 and fit_function is None and vectorize is None and isinstance(emulator, Emulator)
+            and _workers.can_pin() and len(_workers.usable_cores()) >= 2):
+        return "processes"
+    return "local"
+
+
+def _check_for_processes(emulator, fit_function) -> None:
+    """Clear errors, before anything is read, for what cannot go to worker processes."""
+    import pickle
+
+    from stellarfit.emulators import Emulator
+
+    if fit_function is not None:
+        try:
+            pickle.dumps(fit_function)
+        except Exception as error:
+            raise TypeError(f"fit_function {fit_function!r} cannot be sent to worker processes ({_message(error)}); "
+                            "use a function defined at module level in an importable module, or backend='local'") from None
+    if not isinstance(emulator, Emulator):
+        try:
+            pickle.dumps(emulator)
+        except Exception as error:
+            raise TypeError(f"the emulator ({type(emulator).__name__}) cannot be sent to worker processes "
+                            f"({_message(error)}); pass a stellarfit Emulator or its name/path, or use backend='local'") from None
 
 
 def _check_count(name: str, value: int | None) -> None:
@@ -558,6 +622,13 @@ class _WorkerSetupError(RuntimeError):
     """A Ray worker could not get ready to fit (emulator loading)."""
 
 
+def _one_core_options(method: str, fit_options: Mapping[str, Any]) -> Mapping[str, Any]:
+    """In a worker that owns one core: NUTS chains one after another unless the options say otherwise."""
+    if method in ("nuts", "blackjax") and "chain_method" not in fit_options:
+        return {**fit_options, "chain_method": "sequential"}
+    return fit_options
+
+
 def _fit_chunk(emulator_spec: Mapping[str, Any], fit_function, method: str, fit_options: Mapping[str, Any],
                emulator_name: str, items: Sequence[_Item], vectorize: int | None = None) -> list[dict[str, Any]]:
     """Runs in a Ray worker: the catalog rows of a chunk of spectra."""
@@ -567,7 +638,100 @@ def _fit_chunk(emulator_spec: Mapping[str, Any], fit_function, method: str, fit_
         raise _WorkerSetupError(f"the Ray worker could not load the emulator: {_message(error)}") from error
     if fit_function is None:
         from stellarfit.inference.fit import fit_star as fit_function
-    return _fit_items(fit_function, emulator, items, method, fit_options, emulator_name, vectorize)
+    return _fit_items(fit_function, emulator, items, method, _one_core_options(method, fit_options), emulator_name,
+                      vectorize)
+
+
+# -- the processes backend ---------------------------------------------------------------
+def _identity(value):
+    return value
+
+
+def _fit_chunk_in_process(emulator_key: str, fit_function, method: str, fit_options: Mapping[str, Any],
+                          emulator_name: str, items: Sequence[_Item], vectorize: int | None) -> list[dict[str, Any]]:
+    """Runs in a pinned worker process: the catalog rows of a chunk of spectra."""
+    from stellarfit import _workers
+
+    try:
+        emulator = _workers.shared(emulator_key)
+    except Exception as error:
+        raise _WorkerSetupError(f"the worker process could not load the emulator: {_message(error)}") from error
+    if fit_function is None:
+        from stellarfit.inference.fit import fit_star as fit_function
+    return _fit_items(fit_function, emulator, items, method, _one_core_options(method, fit_options), emulator_name,
+                      vectorize)
+
+
+def _run_on_processes(items: Iterable[_Item], recorder: _Recorder, *, emulator, fit_function, method: str,
+                      fit_options: Mapping[str, Any], emulator_name: str, workers: int | None, chunk_size: int,
+                      vectorize: int | None) -> int:
+    """Fit ``items`` on pinned worker processes, journaling rows as chunks complete; returns the number of workers.
+
+    The workers start (and the emulator is sent) when the first chunk is ready: a rerun
+    with nothing left to fit starts none.  One chunk per worker in flight.
+    """
+    from stellarfit import _workers
+    from stellarfit.emulators import Emulator
+    from stellarfit.inference.fit import FLAGS
+    from stellarfit.results import failed_row
+
+    n_workers = workers or max(1, len(_workers.usable_cores()))
+    session: dict[str, Any] = {}
+    in_flight: dict[int, list[_Item]] = {}
+
+    def start() -> None:
+        if isinstance(emulator, Emulator):
+            from stellarfit.inference._processes import _emulator_files, load_emulator_files
+
+            key, files = _emulator_files(emulator)
+            shared = {key: (load_emulator_files, (files,))}
+        else:
+            key = f"object-{id(emulator)}-{uuid.uuid4().hex}"
+            shared = {key: (_identity, (emulator,))}
+        session.update(pool=_workers.get_pool(n_workers), key=key, shared=shared)
+
+    def submit(chunk: list[_Item]) -> None:
+        if not session:
+            start()
+        pool = session["pool"]
+        while pool.busy >= pool.n_workers:
+            collect(block=True)
+        task = pool.submit(_fit_chunk_in_process, session["key"], fit_function, method, fit_options, emulator_name, chunk,
+                           vectorize, shared=session["shared"])
+        in_flight[task] = chunk
+
+    def collect(block: bool) -> None:
+        if not session:
+            return
+        for task, (ok, value) in sorted(session["pool"].collect(block=block).items()):
+            chunk = in_flight.pop(task)
+            if ok:
+                rows = value
+            elif isinstance(value, _workers.WorkerDied):  # record, go on (the pool replaces the worker)
+                rows = [failed_row(source=item.source, index=item.index, object_id=item.object_id, format=item.format,
+                                   error=f"{_message(value)} (rerun with retry_failed to refit)", method=method,
+                                   emulator=emulator_name, flags=FLAGS["fit_failed"]) for item in chunk]
+            else:  # raised by our code outside the per-spectrum fits (each fit records its own failure)
+                raise RuntimeError(f"the worker processes could not fit: {_message(value)}") from value
+            for row in rows:
+                recorder.record(row)
+
+    try:
+        chunk: list[_Item] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= chunk_size:
+                submit(chunk)
+                chunk = []
+            collect(block=False)
+        if chunk:
+            submit(chunk)
+        while in_flight:
+            collect(block=True)
+    finally:
+        if in_flight:  # interrupted: the chunks in flight are lost (not journaled); stop their workers
+            session["pool"].close()
+    return n_workers
 
 
 def _remote_fit_chunk(ray):

@@ -84,7 +84,7 @@ __all__ = [
 
 #: mass-matrix choices: adapted diagonal, adapted dense from the identity, adapted dense from the Laplace covariance
 MASS_MATRICES = ("diagonal", "dense", "laplace")
-CHAIN_METHODS = ("auto", "vectorized", "sequential", "parallel")
+CHAIN_METHODS = ("auto", "vectorized", "sequential", "parallel", "processes")
 
 
 @dataclasses.dataclass
@@ -414,12 +414,27 @@ def _laplace_inverse_mass(p: int) -> np.ndarray:
     return np.eye(p) if _LAPLACE_ADAPTATION == "dense" else np.ones(p)
 
 
-def _resolve_chain_method(chain_method: str) -> str:
-    """"auto": one chain after another on a CPU (a vmapped gradient batch costs about as much as
-    the chains' gradients one by one there, and vmapped chains wait for the longest trajectory),
-    vectorized on an accelerator."""
+def _resolve_chain_method(chain_method: str, problem: FitProblem | None = None, num_chains: int = 1,
+                          portable: bool = True) -> str:
+    """"auto": on an accelerator, vectorized; on a CPU, the chains split over worker processes pinned
+    one per core ("processes") where that works (Linux, >= 2 cores, >= 2 chains, a problem built from
+    a stellarfit Emulator, the built-in model), else one chain after another ("sequential": a vmapped
+    gradient batch costs about as much as the chains' gradients one by one on a CPU, and vmapped
+    chains wait for the longest trajectory).  ``portable``: the sampler's model can be rebuilt in a
+    worker (the built-in NumPyro model or log density)."""
+    from stellarfit.inference import _processes
+
     if chain_method == "auto":
-        return "sequential" if jax.default_backend() == "cpu" else "vectorized"
+        if jax.default_backend() != "cpu":
+            return "vectorized"
+        if portable and problem is not None and _processes.usable(problem, num_chains) is None:
+            return "processes"
+        return "sequential"
+    if chain_method == "processes":
+        reason = "a custom model or log density stays in this process" if not portable else (
+            None if problem is None else _processes.usable(problem, num_chains))
+        if reason is not None:
+            raise ValueError(f"chain_method='processes' cannot run here: {reason}; use chain_method='sequential'")
     return chain_method
 
 
@@ -656,7 +671,7 @@ def sample_numpyro(
             one wrapping ``numpyro_model(problem)`` (compiled on every call).
     """
     check_sampler_settings(problem, num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix, jitter, chain_method)
-    chain_method = _resolve_chain_method(chain_method)
+    chain_method = _resolve_chain_method(chain_method, problem, num_chains, portable=model is None)
     if chain_method == "parallel" and num_chains > jax.local_device_count():
         raise ValueError(
             f"chain_method='parallel' needs one device per chain ({num_chains} chains, {jax.local_device_count()} device(s)); "
@@ -670,7 +685,11 @@ def sample_numpyro(
                               depth=int(max_tree_depth), target_accept=float(target_accept), dense=dense)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
     arguments = (problem, keys, *(jnp.asarray(a, jnp.float32) for a in (start.w_init, start.center, start.factor, start.inverse_mass)))
-    if chain_method == "parallel":
+    if chain_method == "processes":
+        from stellarfit.inference import _processes
+
+        outputs = _processes.run_chains("numpyro", problem, *arguments[1:], options)
+    elif chain_method == "parallel":
         parallel = _numpyro_chains_parallel if reusable else jax.pmap(
             _numpyro_one_chain, in_axes=(None, 0, 0, None, None, None), static_broadcasted_argnums=(6,))
         outputs = parallel(*arguments, options)
@@ -840,7 +859,7 @@ def sample_blackjax(
     """
     check_sampler_settings(problem, num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix, jitter,
                            chain_method)
-    chain_method = _resolve_chain_method(chain_method)
+    chain_method = _resolve_chain_method(chain_method, problem, num_chains, portable=logdensity_fn is None)
     if chain_method == "parallel":
         raise ValueError("sample_blackjax runs chains 'sequential' or 'vectorized' (or 'auto'); 'parallel' is NumPyro's only")
     start_time = time.perf_counter()
@@ -851,7 +870,11 @@ def sample_blackjax(
     options = dict(num_warmup=int(num_warmup), num_samples=int(num_samples), depth=depth, target_accept=float(target_accept),
                    diagonal=diagonal, chain_method=chain_method)
     arguments = tuple(jnp.asarray(a, jnp.float32) for a in (start.w_init, start.center, start.factor, start.inverse_mass))
-    if logdensity_fn is None:
+    if chain_method == "processes":
+        from stellarfit.inference import _processes
+
+        outputs = _processes.run_chains("blackjax", problem, keys, *arguments, options)
+    elif logdensity_fn is None:
         # compiled once per forward model and settings: the problem's data are arguments
         outputs = _blackjax_chains(problem, keys, *arguments, **options)
     else:

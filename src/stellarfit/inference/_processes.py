@@ -1,0 +1,156 @@
+"""NUTS chains split over worker processes pinned one per CPU core (``chain_method="processes"``).
+
+On a multi-core CPU, XLA does not run one small program faster on more cores
+(:mod:`stellarfit._workers` has the measurements), but separate processes
+pinned to separate cores run side by side at full speed.  So the chains of a
+fit are dealt out to ``min(num_chains, cores)`` worker processes; each runs
+its share one after another in the same jitted program as
+``chain_method="sequential"`` (same chain keys and starts: the draws of a chain
+do not depend on where it ran), and the parent joins them.
+
+The workers rebuild the fit there: the emulator travels once per worker as
+its checkpoint files (``Emulator.save``: JSON + npz, no pickle), the forward
+model is rebuilt from the observed pixels and options that made it
+(:func:`~stellarfit.inference.fit.forward_model_for`; cached in the worker, so
+spectra on the same pixels reuse its compiled programs), and the problem's
+data arrays travel with each task.  The pool outlives the fit
+(:func:`stellarfit._workers.get_pool`): the second star pays no start-up and
+no compilation.
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: parent side: id(emulator) -> (emulator, key, files) of recently sent emulators
+_PAYLOADS: "collections.OrderedDict[int, tuple[Any, str, dict]]" = collections.OrderedDict()
+#: worker side: pickled label specs -> one LabelSpec object (the compiled programs are keyed on its identity)
+_SPECS: dict[bytes, Any] = {}
+
+
+def usable(problem, num_chains: int) -> str | None:
+    """None when ``problem``'s chains can run in worker processes here, else the reason they cannot."""
+    from stellarfit import _workers
+    from stellarfit.emulators import Emulator
+
+    if num_chains < 2:
+        return "one chain"
+    if not _workers.can_pin():
+        return "this OS cannot pin processes to cores (os.sched_setaffinity is Linux-only)"
+    if len(_workers.usable_cores()) < 2:
+        return "this process may use one CPU core only"
+    source = getattr(problem.forward_model, "source", None)
+    if source is None:
+        return "the forward model was not built from an emulator (ForwardModel.from_emulator / forward_model_for)"
+    if not isinstance(source[0], Emulator):
+        return f"the emulator ({type(source[0]).__name__}) is not a stellarfit Emulator that can be saved and reloaded"
+    return None
+
+
+def n_workers(num_chains: int) -> int:
+    from stellarfit import _workers
+
+    return max(1, min(num_chains, len(_workers.usable_cores())))
+
+
+def _emulator_files(emulator) -> tuple[str, dict[str, bytes]]:
+    cached = _PAYLOADS.get(id(emulator))
+    if cached is not None and cached[0] is emulator:
+        _PAYLOADS.move_to_end(id(emulator))
+        return cached[1], cached[2]
+    from stellarfit.inference.batch import _checkpoint_digest
+
+    with tempfile.TemporaryDirectory(prefix="stellarfit-emulator-") as directory:
+        emulator.save(directory, overwrite=True)
+        files = {path.name: path.read_bytes() for path in sorted(Path(directory).iterdir()) if path.is_file()}
+    key = "emulator-" + _checkpoint_digest(files)
+    _PAYLOADS[id(emulator)] = (emulator, key, files)
+    while len(_PAYLOADS) > 2:
+        _PAYLOADS.popitem(last=False)
+    return key, files
+
+
+def load_emulator_files(files: dict[str, bytes]):
+    """Worker side: an emulator from its checkpoint files' bytes."""
+    from stellarfit.emulators import load_emulator
+
+    with tempfile.TemporaryDirectory(prefix="stellarfit-emulator-") as directory:
+        for name, data in files.items():
+            Path(directory, name).write_bytes(data)
+        return load_emulator(directory)  # reads every array into memory: the files can go
+
+
+def _label_spec(emulator, spec):
+    if spec == emulator.label_spec:
+        return emulator.label_spec
+    import pickle
+
+    return _SPECS.setdefault(pickle.dumps(spec), spec)
+
+
+def _problem_in_worker(emulator_key: str, source: tuple, children: tuple, static: tuple):
+    import jax.numpy as jnp
+
+    from stellarfit import _workers
+    from stellarfit.inference.fit import forward_model_for
+    from stellarfit.inference.likelihood import FitProblem, _Identity
+
+    emulator = _workers.shared(emulator_key)
+    wavelength, resolution, options = source
+    model = forward_model_for(emulator, wavelength, resolution, **options)
+    spec, *rest = static
+    children = tuple(None if c is None else jnp.asarray(c) for c in children)
+    return FitProblem.tree_unflatten((model, _Identity(_label_spec(emulator, spec)), *rest), children)
+
+
+def run_chains_in_worker(sampler: str, emulator_key: str, source: tuple, children: tuple, static: tuple,
+                         arrays: tuple, options: Any):
+    """Worker side: the chains of ``arrays`` (keys, starts, whitening, mass matrix), as numpy outputs."""
+    import jax
+
+    from stellarfit.inference import nuts
+
+    problem = _problem_in_worker(emulator_key, source, children, static)
+    keys, *rest = (jax.numpy.asarray(a) for a in arrays)
+    if sampler == "numpyro":
+        outputs = nuts._numpyro_chains(problem, keys, *rest, options=options, chain_method="sequential")
+    else:
+        outputs = nuts._blackjax_chains(problem, keys, *rest, **{**options, "chain_method": "sequential"})
+    return jax.tree.map(np.asarray, jax.device_get(outputs))
+
+
+def run_chains(sampler: str, problem, keys, w_init, center, factor, inverse_mass, options):
+    """Parent side: the chains dealt out to pinned worker processes, outputs joined along the chain axis.
+
+    ``options``: the sampler's static settings (``_NumpyroOptions`` or the BlackJAX keyword dict).
+    """
+    import jax
+
+    from stellarfit import _workers
+
+    emulator, wavelength, resolution, model_options = problem.forward_model.source
+    key, files = _emulator_files(emulator)
+    children, static = problem.tree_flatten()
+    children = tuple(None if c is None else np.asarray(c) for c in children)
+    static = (static[1].value, *static[2:])  # the forward model is rebuilt in the worker; the label spec travels
+    keys, w_init = np.asarray(jax.random.key_data(keys) if _typed_key(keys) else keys), np.asarray(w_init)
+    center, factor, inverse_mass = (np.asarray(a) for a in (center, factor, inverse_mass))
+    num_chains = w_init.shape[0]
+    workers = n_workers(num_chains)
+    shares = [part for part in np.array_split(np.arange(num_chains), workers) if part.size]
+    pool = _workers.get_pool(workers)
+    calls = [(sampler, key, (wavelength, resolution, model_options), children, static,
+              (keys[part], w_init[part], center, factor, inverse_mass), options) for part in shares]
+    outputs = pool.map(run_chains_in_worker, calls, shared={key: (load_emulator_files, (files,))})
+    return jax.tree.map(lambda *parts: np.concatenate(parts, axis=0), *outputs)
+
+
+def _typed_key(keys) -> bool:
+    import jax
+
+    return jax.dtypes.issubdtype(getattr(keys, "dtype", np.float32), jax.dtypes.prng_key)
