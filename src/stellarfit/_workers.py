@@ -10,7 +10,9 @@ other, and two *unpinned* processes collapse to 5-15 ms per gradient (their
 thread pools oversubscribe the cores).  Two processes each pinned to its own
 core run at 1.54 / 1.86 and 1.76 / 2.11 ms: twice the throughput.  So a
 :class:`WorkerPool` starts one Python process per core, each pinned to its
-core (``os.sched_setaffinity``) before anything creates a thread.
+core (``os.sched_setaffinity``) before anything creates a thread; workers claim
+cores through lock files (:func:`pin_to_free_core`), so two runs on one machine
+spread over its cores instead of sharing the first ones.
 
 The workers are ``python -m stellarfit._workers`` subprocesses, not
 ``multiprocessing`` children: they do not re-import the caller's ``__main__``
@@ -48,7 +50,8 @@ import socket
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-__all__ = ["WorkerDied", "WorkerPool", "can_pin", "get_pool", "shared", "shutdown_pools", "usable_cores"]
+__all__ = ["WorkerDied", "WorkerPool", "can_pin", "get_pool", "pin_to_free_core", "shared", "shutdown_pools",
+           "usable_cores"]
 
 #: seconds a new worker may take to import Python and connect back
 _START_TIMEOUT = 120.0
@@ -68,8 +71,55 @@ def usable_cores() -> list[int]:
 
 
 def can_pin() -> bool:
-    """Whether worker processes can be pinned to cores here (Linux: ``os.sched_setaffinity``)."""
+    """Whether worker processes can be pinned to cores here (Linux: ``os.sched_setaffinity``) and
+    are to be (``STELLARFIT_PIN_WORKERS=0`` in the environment turns pinning off)."""
+    if os.environ.get("STELLARFIT_PIN_WORKERS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
     return hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")
+
+
+#: this process's claim on a core (pin_to_free_core): the open lock file, False if none was free, None if not tried
+_CORE_CLAIM: Any = None
+
+
+def pin_to_free_core(fallback: int | None = None) -> int | None:
+    """Pin this process to a core no other stellarfit worker on this machine holds; the core, or None.
+
+    Each worker (of a :class:`WorkerPool`, or started by another scheduler such
+    as Ray) claims the first of its usable cores whose lock file (in the
+    temporary directory) it can lock exclusively, keeps the lock for its
+    lifetime (the OS drops it when the process ends) and pins itself there, so
+    that two runs on one machine share its cores instead of piling onto the
+    same ones.  Call it before JAX runs anything in the process, so that XLA's
+    threads inherit the affinity.  With every core taken (more workers than
+    cores) it pins to ``fallback`` if given, else leaves the process as it is.
+    Idempotent.
+    """
+    global _CORE_CLAIM
+    if _CORE_CLAIM is not None:
+        return _CORE_CLAIM[1] if _CORE_CLAIM else None
+    _CORE_CLAIM = False
+    if not can_pin():
+        return None
+    import fcntl
+
+    directory = os.path.join(tempfile.gettempdir(), f"stellarfit-cores-{os.getuid()}")
+    os.makedirs(directory, exist_ok=True)
+    for core in usable_cores():
+        handle = open(os.path.join(directory, f"core-{core}.lock"), "w")  # noqa: SIM115 - held for the process lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        os.sched_setaffinity(0, {core})
+        _CORE_CLAIM = (handle, core)
+        return core
+    if fallback is not None:
+        os.sched_setaffinity(0, {fallback})
+        _CORE_CLAIM = (None, fallback)
+        return fallback
+    return None
 
 
 # -- in the worker ---------------------------------------------------------------------
@@ -146,7 +196,8 @@ class WorkerPool:
 
     @property
     def cores(self) -> list[int | None]:
-        """The core each worker is pinned to (None: not pinned)."""
+        """The core each worker is pinned to (None: not pinned): a core no other stellarfit worker on
+        this machine held when it started, else (all taken) its slot's core."""
         return [None if w is None else w.core for w in self._workers]
 
     def _start(self, slots) -> None:
@@ -176,8 +227,8 @@ class WorkerPool:
                 continue
             client.setblocking(True)
             connection = Connection(client.detach())
-            pid = connection.recv()
-            slot, process, core = pending.pop(pid)
+            pid, core = connection.recv()
+            slot, process, _ = pending.pop(pid)
             self._workers[slot] = _Worker(process, connection, core)
 
     def submit(self, function: Callable, *args, shared: Mapping[str, tuple[Callable, tuple]] | None = None,
@@ -229,11 +280,16 @@ class WorkerPool:
         """``[function(*args) for args in calls]`` on the workers; raises the first task's exception."""
         order = []
         outcomes: dict[int, tuple[bool, Any]] = {}
-        for args in calls:
-            order.append(self.submit(function, *args, shared=shared))
-            outcomes.update(self.collect(block=False))
-        while len(outcomes) < len(order):
-            outcomes.update(self.collect(block=True))
+        try:
+            for args in calls:
+                order.append(self.submit(function, *args, shared=shared))
+                outcomes.update(self.collect(block=False))
+            while len(outcomes) < len(order):
+                outcomes.update(self.collect(block=True))
+        except BaseException:  # interrupted (Ctrl-C) or failed here: stop the workers rather than leave them busy
+            if self.busy:
+                self.close()
+            raise
         values = []
         for task in order:
             ok, value = outcomes[task]
@@ -355,13 +411,14 @@ def _main(argv: list[str]) -> int:
 
 
 def _serve_entry(address: str, core: int | None) -> None:
-    # announce this process (the pool matches connections to the processes it started)
+    # a free core (other pools and Ray workers on this machine hold theirs), else the pool's choice
     if core is not None and can_pin():
-        os.sched_setaffinity(0, {core})
+        os.sched_setaffinity(0, {core})  # at once: nothing runs unpinned while the lock files are tried
+        core = pin_to_free_core(fallback=core)
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.connect(address)
     connection = Connection(client.detach())
-    connection.send(os.getpid())
+    connection.send((os.getpid(), core))  # the pool matches connections to the processes it started
     _loop(connection)
 
 

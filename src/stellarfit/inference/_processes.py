@@ -41,7 +41,8 @@ def usable(problem, num_chains: int) -> str | None:
     if num_chains < 2:
         return "one chain"
     if not _workers.can_pin():
-        return "this OS cannot pin processes to cores (os.sched_setaffinity is Linux-only)"
+        return ("worker processes cannot be pinned to cores here (that needs Linux's os.sched_setaffinity, and "
+                "STELLARFIT_PIN_WORKERS=0 turns it off)")
     if len(_workers.usable_cores()) < 2:
         return "this process may use one CPU core only"
     source = getattr(problem.forward_model, "source", None)

@@ -632,6 +632,10 @@ def _one_core_options(method: str, fit_options: Mapping[str, Any]) -> Mapping[st
 def _fit_chunk(emulator_spec: Mapping[str, Any], fit_function, method: str, fit_options: Mapping[str, Any],
                emulator_name: str, items: Sequence[_Item], vectorize: int | None = None) -> list[dict[str, Any]]:
     """Runs in a Ray worker: the catalog rows of a chunk of spectra."""
+    if emulator_spec.get("pin"):
+        from stellarfit._workers import pin_to_free_core
+
+        pin_to_free_core()  # before JAX runs here: one core per worker process, as the processes backend does
     try:
         emulator = _worker_emulator(emulator_spec)
     except Exception as error:
@@ -704,7 +708,9 @@ def _run_on_processes(items: Iterable[_Item], recorder: _Recorder, *, emulator, 
         if not session:
             return
         for task, (ok, value) in sorted(session["pool"].collect(block=block).items()):
-            chunk = in_flight.pop(task)
+            chunk = in_flight.pop(task, None)
+            if chunk is None:  # a task of an earlier, interrupted use of the shared pool
+                continue
             if ok:
                 rows = value
             elif isinstance(value, _workers.WorkerDied):  # record, go on (the pool replaces the worker)
@@ -800,7 +806,7 @@ def _run_on_ray(items: Iterable[_Item], recorder: _Recorder, *, emulator, fit_fu
         kind, key, payload = _emulator_payload(emulator)
         session.update(
             workers=n_workers, max_in_flight=2 * n_workers, remote=_remote_fit_chunk(ray),
-            emulator_spec={"kind": kind, "key": key,
+            emulator_spec={"kind": kind, "key": key, "pin": True,
                            "ref": _put(ray, payload, "the emulator", "pass a stellarfit Emulator or its name/path")},
             fit_reference=None if fit_function is None else _put(
                 ray, fit_function, f"fit_function {fit_function!r}", "use a module-level function or a picklable callable object"),
