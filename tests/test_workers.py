@@ -85,6 +85,17 @@ def test_shared_objects_load_once_per_worker(pool):
         pool.map(_read_shared, [("missing",)])
 
 
+def _failing_loader():
+    raise RuntimeError("cannot load the emulator")
+
+
+def test_a_failed_load_is_sent_again(pool):
+    with pytest.raises(RuntimeError, match="cannot load the emulator"):
+        pool.map(_read_shared, [("flaky",)], shared={"flaky": (_failing_loader, ())})
+    (pid, token), = pool.map(_read_shared, [("flaky",)], shared={"flaky": (_token, ())})
+    assert isinstance(token, str) and len(token) == 16
+
+
 def test_a_dead_worker_fails_its_task_and_is_replaced():
     with WorkerPool(1) as pool:
         (first_pid,) = pool.map(os.getpid, [()])

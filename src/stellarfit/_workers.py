@@ -42,7 +42,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -154,7 +153,9 @@ class _Worker:
         self.process = process
         self.connection = connection
         self.core = core
-        self.keys: set[str] = set()
+        #: shared objects this worker holds, least recently used first (mirrors the worker's store)
+        self.keys: "collections.OrderedDict[str, None]" = collections.OrderedDict()
+        self.sent: tuple[str, ...] = ()  # shared objects the running task carries
         self.task: int | None = None
 
 
@@ -182,7 +183,6 @@ class WorkerPool:
         self._workers: list[_Worker | None] = [None] * n_workers
         self._next_task = 0
         self._results: dict[int, tuple[bool, Any]] = {}
-        self._lock = threading.Lock()
         self._closed = False
         try:
             self._start(range(n_workers))
@@ -213,6 +213,15 @@ class WorkerPool:
                                        if _has_fileno(sys.stderr) else None)
             started.append((slot, process, core))
         pending = {process.pid: (slot, process, core) for slot, process, core in started}
+        try:
+            self._connect(pending)
+        except BaseException:
+            for _, process, _ in pending.values():  # the ones that did not connect: none may linger
+                process.kill()
+                process.wait()
+            raise
+
+    def _connect(self, pending: dict) -> None:
         deadline = time.monotonic() + _START_TIMEOUT
         while pending:
             for pid, (slot, process, core) in list(pending.items()):
@@ -250,7 +259,8 @@ class WorkerPool:
                 break
             self._wait(block=True)
         worker = idle[0]
-        preload = {name: spec for name, spec in (shared or {}).items() if name not in worker.keys}
+        shared = dict(shared or {})
+        preload = {name: spec for name, spec in shared.items() if name not in worker.keys}
         task = self._next_task
         self._next_task += 1
         try:
@@ -259,7 +269,12 @@ class WorkerPool:
             self._results[task] = (False, WorkerDied("a stellarfit worker process died before it got its task"))
             self._retire(worker)
             return task
-        worker.keys.update(preload)
+        for name in shared:  # as the worker's store will be: loaded or used last, oldest dropped
+            worker.keys[name] = None
+            worker.keys.move_to_end(name)
+        while len(worker.keys) > _STORE_SIZE:
+            worker.keys.popitem(last=False)
+        worker.sent = tuple(preload)
         worker.task = task
         return task
 
@@ -314,6 +329,9 @@ class WorkerPool:
                 self._retire(worker)
                 continue
             self._results[worker.task] = (ok, value)
+            if not ok:  # perhaps a loader failed: send those objects again with the next task
+                for name in worker.sent:
+                    worker.keys.pop(name, None)
             worker.task = None
 
     def _retire(self, worker: _Worker) -> None:

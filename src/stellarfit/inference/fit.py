@@ -262,9 +262,10 @@ def fit_star(
         num_warmup, num_samples, num_chains: NUTS warm-up and kept draws per chain, number of chains.
         max_tree_depth, target_accept, mass_matrix: NUTS settings (see
             :func:`stellarfit.inference.nuts.sample_numpyro`).
-        chain_method: how chains run: "auto" (default: one after another on a CPU,
-            vectorized on an accelerator), "sequential", "vectorized", or (NumPyro only)
-            "parallel", one device per chain.
+        chain_method: how chains run: "auto" (default: on a multi-core Linux CPU, dealt out to
+            worker processes pinned one per core, else one after another; vectorized on an
+            accelerator), "processes", "sequential", "vectorized", or (NumPyro only)
+            "parallel", one device per chain (see docs/fitting.md, NUTS settings).
         emulator_error: when the emulator records its own per-pixel error
             (``emulator.pixel_error``, shipped emulators do), add it to the noise of
             every pixel, so that errors and posteriors include the emulator's

@@ -8,7 +8,9 @@ This module owns:
 - :func:`sample_numpyro`: NumPyro's NUTS kernel (``numpyro.infer.hmc.hmc``)
   on that model, warm-up and draws of all chains in one jitted program of the
   problem (chains one after another on a CPU, vectorized on an accelerator),
-  compiled once per forward model like the BlackJAX path;
+  compiled once per forward model like the BlackJAX path; on a multi-core CPU
+  the chains are dealt out to worker processes pinned one per core, each
+  running its share in that program (``chain_method="processes"``);
 - :func:`sample_blackjax`: BlackJAX Stan-style window adaptation followed by
   NUTS, draws by ``lax.scan``;
 - :func:`unconstrained_laplace`: mode and Laplace covariance of the sampled
@@ -656,7 +658,10 @@ def sample_numpyro(
         mass_matrix: "laplace" (default: coordinates whitened by :func:`unconstrained_laplace`,
             dense adaptation shrunk toward that Laplace covariance; see the module docstring),
             "dense" (z, from the identity) or "diagonal" (z, from ones); all adapted during warm-up.
-        chain_method: "auto" (default: "sequential" on a CPU, "vectorized" on an accelerator),
+        chain_method: "auto" (default: "processes" on a multi-core Linux CPU where it applies, else
+            "sequential" on a CPU; "vectorized" on an accelerator), "processes" (the chains dealt
+            out to worker processes pinned one per core, :mod:`stellarfit.inference._processes`;
+            same draws as "sequential"),
             "sequential" (``lax.map``, one chain after another in one program: on a CPU a
             vmapped gradient of 4 chains costs as much as 4 single ones -- the emulator's
             batched matrix product is no faster than 4 matrix-vector products there -- and
@@ -852,7 +857,7 @@ def sample_blackjax(
 
     Same arguments and result as :func:`sample_numpyro` (the same whitening, chain starts
     and adaptation scheme); each chain adapts its own step size and mass matrix.
-    ``chain_method`` is "auto" (default), "sequential" or "vectorized" (no "parallel").
+    ``chain_method`` is "auto" (default), "processes", "sequential" or "vectorized" (no "parallel").
     ``logdensity_fn`` (z (p,) -> scalar) replaces ``problem.log_density_unconstrained``
     when given (e.g. with extra prior terms); the Laplace approximation that whitens the
     coordinates is still that of ``problem``.
