@@ -323,3 +323,29 @@ def test_cli_fit_save_and_report_with_a_real_map_fit(tiny_emulator, tmp_path, ca
     table = re.compile(r"<table>.*?</table>", re.S)
     assert table.findall(html_again)[0] == table.findall(html_direct)[0]
     assert len(_images(html_again)) == 3
+
+
+def test_cli_fit_nuts_settings_reach_the_sampler(tiny_emulator, tmp_path, capsys):
+    """`stellarfit fit --method nuts` passes --chains/--warmup/--samples/--target-accept/--chain-method through."""
+    from stellarfit import _workers
+    from stellarfit.cli.main import main
+    from stellarfit.spectra import ObservedSpectrum
+    from stellarfit.wavelengths import log_lambda_grid
+
+    wavelength = log_lambda_grid(5008.0, 5090.0, 20_000.0, 3.0)
+    flux = 1.0 + 0.01 * np.random.default_rng(3).normal(size=wavelength.size)
+    ObservedSpectrum.from_arrays(wavelength, flux, sigma=np.full(wavelength.size, 0.01),
+                                 resolution=20_000.0).write(tmp_path / "star.fits")
+    tiny_emulator.save(str(tmp_path / "emu"))
+    chain_method = "processes" if _workers.can_pin() and len(_workers.usable_cores()) >= 2 else "sequential"
+    code = main(["fit", str(tmp_path / "star.fits"), "--emulator", str(tmp_path / "emu"), "--method", "nuts",
+                 "--starts", "2", "--chains", "2", "--warmup", "30", "--samples", "20", "--target-accept", "0.7",
+                 "--chain-method", chain_method, "--json"])
+    assert code == 0
+    diagnostics = json.loads(capsys.readouterr().out)["diagnostics"]
+    assert diagnostics["target_accept"] == 0.7 and diagnostics["chain_method"] == chain_method
+    assert (diagnostics["num_chains"], diagnostics["num_warmup"], diagnostics["num_samples"]) == (2, 30, 20)
+    with pytest.raises(SystemExit) as exit_info:  # argparse: an unknown choice is a usage error
+        main(["fit", str(tmp_path / "star.fits"), "--emulator", str(tmp_path / "emu"), "--method", "nuts",
+              "--chain-method", "threads"])
+    assert exit_info.value.code == 2

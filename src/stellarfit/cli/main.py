@@ -327,7 +327,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     _log(f"fitting {args.spectrum} ({spectrum.n_good} good pixels) with {args.emulator} by {args.method}")
     try:
         sampler = {} if args.method == "map" else {"num_chains": args.chains, "num_warmup": args.warmup, "num_samples": args.samples,
-                                                   "chain_method": args.chain_method}
+                                                   "chain_method": args.chain_method, "target_accept": args.target_accept}
         result = fit_star(spectrum, emulator, method=args.method, priors=priors, n_starts=args.starts, seed=args.seed, **sampler)
     except (ObservationOutsideEmulatorError, KeyError) as error:
         raise UsageError(str(error)) from None
@@ -604,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
     fit.add_argument("--warmup", type=int, default=500, help="NUTS warm-up steps per chain (default 500)")
     fit.add_argument("--samples", type=int, default=500, help="NUTS draws per chain (default 500)")
+    fit.add_argument("--target-accept", type=float, default=0.8,
+                     help="NUTS target acceptance probability (default 0.8; lower: longer steps, fewer gradients, "
+                          "more divergences, see docs/fitting.md)")
     fit.add_argument("--chain-method", default="auto", choices=["auto", "sequential", "processes", "vectorized"],
                      help="how NUTS chains run: auto (default: worker processes pinned one per core on a multi-core "
                           "Linux CPU, else one after another; vectorized on a GPU), sequential, processes, vectorized")
