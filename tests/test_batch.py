@@ -6,6 +6,7 @@ import types
 import numpy as np
 import pytest
 
+from _batch_probe import _noise_spectrum, _write_corrupt
 from stellarfit.inference import FitResult
 from stellarfit.inference.batch import expand_inputs, fit_batch_files, journal_path_for
 from stellarfit.results import Journal, JournalMismatchError, read_catalog, write_catalog
@@ -15,17 +16,6 @@ from stellarfit.wavelengths import log_lambda_grid
 LABELS = ("temp", "metal", "shift")
 
 
-def _write_corrupt(path):
-    with open(path, "wb") as handle:  # a FITS card, then nothing: truncated primary header
-        handle.write(b"SIMPLE  =                    T" + b" " * 50)
-
-
-def _noise_spectrum(seed, object_id):
-    wavelength = log_lambda_grid(5010.0, 5080.0, 20_000.0, 3.0)
-    rng = np.random.default_rng(seed)
-    flux = 1.0 + 0.01 * rng.normal(size=wavelength.size)
-    return ObservedSpectrum.from_arrays(wavelength, flux, sigma=np.full(wavelength.size, 0.01), resolution=20_000.0,
-                                        metadata={"object_id": object_id})
 
 
 @pytest.fixture

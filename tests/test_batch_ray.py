@@ -6,7 +6,6 @@ at its end); the driver-only checks run before it starts.
 
 import json
 import os
-import threading
 import warnings
 
 import numpy as np
@@ -14,7 +13,6 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from stellarfit.inference import FitResult  # noqa: E402
 from stellarfit.inference.batch import fit_batch_files, journal_path_for  # noqa: E402
 from stellarfit.results import read_catalog  # noqa: E402
 from stellarfit.spectra import ObservedSpectrum  # noqa: E402

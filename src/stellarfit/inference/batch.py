@@ -646,6 +646,23 @@ def _fit_chunk(emulator_spec: Mapping[str, Any], fit_function, method: str, fit_
                       vectorize)
 
 
+def _feed_chunks(items: Iterable[_Item], chunk_size: int, submit: Callable[[list[_Item]], None],
+                 collect: Callable[[bool], None], in_flight: Mapping[Any, list[_Item]]) -> None:
+    """Hand ``items`` out in chunks of ``chunk_size`` (``submit``, which waits for a free worker), journaling
+    finished chunks as they come (``collect(block)``), until every chunk ``in_flight`` is done."""
+    chunk: list[_Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= chunk_size:
+            submit(chunk)
+            chunk = []
+        collect(block=False)
+    if chunk:
+        submit(chunk)
+    while in_flight:
+        collect(block=True)
+
+
 # -- the processes backend ---------------------------------------------------------------
 def _identity(value):
     return value
@@ -723,17 +740,7 @@ def _run_on_processes(items: Iterable[_Item], recorder: _Recorder, *, emulator, 
                 recorder.record(row)
 
     try:
-        chunk: list[_Item] = []
-        for item in items:
-            chunk.append(item)
-            if len(chunk) >= chunk_size:
-                submit(chunk)
-                chunk = []
-            collect(block=False)
-        if chunk:
-            submit(chunk)
-        while in_flight:
-            collect(block=True)
+        _feed_chunks(items, chunk_size, submit, collect, in_flight)
     finally:
         if in_flight:  # interrupted: the chunks in flight are lost (not journaled); stop their workers
             session["pool"].close()
@@ -842,17 +849,7 @@ def _run_on_ray(items: Iterable[_Item], recorder: _Recorder, *, emulator, fit_fu
                 recorder.record(row)
 
     try:
-        chunk: list[_Item] = []
-        for item in items:
-            chunk.append(item)
-            if len(chunk) >= chunk_size:
-                submit(chunk)
-                chunk = []
-            collect(block=False)
-        if chunk:
-            submit(chunk)
-        while in_flight:
-            collect(block=True)
+        _feed_chunks(items, chunk_size, submit, collect, in_flight)
     finally:
         for reference in in_flight:  # interrupted: the chunks in flight are lost (not journaled)
             try:
