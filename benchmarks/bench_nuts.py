@@ -28,7 +28,7 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
+from _stars import two_stars
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,15 +50,9 @@ def main() -> None:
     import jax
 
     import stellarfit as sf
-    from stellarfit.spectra import ObservedSpectrum, example_spectrum
 
     emulator = sf.load_emulator(args.emulator)
-    first = example_spectrum()
-    rng = np.random.default_rng(1)
-    sigma = np.where(first.ivar > 0, 1.0 / np.sqrt(np.where(first.ivar > 0, first.ivar, 1.0)), 0.0)
-    # an independent noise realization at sqrt(2) the noise: ivar halves
-    second = ObservedSpectrum.from_arrays(first.wavelength, first.flux + rng.normal(size=first.flux.size) * sigma,
-                                          ivar=first.ivar / 2.0, resolution=first.resolution)
+    first, second = two_stars()
     stars = {"first (compiles)": first, "second (compiled)": second}
     document = {
         "benchmark": "bench_nuts", "emulator": args.emulator,

@@ -22,7 +22,7 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
+from _stars import two_stars
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,15 +37,10 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    from stellarfit import example_spectrum, fit_star, load_emulator
-    from stellarfit.spectra import ObservedSpectrum
+    from stellarfit import fit_star, load_emulator
 
     emulator = load_emulator(args.emulator)
-    first = example_spectrum()
-    rng = np.random.default_rng(1)
-    sigma = np.where(first.ivar > 0, 1.0 / np.sqrt(np.where(first.ivar > 0, first.ivar, 1.0)), 0.0)
-    second = ObservedSpectrum.from_arrays(first.wavelength, first.flux + rng.normal(size=first.flux.size) * sigma,
-                                          ivar=first.ivar / 2.0, resolution=first.resolution)
+    first, second = two_stars()
     options = dict(method="nuts", num_warmup=args.num_warmup, num_samples=args.num_samples, num_chains=args.num_chains)
     fit_star(first, emulator, **{**options, "num_warmup": 20, "num_samples": 20})  # start-up and compilation
     document = {

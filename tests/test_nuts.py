@@ -473,3 +473,33 @@ def test_numpyro_batch_matches_one_star_at_a_time():
         assert np.all(np.abs(np.median(a, axis=0) - truth) < 4.0 * sd)  # each star sampled around its own truth
     with pytest.raises(ValueError, match="problems"):
         sample_numpyro_batch(problems, [maps[0].theta], None, **options)
+
+
+def test_adaptation_windows_follow_stan_and_reach_both_samplers(monkeypatch):
+    from blackjax.adaptation.staged_adaptation import build_schedule
+    from numpyro.infer import hmc_util
+
+    from stellarfit.inference import nuts as nuts_module
+
+    for n in (10, 19, 20, 100, 149, 150, 151, 300, 500, 1000):
+        stan = nuts_module.adaptation_windows(n, "laplace-windows")
+        assert stan == [tuple(w) for w in hmc_util.build_adaptation_schedule(n)]
+        assert np.array_equal(np.asarray(nuts_module._blackjax_schedule("dense")(n)), np.asarray(build_schedule(n)))
+        single = nuts_module.adaptation_windows(n, "laplace")
+        assert [i for a, b in single for i in range(a, b + 1)] == list(range(n))
+        assert single[0] == stan[0] and single[-1] == stan[-1] and len(single) == min(3, len(stan))
+    assert nuts_module.adaptation_windows(500, "laplace") == [(0, 74), (75, 449), (450, 499)]
+    assert len(nuts_module.adaptation_windows(500, "laplace-windows")) == 6
+
+    # both samplers build their warm-up from it (a num_warmup no other test uses, so the programs are traced afresh)
+    original, numpyro_original, calls = nuts_module.adaptation_windows, hmc_util.build_adaptation_schedule, []
+    monkeypatch.setattr(nuts_module, "adaptation_windows", lambda n, m="laplace": calls.append((n, m)) or original(n, m))
+    profiled, marginalized = make_problem(snr=200.0, seed=5)
+    covariance = laplace_covariance(profiled, TRUTH)
+    for sampler, mass_matrix in ((sample_numpyro, "laplace"), (sample_blackjax, "laplace-windows")):
+        calls.clear()
+        result = sampler(marginalized, TRUTH, covariance, num_warmup=41, num_samples=5, num_chains=1, mass_matrix=mass_matrix,
+                         chain_method="sequential")
+        assert np.all(np.isfinite(result.samples))
+        assert (41, mass_matrix) in calls, (sampler.__name__, calls)
+    assert hmc_util.build_adaptation_schedule is numpyro_original
