@@ -16,7 +16,7 @@ from stellarfit.emulators import (
     read_emulator,
     save_emulator,
 )
-from stellarfit.emulators.registry import shipped_emulator_path
+from stellarfit.emulators.registry import available_emulators, shipped_emulator_path
 from stellarfit.labels import Label, LabelSpec
 
 SPEC = LabelSpec([Label("teff", "K", 4000.0, 7000.0), Label("logg", "dex", 1.0, 5.0), Label("fe_h", "dex", -2.5, 0.5)])
@@ -148,7 +148,7 @@ def test_registry_names_and_paths(saved):
         load_emulator("no-such-emulator")
     with pytest.raises(KeyError, match="no shipped emulator"):
         shipped_emulator_path("nope")
-    try:
-        shipped_emulator_path("default")
-    except FileNotFoundError as error:  # not shipped yet in this tree: the message says what to do
-        assert "train one" in str(error)
+    # both shipped emulators are in the package: the TransformerPayne under two names, and The Payne
+    assert shipped_emulator_path("default") == shipped_emulator_path("transformer-payne-default")
+    assert shipped_emulator_path("default").endswith("transformer_payne_default")
+    assert set(available_emulators()) == {"default", "transformer-payne-default", "payne-default"}

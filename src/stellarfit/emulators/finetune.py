@@ -88,6 +88,7 @@ def finetune(
     lora_alpha: float | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = True,
+    time_limit_s: float | None = None,
 ) -> TrainResult:
     """Fine-tune a pre-trained ``emulator`` on ``train`` (see the module docstring for modes).
 
@@ -95,7 +96,8 @@ def finetune(
     native grid becomes the new one); The Payne needs the same pixel grid.
     The result's metadata records ``finetuned_from`` (the parent's grid hash
     and mode).  For LoRA the returned emulator still holds the adapters; call
-    :func:`merge_lora` for inference at the original cost.
+    :func:`merge_lora` for inference at the original cost.  ``time_limit_s`` ends the call
+    early with a checkpoint, as in :func:`train_emulator` (call again to continue).
     """
     if mode not in FINETUNE_MODES:
         raise ValueError(f"mode must be one of {FINETUNE_MODES}, got {mode!r}")
@@ -131,4 +133,5 @@ def finetune(
         trainable=trainable,
         initialize=False,
         extra_metadata={"finetuned_from": parent},
+        time_limit_s=time_limit_s,
     )
