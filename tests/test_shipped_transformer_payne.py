@@ -66,3 +66,18 @@ def test_default_predicts_any_wavelength_consistently(default):
     every_seventh = default.wavelength[::7]
     subset = np.asarray(default.predict(labels, every_seventh))[0]
     np.testing.assert_allclose(subset, full[::7], atol=2e-4)
+
+
+def test_cli_says_a_transformer_payne_fit_is_slow_on_a_cpu(capsys):
+    import jax
+
+    from stellarfit.cli.main import UsageError, _load_emulator_option
+
+    assert _load_emulator_option("default").model_type == "transformer_payne"
+    note = capsys.readouterr().err
+    assert ("payne-default" in note and "minutes" in note) == (jax.default_backend() == "cpu")
+    _load_emulator_option("payne-default")
+    _load_emulator_option("default", fitting=False)  # evaluate and crb: no note
+    assert capsys.readouterr().err == ""
+    with pytest.raises(UsageError, match="cannot load emulator 'nope'"):
+        _load_emulator_option("nope")

@@ -136,6 +136,24 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_emulator_option(name: str, *, fitting: bool = True):
+    """The emulator named by --emulator (usage error if it cannot be loaded); for fits on a CPU
+    with a TransformerPayne, a note on stderr that each spectrum costs ~0.2 s there."""
+    import jax
+
+    from stellarfit.emulators import CheckpointError, load_emulator
+
+    try:
+        emulator = load_emulator(name)
+    except (CheckpointError, ValueError, FileNotFoundError, KeyError) as error:
+        raise UsageError(f"cannot load emulator {name!r}: {error}") from None
+    if fitting and emulator.model_type == "transformer_payne" and jax.default_backend() == "cpu":
+        _log(f"note: {name!r} is a TransformerPayne; on a CPU each of its spectra costs ~0.2 s, so a MAP fit takes "
+             "minutes (NUTS hours). --emulator payne-default fits in seconds; a GPU, or a Payne distilled from it "
+             "(scripts/distill_emulator.py), keeps its accuracy at speed.")
+    return emulator
+
+
 # -- grid ---------------------------------------------------------------------------
 def _cmd_grid(args: argparse.Namespace) -> int:
     from stellarfit.grids import GenerationError, generate_grid, sample_labels
@@ -267,12 +285,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from stellarfit.emulators import CheckpointError, evaluate_emulator, load_emulator
+    from stellarfit.emulators import evaluate_emulator
 
-    try:
-        emulator = load_emulator(args.emulator)
-    except (CheckpointError, ValueError, FileNotFoundError, KeyError) as error:
-        raise UsageError(f"cannot load emulator {args.emulator!r}: {error}") from None
+    emulator = _load_emulator_option(args.emulator, fitting=False)
     _, data = _load_grid_split(args.grid, args.part, args.split_seed)
     try:
         evaluation = evaluate_emulator(emulator, data)
@@ -289,7 +304,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 # -- fit ----------------------------------------------------------------------------
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from stellarfit.emulators import CheckpointError, load_emulator
     from stellarfit.forward import ObservationOutsideEmulatorError
     from stellarfit.inference import GaussianPrior, fit_star
     from stellarfit.spectra import read_spectrum
@@ -313,10 +327,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         if len(spectrum) != 1:
             raise UsageError(f"{args.spectrum} holds {len(spectrum)} spectra; `stellarfit fit` fits one (use `stellarfit batch`, or --format options to pick one)")
         spectrum = spectrum[0]
-    try:
-        emulator = load_emulator(args.emulator)
-    except (CheckpointError, ValueError, FileNotFoundError, KeyError) as error:
-        raise UsageError(f"cannot load emulator {args.emulator!r}: {error}") from None
+    emulator = _load_emulator_option(args.emulator)
     priors = {}
     for text in args.prior or []:
         try:
@@ -410,16 +421,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 # -- batch --------------------------------------------------------------------------
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from stellarfit.emulators import CheckpointError, load_emulator
     from stellarfit.inference.batch import fit_batch_files
     from stellarfit.results import JournalMismatchError
 
     out = Path(args.out)
     _check_writable(out)
-    try:
-        emulator = load_emulator(args.emulator)
-    except (CheckpointError, ValueError, FileNotFoundError, KeyError) as error:
-        raise UsageError(f"cannot load emulator {args.emulator!r}: {error}") from None
+    emulator = _load_emulator_option(args.emulator)
     fit_options = {"n_starts": args.starts, "seed": args.seed}
     try:
         summary = fit_batch_files(args.inputs, emulator, out, method=args.method, format=args.format, resolution=args.resolution,
@@ -439,7 +446,6 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 # -- crb ----------------------------------------------------------------------------
 def _cmd_crb(args: argparse.Namespace) -> int:
-    from stellarfit.emulators import CheckpointError, load_emulator
     from stellarfit.forward import ObservationOutsideEmulatorError
     from stellarfit.inference.crb import cramer_rao
 
@@ -458,10 +464,7 @@ def _cmd_crb(args: argparse.Namespace) -> int:
             f"{name:<10} e/CRB median {'-' if row['median'] is None else format(row['median'], '.3g')} over {row['n']} spectra"
             for name, row in report["ratios"].items()))
         return 0
-    try:
-        emulator = load_emulator(args.emulator)
-    except (CheckpointError, ValueError, FileNotFoundError, KeyError) as error:
-        raise UsageError(f"cannot load emulator {args.emulator!r}: {error}") from None
+    emulator = _load_emulator_option(args.emulator, fitting=False)
     labels = {label.name: getattr(args, label.name) for label in default_label_spec() if getattr(args, label.name) is not None}
     for text in args.label or []:
         name, _, value = text.partition("=")
