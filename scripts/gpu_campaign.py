@@ -98,6 +98,14 @@ def realistic_blocks(work: Path):
                         np.concatenate([p.log10_continuum for p in parts]), parts[0].label_spec), len(parts)
 
 
+def realistic_split(work: Path):
+    """The finished training blocks split 90/10 (seed 0) into training and validation spectra."""
+    data, n_blocks = realistic_blocks(work)
+    order = np.random.default_rng(0).permutation(data.n_spectra)
+    n_val = min(max(data.n_spectra // 10, 8), data.n_spectra // 2)
+    return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val])), n_blocks
+
+
 def heldout_grid(work: Path):
     paths = sorted(work.glob("ts_seed1_*.h5"))
     if not paths:
@@ -206,11 +214,7 @@ def cmd_finetune(args) -> None:
     from stellarfit.emulators import TrainConfig, estimate_pixel_error, finetune, load_emulator
 
     work = Path(args.workdir)
-    data, n_blocks = realistic_blocks(work)
-    rng = np.random.default_rng(0)
-    order = rng.permutation(data.n_spectra)
-    n_val = min(max(data.n_spectra // 10, 8), data.n_spectra // 2)
-    train, val = data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))
+    train, val, n_blocks = realistic_split(work)
     parent = load_emulator(str(work / args.init))
     base = TrainConfig(n_steps=1000, batch_size=args.batch_size, n_wavelengths=args.n_wavelengths, learning_rate=args.learning_rate,
                        warmup_steps=200, eval_every=250, patience=None, checkpoint_every=500, progress=False)
@@ -234,11 +238,7 @@ def cmd_scratch(args) -> None:
     from stellarfit.emulators import TrainConfig, TransformerPayneEmulator, train_emulator
 
     work = Path(args.workdir)
-    data, n_blocks = realistic_blocks(work)
-    rng = np.random.default_rng(0)
-    order = rng.permutation(data.n_spectra)
-    n_val = min(max(data.n_spectra // 10, 8), data.n_spectra // 2)
-    train, val = data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))
+    train, val, n_blocks = realistic_split(work)
     emulator = TransformerPayneEmulator.create(train.label_spec, train.wavelength, _tp_config(args), with_continuum=True,
                                               resolution=30_000.0, seed=0)
     base = TrainConfig(n_steps=1000, batch_size=args.batch_size, n_wavelengths=args.n_wavelengths, learning_rate=args.learning_rate,
@@ -257,11 +257,7 @@ def cmd_payne(args) -> None:
     from stellarfit.emulators import PayneEmulator, TrainConfig, estimate_pixel_error, train_emulator
 
     work = Path(args.workdir)
-    data, n_blocks = realistic_blocks(work)
-    rng = np.random.default_rng(0)
-    order = rng.permutation(data.n_spectra)
-    n_val = min(max(data.n_spectra // 10, 8), data.n_spectra // 2)
-    train, val = data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))
+    train, val, n_blocks = realistic_split(work)
     emulator = PayneEmulator.create(train.label_spec, train.wavelength, {}, with_continuum=False, resolution=30_000.0, seed=0)
     config = TrainConfig(n_steps=args.steps, batch_size=32, learning_rate=1e-3, warmup_steps=500, patience=40, progress=False)
     start = time.perf_counter()
