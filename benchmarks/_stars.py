@@ -7,7 +7,30 @@ pixels, which reuses every compiled program.
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
+
 import numpy as np
+
+
+def add_sampler_options(parser) -> None:
+    """The options every NUTS speed benchmark shares: emulator, chain lengths, output path."""
+    parser.add_argument("--emulator", default="payne-default")
+    parser.add_argument("--num-warmup", type=int, default=500)
+    parser.add_argument("--num-samples", type=int, default=500)
+    parser.add_argument("--num-chains", type=int, default=4)
+    parser.add_argument("--out", default=None)
+
+
+def document_header(benchmark: str, args) -> dict:
+    """The JSON document's common fields: name, emulator, date, machine, load, settings, an empty run list."""
+    return {
+        "benchmark": benchmark, "emulator": args.emulator,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(), "platform": platform.platform(), "load_average_before": list(os.getloadavg()),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "runs": [],
+    }
 
 
 def two_stars():

@@ -19,14 +19,12 @@ Results: benchmarks/results/adaptation_<emulator>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
-from _stars import two_stars
+from _stars import add_sampler_options, document_header, two_stars
 
 HERE = Path(__file__).resolve().parent
 SCHEDULES = ("laplace", "laplace-windows")
@@ -34,13 +32,9 @@ SCHEDULES = ("laplace", "laplace-windows")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--emulator", default="payne-default")
+    add_sampler_options(parser)
     parser.add_argument("--methods", nargs="+", default=["nuts", "blackjax"], choices=["nuts", "blackjax"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--num-warmup", type=int, default=500)
-    parser.add_argument("--num-samples", type=int, default=500)
-    parser.add_argument("--num-chains", type=int, default=4)
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     from stellarfit import fit_star, load_emulator
@@ -51,12 +45,7 @@ def main() -> None:
     for method in args.methods:  # start-up and compilation: one untimed fit per program (the settings are static)
         for schedule in SCHEDULES:
             fit_star(stars["example"], emulator, method=method, mass_matrix=schedule, seed=99, **options)
-    document = {
-        "benchmark": "bench_adaptation", "emulator": args.emulator,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(), "platform": platform.platform(), "load_average_before": list(os.getloadavg()),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "runs": [],
-    }
+    document = document_header("bench_adaptation", args)
     for method in args.methods:
         for seed in args.seeds:
             for name, star in stars.items():

@@ -15,26 +15,20 @@ Results: benchmarks/results/target_accept_<emulator>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
-from _stars import two_stars
+from _stars import add_sampler_options, document_header, two_stars
 
 HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--emulator", default="payne-default")
+    add_sampler_options(parser)
     parser.add_argument("--targets", nargs="+", type=float, default=[0.8, 0.7, 0.65])
-    parser.add_argument("--num-warmup", type=int, default=500)
-    parser.add_argument("--num-samples", type=int, default=500)
-    parser.add_argument("--num-chains", type=int, default=4)
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     from stellarfit import fit_star, load_emulator
@@ -43,12 +37,7 @@ def main() -> None:
     first, second = two_stars()
     options = dict(method="nuts", num_warmup=args.num_warmup, num_samples=args.num_samples, num_chains=args.num_chains)
     fit_star(first, emulator, **{**options, "num_warmup": 20, "num_samples": 20})  # start-up and compilation
-    document = {
-        "benchmark": "bench_target_accept", "emulator": args.emulator,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(), "platform": platform.platform(), "load_average_before": list(os.getloadavg()),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "runs": [],
-    }
+    document = document_header("bench_target_accept", args)
     for target in args.targets:
         for name, star in (("example", first), ("second", second)):
             t0 = time.perf_counter()
