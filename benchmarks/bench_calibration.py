@@ -60,18 +60,24 @@ def main() -> None:
     parser.add_argument("--no-emulator-error", action="store_true",
                         help="fit with the noise alone (no pixel error, no error modes)")
     parser.add_argument("--no-error-floor", action="store_true", help="report errors without the emulator's label error floor")
+    parser.add_argument("--init-from", default=None,
+                        help="two-stage fits: fit every spectrum with this (fast) emulator first, then polish each MAP "
+                             "with --emulator (fit_stars(init=...)); both are reported, the first as "
+                             "calibration_<init-from>_...")
+    parser.add_argument("--polish-batch-size", type=int, default=4, help="spectra per batch of the polishing stage")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     import jax
 
     import stellarfit as sf
-    from stellarfit.inference.fit import FLAGS
     from stellarfit.forward import simulate_observation
     from stellarfit.grids import SpectralGrid
     from stellarfit.wavelengths import log_lambda_grid
 
     emulator = sf.load_emulator(args.emulator)
+    init_emulator = sf.load_emulator(args.init_from) if args.init_from else None
+    init_rows, stages = [], {}
     if args.error_modes:
         with np.load(os.path.expanduser(args.error_modes)) as arrays:
             emulator = emulator.with_error_modes(arrays["error_modes"]).with_pixel_error(arrays["pixel_error"])
@@ -98,7 +104,12 @@ def main() -> None:
         "load_average_before": list(os.getloadavg()),
         "settings": {k: v for k, v in vars(args).items() if k != "out"}, "n_stars_used": int(test.size), "n_pixels": int(wavelength.size), "results": {},
     }
-    lines = []
+    lines, init_lines = [], []
+    init_document = None
+    if args.init_from:
+        init_document = dict(document, emulator=args.init_from, emulator_metrics=init_emulator.metadata.get("metrics"),
+                             stage="fast first stage", results={})
+        document["init_from"] = args.init_from
     for snr in args.snr:
         spectra, truths = [], []
         for k, index in enumerate(test):
@@ -107,61 +118,109 @@ def main() -> None:
                                                 rv=rvs[k], vsini=vsinis[k], snr=snr, continuum=continuum, rng=rng))
             truths.append(np.concatenate([grid.labels[index], [rvs[k], vsinis[k]]]))
         truths = np.array(truths)
+        common = dict(n_starts=args.n_starts, adam_steps=args.adam_steps, seed=args.seed, errors="collect",
+                      error_floor=not args.no_error_floor, emulator_error=not args.no_emulator_error)
+        if args.init_from:
+            # stage 1 with the fast emulator (its own compile in its first batch), then the polish
+            start = time.perf_counter()
+            fast = sf.fit_stars(spectra, init_emulator, batch_size=args.batch_size, init=None, progress=True, **common)
+            stages["fast_s_per_star"] = (time.perf_counter() - start) / len(spectra)
+            init_rows.append((snr, fast, truths))
+            inits = [None if isinstance(r, Exception) else r for r in fast]
+            batch = args.polish_batch_size
+        else:
+            inits, batch = None, args.batch_size
         start = time.perf_counter()
-        first = sf.fit_stars(spectra[: args.batch_size], emulator, batch_size=args.batch_size, n_starts=args.n_starts,
-                             adam_steps=args.adam_steps, seed=args.seed, errors="collect", error_floor=not args.no_error_floor,
-                             emulator_error=not args.no_emulator_error)
+        first = sf.fit_stars(spectra[:batch], emulator, batch_size=batch, init=None if inits is None else inits[:batch], **common)
         first_s = time.perf_counter() - start
         start = time.perf_counter()
-        rest = sf.fit_stars(spectra[args.batch_size :], emulator, batch_size=args.batch_size, n_starts=args.n_starts,
-                            adam_steps=args.adam_steps, seed=args.seed, errors="collect", progress=True,
-                            error_floor=not args.no_error_floor, emulator_error=not args.no_emulator_error)
+        rest = sf.fit_stars(spectra[batch:], emulator, batch_size=batch, progress=True,
+                            init=None if inits is None else inits[batch:], **common)
         rest_s = time.perf_counter() - start
         results = first + rest
-        ok = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
-        values = np.array([[results[i].labels[n]["value"] for n in names] for i in ok])
-        errors = np.array([[results[i].labels[n]["error"] for n in names] for i in ok])
-        statistical = np.array([[results[i].labels[n].get("error_statistical", results[i].labels[n]["error"]) for n in names]
-                                for i in ok])
-        crbs = np.array([[results[i].labels[n]["crb"] for n in names] for i in ok])
-        delta = values - truths[ok]
-        per = {}
-        for j, name in enumerate(names):
-            per[name] = {
-                "bias": float(np.median(delta[:, j])), "scatter": robust_sigma(delta[:, j]),
-                "z_width": robust_sigma(delta[:, j] / errors[:, j]),
-                "median_error": float(np.nanmedian(errors[:, j])), "median_crb": float(np.nanmedian(crbs[:, j])),
-                "median_error_statistical": float(np.nanmedian(statistical[:, j])),
-            }
-        flags = [results[i].flags for i in ok]
-        document["results"][str(snr)] = {
-            "n_fitted": len(ok), "n_failed": len(results) - len(ok),
-            "failures": [str(r) for r in results if isinstance(r, Exception)][:5],
-            "first_batch_s": first_s, "seconds_per_star_after_compile": rest_s / max(len(spectra) - args.batch_size, 1),
-            "median_reduced_chi2": float(np.median([results[i].reduced_chi2 for i in ok])),
-            "fraction_flagged": float(np.mean(np.array(flags) != 0)),
-            "flag_counts": {name: int(sum(1 for i in ok if results[i].flags & bit)) for name, bit in FLAGS.items()},
-            "parameters": per,
-        }
-        lines.append(f"### S/N {snr:g} ({len(ok)} stars, R = {args.resolution:g}, {wavelength.size} pixels)\n")
-        lines.append("| parameter | bias | scatter | z width | median error | median CRB |")
-        lines.append("|---|---|---|---|---|---|")
-        for name, row in per.items():
-            lines.append(f"| {name} | {row['bias']:+.4g} | {row['scatter']:.4g} | {row['z_width']:.2f} | "
-                         f"{row['median_error']:.4g} | {row['median_crb']:.4g} |")
-        r = document["results"][str(snr)]
-        lines.append(f"\nFirst batch of {args.batch_size} (with compilation): {first_s:.0f} s; afterwards "
-                     f"{r['seconds_per_star_after_compile']:.2f} s per star; median reduced chi2 {r['median_reduced_chi2']:.2f}; "
-                     f"{100 * r['fraction_flagged']:.0f}% flagged ("
-                     + (", ".join(f"{k} {v}" for k, v in r["flag_counts"].items() if v) or "none") + ").\n")
-        print("\n".join(lines[-len(per) - 4 :]), flush=True)
-    document["load_average_after"] = list(os.getloadavg())
+        timing = {"first_batch_s": first_s, "seconds_per_star_after_compile": rest_s / max(len(spectra) - batch, 1),
+                  "batch_size": batch, **stages}
+        record(document, lines, snr, results, truths, names, timing, args, wavelength.size)
+        if args.init_from:
+            record(init_document, init_lines, snr, fast, truths, names,
+                   {"seconds_per_star": stages["fast_s_per_star"], "batch_size": args.batch_size}, args, wavelength.size)
+        write(document, lines, args, args.emulator, test.size, out_path(args, args.emulator))
+        if args.init_from:
+            write(init_document, init_lines, args, args.init_from, test.size, out_path(args, args.init_from, stage="fast"))
+
+
+def out_path(args, name: str, stage: str = "") -> Path:
     suffix = ("" if args.split == "test" else f"_{args.split}") + ("_nofloor" if args.no_error_floor else "")
     suffix += ("_modes" if args.error_modes else "") + ("_noemuerror" if args.no_emulator_error else "")
-    out = Path(args.out or HERE / "results" / f"calibration_{Path(args.emulator).name}{suffix}")
+    if args.init_from:
+        suffix += f"_{stage}stage" if stage else f"_from_{Path(args.init_from).name}"
+    if args.out and not stage:
+        return Path(args.out)
+    if args.out:
+        return Path(str(args.out) + "_" + stage)
+    return HERE / "results" / f"calibration_{Path(name).name}{suffix}"
+
+
+def record(document, lines, snr, results, truths, names, timing, args, n_pixels) -> None:
+    """Bias, scatter, z width, errors and CRBs of one S/N into ``document`` and ``lines`` (markdown)."""
+    from stellarfit.inference.fit import FLAGS
+
+    ok = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
+    values = np.array([[results[i].labels[n]["value"] for n in names] for i in ok])
+    errors = np.array([[results[i].labels[n]["error"] for n in names] for i in ok])
+    statistical = np.array([[results[i].labels[n].get("error_statistical", results[i].labels[n]["error"]) for n in names]
+                            for i in ok])
+    crbs = np.array([[results[i].labels[n]["crb"] for n in names] for i in ok])
+    delta = values - truths[ok]
+    per = {}
+    for j, name in enumerate(names):
+        per[name] = {
+            "bias": float(np.median(delta[:, j])), "scatter": robust_sigma(delta[:, j]),
+            "z_width": robust_sigma(delta[:, j] / errors[:, j]),
+            "median_error": float(np.nanmedian(errors[:, j])), "median_crb": float(np.nanmedian(crbs[:, j])),
+            "median_error_statistical": float(np.nanmedian(statistical[:, j])),
+        }
+    flags = [results[i].flags for i in ok]
+    document["results"][str(snr)] = r = {
+        "n_fitted": len(ok), "n_failed": len(results) - len(ok),
+        "failures": [str(r) for r in results if isinstance(r, Exception)][:5],
+        **timing,
+        "median_reduced_chi2": float(np.median([results[i].reduced_chi2 for i in ok])),
+        "fraction_flagged": float(np.mean(np.array(flags) != 0)),
+        "flag_counts": {name: int(sum(1 for i in ok if results[i].flags & bit)) for name, bit in FLAGS.items()},
+        "parameters": per,
+        "per_star": {"names": names, "truth": truths[ok].tolist(), "value": values.tolist(), "error": errors.tolist(),
+                     "error_statistical": statistical.tolist(), "crb": crbs.tolist()},
+    }
+    lines.append(f"### S/N {snr:g} ({len(ok)} stars, R = {args.resolution:g}, {n_pixels} pixels)\n")
+    lines.append("| parameter | bias | scatter | z width | median error | median CRB |")
+    lines.append("|---|---|---|---|---|---|")
+    for name, row in per.items():
+        lines.append(f"| {name} | {row['bias']:+.4g} | {row['scatter']:.4g} | {row['z_width']:.2f} | "
+                     f"{row['median_error']:.4g} | {row['median_crb']:.4g} |")
+    if "first_batch_s" in timing:
+        speed = (f"First batch of {timing['batch_size']} (with compilation): {timing['first_batch_s']:.0f} s; afterwards "
+                 f"{timing['seconds_per_star_after_compile']:.2f} s per star")
+        if "fast_s_per_star" in timing:
+            speed += f" (plus {timing['fast_s_per_star']:.2f} s per star for the fast first stage, compilation included)"
+    else:
+        speed = f"{timing['seconds_per_star']:.2f} s per star, compilation included"
+    lines.append(f"\n{speed}; median reduced chi2 {r['median_reduced_chi2']:.2f}; "
+                 f"{100 * r['fraction_flagged']:.0f}% flagged ("
+                 + (", ".join(f"{k} {v}" for k, v in r["flag_counts"].items() if v) or "none") + ").\n")
+    print("\n".join(lines[-len(per) - 4 :]), flush=True)
+
+
+def write(document, lines, args, name, n_stars, out: Path) -> None:
+    document["load_average_after"] = list(os.getloadavg())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(document, indent=1))
-    header = (f"Fits of {test.size} held-out ({args.split} split) Turbospectrum spectra with `{args.emulator}` "
+    how = ""
+    if args.init_from and name == args.emulator:
+        how = f", each MAP polished from the MAP of `{args.init_from}` (fit_stars(init=...))"
+    elif args.init_from:
+        how = f", the first stage of a two-stage run (then polished with `{args.emulator}`)"
+    header = (f"Fits of {n_stars} held-out ({args.split} split) Turbospectrum spectra with `{name}`{how} "
               f"({document['device']}, {document['cpu_count']} cores, load {document['load_average_before'][0]:.1f}, "
               f"{document['date']}).\n\n")
     out.with_suffix(".md").write_text(header + "\n".join(lines) + "\n")

@@ -1,12 +1,14 @@
 """Record per-label error floors in a shipped emulator from an injection-recovery run.
 
 The floors come from `benchmarks/bench_calibration.py --split validation --no-error-floor`
-(held-out spectra of the VALIDATION split, so the test split stays for checking):
+(held-out spectra of the VALIDATION split, so the test split stays for checking), or
+`--split heldout-a` (the first half of an independent grid; heldout-b stays for checking):
 for each label, floor = sqrt(max(scatter^2 - median statistical error^2, 0)) at the
 highest S/N of that run, where the emulator's own systematic error dominates.
 `fit_star` adds the floors in quadrature to the reported errors (``error_floor=True``).
 
     python scripts/set_error_floor.py benchmarks/results/calibration_payne-default_validation_nofloor.json payne-default
+    python scripts/set_error_floor.py benchmarks/results/calibration_default_heldout-a_nofloor_from_default-fast.json default
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ def main() -> None:
     from stellarfit.emulators.registry import shipped_emulator_path
 
     document = json.loads(Path(args.calibration).read_text())
-    if document["settings"].get("split") != "validation" or not document["settings"].get("no_error_floor"):
-        raise SystemExit("use a calibration run on the validation split made with --no-error-floor")
+    split = document["settings"].get("split")
+    if split not in ("validation", "heldout-a") or not document["settings"].get("no_error_floor"):
+        raise SystemExit("use a calibration run on the validation (or heldout-a) split made with --no-error-floor")
+    if document["emulator"] != args.name:
+        raise SystemExit(f"{args.calibration} fitted {document['emulator']!r}, not {args.name!r}")
     snr = max(document["results"], key=float)
     parameters = document["results"][snr]["parameters"]
     path = shipped_emulator_path(args.name)
@@ -44,12 +49,13 @@ def main() -> None:
     meta["metadata"]["label_error_floor"] = floors
     meta["metadata"]["label_error_floor_source"] = {
         "run": Path(args.calibration).name, "snr": float(snr), "n_stars": document["results"][snr]["n_fitted"],
-        "resolution": document["settings"]["resolution"], "split": "validation"}
+        "resolution": document["settings"]["resolution"], "split": split,
+        **({"fitted_from": document["init_from"]} if document.get("init_from") else {})}
     meta_path.write_text(json.dumps(meta, indent=1, allow_nan=False))
     reloaded = load_emulator(path)
     assert reloaded.metadata["label_error_floor"] == floors and reloaded.pixel_error is not None
     lines = [f"- Label error floors (added in quadrature to fit errors; from {document['results'][snr]['n_fitted']} "
-             f"validation-split stars at S/N {float(snr):g}, R = {document['settings']['resolution']:g}, "
+             f"{split}-split stars at S/N {float(snr):g}, R = {document['settings']['resolution']:g}, "
              f"`scripts/set_error_floor.py`): " + ", ".join(f"{k} {v:.3g}" for k, v in floors.items())]
     provenance = Path(path) / "PROVENANCE.md"
     text = provenance.read_text()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -148,7 +150,14 @@ def test_registry_names_and_paths(saved):
         load_emulator("no-such-emulator")
     with pytest.raises(KeyError, match="no shipped emulator"):
         shipped_emulator_path("nope")
-    # both shipped emulators are in the package: the TransformerPayne under two names, and The Payne
+    # the shipped emulators are in the package: the TransformerPayne and its distilled fast path under
+    # two names each, and The Payne
     assert shipped_emulator_path("default") == shipped_emulator_path("transformer-payne-default")
     assert shipped_emulator_path("default").endswith("transformer_payne_default")
-    assert set(available_emulators()) == {"default", "transformer-payne-default", "payne-default"}
+    assert shipped_emulator_path("default-fast") == shipped_emulator_path("payne-distilled-default")
+    assert set(available_emulators()) == {"default", "transformer-payne-default", "payne-default", "default-fast",
+                                          "payne-distilled-default"}
+    # together small enough to ship (the emulators issue: ~30 MB at most)
+    total = sum(f.stat().st_size for name in ("default", "payne-default", "default-fast")
+                for f in Path(shipped_emulator_path(name)).iterdir())
+    assert total < 31e6

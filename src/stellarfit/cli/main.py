@@ -148,9 +148,16 @@ def _load_emulator_option(name: str, *, fitting: bool = True):
     except (CheckpointError, ValueError, FileNotFoundError, KeyError) as error:
         raise UsageError(f"cannot load emulator {name!r}: {error}") from None
     if fitting and emulator.model_type == "transformer_payne" and jax.default_backend() == "cpu":
-        _log(f"note: {name!r} is a TransformerPayne; on a CPU each of its spectra costs ~0.2 s, so a MAP fit takes "
-             "minutes (NUTS hours). --emulator payne-default fits in seconds; a GPU, or a Payne distilled from it "
-             "(scripts/distill_emulator.py), keeps its accuracy at speed.")
+        fast = emulator.metadata.get("fast_path")
+        if fast:
+            _log(f"note: {name!r} is a TransformerPayne (~0.2 s per spectrum on a CPU): each MAP starts from a fit with "
+                 f"its fast path {fast!r} (a Payne distilled from it) and is polished with the TransformerPayne, "
+                 f"~15-30 s per star here (--init none: the full multi-start search, minutes); NUTS with it takes "
+                 f"hours on a CPU: sample with --emulator {fast} or on a GPU.")
+        else:
+            _log(f"note: {name!r} is a TransformerPayne; on a CPU each of its spectra costs ~0.2 s, so a MAP fit takes "
+                 "minutes (NUTS hours). A GPU, or a Payne distilled from it (scripts/distill_emulator.py), keeps "
+                 "its accuracy at speed.")
     return emulator
 
 
@@ -303,6 +310,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # -- fit ----------------------------------------------------------------------------
+INIT_HELP = ("where each MAP starts: auto (default: from a fit with the emulator's fast path when it names one -- "
+             "the shipped TransformerPayne 'default' names 'default-fast', a Payne distilled from it -- else the "
+             "multi-start search), fast (require the fast path), none (the multi-start search)")
+
+
+def _init_option(text: str):
+    return None if text == "none" else text
+
+
+def _check_init_option(text: str, emulator) -> None:
+    if text == "fast" and not emulator.metadata.get("fast_path"):
+        raise UsageError("--init fast: this emulator names no fast path (only the shipped 'default' does); "
+                         "use --init auto or none")
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from stellarfit.forward import ObservationOutsideEmulatorError
     from stellarfit.inference import GaussianPrior, fit_star
@@ -328,6 +350,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.spectrum} holds {len(spectrum)} spectra; `stellarfit fit` fits one (use `stellarfit batch`, or --format options to pick one)")
         spectrum = spectrum[0]
     emulator = _load_emulator_option(args.emulator)
+    _check_init_option(args.init, emulator)
     priors = {}
     for text in args.prior or []:
         try:
@@ -339,7 +362,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     try:
         sampler = {} if args.method == "map" else {"num_chains": args.chains, "num_warmup": args.warmup, "num_samples": args.samples,
                                                    "chain_method": args.chain_method, "target_accept": args.target_accept}
-        result = fit_star(spectrum, emulator, method=args.method, priors=priors, n_starts=args.starts, seed=args.seed, **sampler)
+        result = fit_star(spectrum, emulator, method=args.method, priors=priors, n_starts=args.starts, seed=args.seed,
+                          init=_init_option(args.init), **sampler)
     except (ObservationOutsideEmulatorError, KeyError) as error:
         raise UsageError(str(error)) from None
     if args.out:
@@ -427,7 +451,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_writable(out)
     emulator = _load_emulator_option(args.emulator)
-    fit_options = {"n_starts": args.starts, "seed": args.seed}
+    _check_init_option(args.init, emulator)
+    fit_options = {"n_starts": args.starts, "seed": args.seed, "init": _init_option(args.init)}
     try:
         summary = fit_batch_files(args.inputs, emulator, out, method=args.method, format=args.format, resolution=args.resolution,
                                   snr=args.snr, backend=args.backend, retry_failed=args.retry_failed,
@@ -618,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--snr", type=float, default=None, help="S/N per pixel, for files without uncertainties")
     fit.add_argument("--prior", action="append", metavar="NAME:MEAN:SIGMA", help="Gaussian prior, e.g. logg:4.4:0.05 (repeatable)")
     fit.add_argument("--starts", type=int, default=8, help="MAP starting points (default 8)")
+    fit.add_argument("--init", choices=["auto", "fast", "none"], default="auto", help=INIT_HELP)
     fit.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     fit.add_argument("--out", default=None, help="write the result as JSON to this file")
     fit.add_argument("--save", default=None, metavar="FIT.fits",
@@ -668,6 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--vectorize", type=int, default=None, metavar="N",
                        help="map or nuts: fit N spectra at a time in one vectorized program (fills a GPU; with ray, per worker chunk)")
     batch.add_argument("--starts", type=int, default=8, help="MAP starting points per spectrum (default 8)")
+    batch.add_argument("--init", choices=["auto", "fast", "none"], default="auto", help=INIT_HELP)
     batch.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     batch.add_argument("--retry-failed", action="store_true", help="refit spectra that failed in an earlier run")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")

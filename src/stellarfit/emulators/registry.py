@@ -1,7 +1,9 @@
 """Shipped emulators by name, and :func:`load_emulator` for names and paths.
 
 ``load_emulator("default")`` is the shipped TransformerPayne of the default
-model, ``load_emulator("payne-default")`` the shipped Payne; they live in
+model, ``load_emulator("payne-default")`` the shipped Payne trained on the same
+kind of Turbospectrum grid, ``load_emulator("default-fast")`` a Payne distilled
+from the TransformerPayne (its CPU fast path, see ``fit_star(init=...)``); they live in
 ``stellarfit/data/emulators/<directory>/`` inside the installed package (an
 emulator directory each, see :mod:`stellarfit.emulators.checkpoint`).  Nothing
 is downloaded.  Any other argument is a path to an emulator directory.
@@ -23,6 +25,8 @@ SHIPPED_EMULATORS = {
     "default": "transformer_payne_default",
     "transformer-payne-default": "transformer_payne_default",
     "payne-default": "payne_default",
+    "default-fast": "payne_distilled_default",
+    "payne-distilled-default": "payne_distilled_default",
 }
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from stellarfit.forward import ForwardModel, continuum_design_matrix
 from stellarfit.inference.fisher import cramer_rao_from_fisher, fisher_matrix
 from stellarfit.inference.likelihood import FitProblem, GaussianPrior
-from stellarfit.inference.map import default_starts, estimate_rv, fit_map
+from stellarfit.inference.map import default_starts, estimate_rv, fit_map, polish_map, polish_map_batch
 
 __all__ = ["FitResult", "fit_star", "fit_stars", "forward_model_for", "FLAGS"]
 
@@ -246,6 +246,8 @@ def fit_star(
     chain_method: str = "auto",
     emulator_error: bool = True,
     error_floor: bool = True,
+    init="auto",
+    polish_steps: int | None = None,
 ) -> FitResult:
     """Fit one :class:`~stellarfit.spectra.ObservedSpectrum` with an emulator.
 
@@ -276,6 +278,20 @@ def fit_star(
             tests on held-out realistic spectra; see docs/fitting.md), add them in
             quadrature to each label's error and widen lower/upper accordingly;
             the error without the floor is kept as ``error_statistical``.
+        init: where the MAP starts.  ``None``: the multi-start search (RV search, then
+            ``n_starts`` starts, Adam and Levenberg-Marquardt from each).  A previous
+            :class:`FitResult` (its MAP), a mapping name -> value (labels missing from it start
+            at the box centre, a missing rv is searched, a missing vsini starts at 5 km/s) or
+            an array in ``labels``, rv, vsini order: Levenberg-Marquardt from that one point,
+            no RV search.  ``"fast"``: first fit the spectrum with the emulator's fast path
+            (``emulator.metadata["fast_path"]``, a shipped emulator such as ``default-fast``, a
+            Payne distilled from the shipped TransformerPayne) by the multi-start search, then
+            polish that MAP with ``emulator`` itself -- a TransformerPayne MAP in about
+            10-20 s per star on a CPU instead of ~8 minutes.  ``"auto"`` (default): ``"fast"``
+            when the emulator names a fast path, else ``None``.  How the start was found is in
+            ``diagnostics["init"]``.
+        polish_steps: Levenberg-Marquardt iterations of the MAP (default 50 from the
+            multi-start search, 8 from an ``init``).
 
     Returns a :class:`FitResult`; for the NUTS methods ``result.samples`` holds
     the draws and ``result.diagnostics`` R-hat, bulk/tail ESS, divergences,
@@ -290,17 +306,124 @@ def fit_star(
         check_sampler_settings(None, num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
                                chain_method=chain_method)
     start_time = time.perf_counter()
-    prepared = _prepare(spectrum, emulator, priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
-                        continuum_degree=continuum_degree, emulator_error=emulator_error)
+    options = dict(priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
+                   continuum_degree=continuum_degree, emulator_error=emulator_error)
+    init, init_info = _resolve_init(init, emulator)
+    if isinstance(init, _FastPath):
+        first = time.perf_counter()
+        init = fit_star(spectrum, init.emulator, "map", n_starts=n_starts, adam_steps=adam_steps, seed=seed,
+                        error_floor=error_floor, init=None, **options)
+        init_info.update(elapsed_s=time.perf_counter() - first, reduced_chi2=init.reduced_chi2, flags=init.flags)
+    start_values = _init_values(init, emulator.label_spec)
+    prepared = _prepare(spectrum, emulator, start=start_values, **options)
     problem = prepared.problem
-    result = fit_map(problem, default_starts(problem, n_starts, rv=prepared.rv0, seed=seed), adam_steps=adam_steps)
+    if start_values is None:
+        starts = default_starts(problem, n_starts, rv=prepared.rv0, seed=seed)
+        result = fit_map(problem, starts, adam_steps=adam_steps, polish_steps=50 if polish_steps is None else polish_steps)
+    else:
+        init_info["values"] = dict(zip(problem.names, _start_vector(problem, start_values, prepared.rv0).tolist()))
+        result = polish_map(problem, _start_vector(problem, start_values, prepared.rv0),
+                            max_steps=INIT_POLISH_STEPS if polish_steps is None else polish_steps)
     sampling = None
     if method != "map":
         sampling = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
                         max_tree_depth=max_tree_depth, target_accept=target_accept, mass_matrix=mass_matrix,
                         chain_method=chain_method)
-    return _finish(prepared, result, method, emulator, start_time, n_starts=n_starts, seed=seed, sampling=sampling,
-                   error_floor=error_floor)
+    return _finish(prepared, result, method, emulator, start_time, n_starts=n_starts if start_values is None else 1,
+                   seed=seed, sampling=sampling, error_floor=error_floor, init_info=init_info)
+
+
+#: most Levenberg-Marquardt iterations of a MAP started from ``init`` (a close start: it usually
+#: stops after 2-4, see :func:`~stellarfit.inference.polish_map`)
+INIT_POLISH_STEPS = 8
+
+
+@dataclasses.dataclass
+class _FastPath:
+    name: str
+    emulator: Any
+
+
+_FAST_PATH_CACHE: dict[str, Any] = {}
+
+
+def fast_path_emulator(emulator):
+    """The emulator's fast path (``emulator.metadata["fast_path"]``: a shipped name or a directory),
+    loaded once per process (so its compiled fits are reused), or None when it names none."""
+    name = (getattr(emulator, "metadata", {}) or {}).get("fast_path")
+    if not name:
+        return None
+    if name not in _FAST_PATH_CACHE:
+        from stellarfit.emulators import load_emulator
+
+        try:
+            fast = load_emulator(name)
+        except (FileNotFoundError, KeyError, ValueError) as error:
+            raise ValueError(f"the emulator's fast path {name!r} cannot be loaded ({error}); pass init=None to fit "
+                             "without it") from None
+        if list(fast.label_names) != list(emulator.label_names):
+            raise ValueError(f"the fast path {name!r} has labels {fast.label_names}, the emulator {emulator.label_names}")
+        _FAST_PATH_CACHE[name] = fast
+    return _FAST_PATH_CACHE[name]
+
+
+def _resolve_init(init, emulator):
+    """init argument -> (None | FitResult | Mapping | array | _FastPath, diagnostics dict)."""
+    if isinstance(init, str):
+        if init not in ("auto", "fast"):
+            raise ValueError(f"init must be None, 'auto', 'fast', a FitResult, a mapping or an array; got {init!r}")
+        fast = fast_path_emulator(emulator)
+        if fast is None:
+            if init == "fast":
+                raise ValueError("init='fast': this emulator names no fast path (emulator.metadata['fast_path']); "
+                                 "use init=None (multi-start) or a previous fit")
+            return None, {"source": "multi-start"}
+        name = emulator.metadata["fast_path"]
+        return _FastPath(name, fast), {"source": f"fast path {name}"}
+    if init is None:
+        return None, {"source": "multi-start"}
+    return init, {"source": "given"}
+
+
+def _init_values(init, spec) -> dict[str, float] | None:
+    """A start as name -> value (labels, and rv / vsini when known), validated against ``spec``."""
+    if init is None:
+        return None
+    names = list(spec.names) + ["rv", "vsini"]
+    if isinstance(init, FitResult):
+        values = {name: row.get("map", row["value"]) for name, row in init.labels.items()}
+    elif isinstance(init, Mapping):
+        values = dict(init)
+    else:
+        array = np.asarray(init, dtype=np.float64)
+        if array.ndim != 1 or array.size != len(names):
+            raise ValueError(f"init as an array needs {len(names)} values ({names}), got shape {array.shape}")
+        values = dict(zip(names, array))
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"init has unknown parameters {unknown}; the parameters are {names}")
+    values = {name: float(value) for name, value in values.items()}
+    bad = [name for name, value in values.items() if not np.isfinite(value)]
+    if bad:
+        raise ValueError(f"init has non-finite values for {bad}")
+    return values
+
+
+def _start_vector(problem: FitProblem, values: dict[str, float], rv0: float) -> np.ndarray:
+    """(p,) start in problem order: given values, box centres for missing labels, rv0, vsini 5 km/s."""
+    spec = problem.label_spec
+    centre = _box_centre(spec)
+    start = [values.get(name, centre[i]) for i, name in enumerate(spec.names)]
+    start += [rv0, values.get("vsini", 5.0)]
+    return np.clip(np.asarray(start, dtype=np.float64), problem.lower, problem.upper)
+
+
+def _box_centre(spec) -> np.ndarray:
+    centre = 0.5 * (spec.lower + spec.upper)
+    for i, label in enumerate(spec):
+        if label.offset_from is not None:
+            centre[i] = centre[spec.index(label.offset_from)] if label.offset_from else 0.0
+    return centre
 
 
 def fit_stars(
@@ -327,6 +450,8 @@ def fit_stars(
     max_tree_depth: int = 8,
     target_accept: float = 0.8,
     mass_matrix: str = "laplace",
+    init="auto",
+    polish_steps: int | None = None,
 ) -> list:
     """Fits of many spectra, vectorized: spectra on the same pixels (same wavelengths and
     resolution) are fitted ``batch_size`` at a time in one ``vmap``-ed program (all starts of all
@@ -339,7 +464,9 @@ def fit_stars(
     ``result.sample_stats["n_steps"]``.  On a CPU, batched NUTS is slower than
     ``fit_star(method="nuts")`` one star at a time (docs/fitting.md); it is the GPU path.
     ``errors="raise"`` stops at the first spectrum that cannot be fitted; ``errors="collect"`` puts
-    the exception in its place in the returned list and goes on.  Returns one :class:`FitResult`
+    the exception in its place in the returned list and goes on.  ``init``: None, "auto" or
+    "fast" as in :func:`fit_star` (the fast path fits all spectra first, batched), or one start
+    per spectrum (each None, a FitResult, a mapping or an array).  Returns one :class:`FitResult`
     (or exception) per spectrum, in order.
     """
     if method not in ("map", "nuts"):
@@ -358,28 +485,45 @@ def fit_stars(
 
     spectra = list(spectra)
     out: list = [None] * len(spectra)
+    options = dict(priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
+                   continuum_degree=continuum_degree, emulator_error=emulator_error)
+    inits, infos = _batch_inits(init, spectra, emulator, errors=errors, progress=progress, batch_size=batch_size,
+                                n_starts=n_starts, adam_steps=adam_steps, seed=seed, error_floor=error_floor, **options)
     prepared: dict[int, tuple[_Prepared, float]] = {}
+    starts_of: dict[int, dict | None] = {}
     groups: dict[Any, list[int]] = collections.defaultdict(list)
     bar = _progress_bar(len(spectra), "fit", progress)
     for i, spectrum in enumerate(spectra):
         start_time = time.perf_counter()
         try:
-            item = _prepare(spectrum, emulator, priors=priors, rv_range=rv_range, rv_window=rv_window,
-                            vsini_max=vsini_max, continuum_degree=continuum_degree, emulator_error=emulator_error)
+            if isinstance(inits[i], Exception):
+                raise inits[i]
+            starts_of[i] = _init_values(inits[i], emulator.label_spec)
+            item = _prepare(spectrum, emulator, start=starts_of[i], **options)
         except Exception as error:  # noqa: BLE001 - recorded per spectrum on request
             if errors == "raise":
                 raise
             out[i] = error
             bar.update(1)
             continue
-        prepared[i] = (item, time.perf_counter() - start_time)
-        groups[jax.tree_util.tree_structure(item.problem)].append(i)
-    for indices in groups.values():
+        prepared[i] = (item, time.perf_counter() - start_time + infos[i].get("elapsed_s", 0.0))
+        groups[(jax.tree_util.tree_structure(item.problem), starts_of[i] is None)].append(i)
+    for (_, multi_start), indices in groups.items():
         for first in range(0, len(indices), batch_size):
             chunk = indices[first : first + batch_size]
             start_time = time.perf_counter()
-            starts = np.stack([default_starts(prepared[i][0].problem, n_starts, rv=prepared[i][0].rv0, seed=seed) for i in chunk])
-            results = fit_map_batch([prepared[i][0].problem for i in chunk], starts, adam_steps=adam_steps)
+            if multi_start:
+                starts = np.stack([default_starts(prepared[i][0].problem, n_starts, rv=prepared[i][0].rv0, seed=seed)
+                                   for i in chunk])
+                results = fit_map_batch([prepared[i][0].problem for i in chunk], starts, adam_steps=adam_steps,
+                                        polish_steps=50 if polish_steps is None else polish_steps)
+            else:
+                starts = np.stack([_start_vector(prepared[i][0].problem, starts_of[i], prepared[i][0].rv0)[None]
+                                   for i in chunk])
+                for i, row in zip(chunk, starts):
+                    infos[i]["values"] = dict(zip(prepared[i][0].problem.names, row[0].tolist()))
+                results = polish_map_batch([prepared[i][0].problem for i in chunk], starts[:, 0],
+                                           max_steps=INIT_POLISH_STEPS if polish_steps is None else polish_steps)
             sampling, batch_draws = None, [None] * len(chunk)
             if method == "nuts":
                 from stellarfit.inference.nuts import sample_numpyro_batch
@@ -403,8 +547,9 @@ def fit_stars(
                     begin = time.perf_counter() - prepared[i][1] - share
                     if method == "nuts" and draws is None:
                         raise RuntimeError(f"the MAP fit failed (labels {result.theta}), so this spectrum was not sampled")
-                    out[i] = _finish(prepared[i][0], result, method, emulator, begin, n_starts=n_starts, seed=seed,
-                                     sampling=sampling, error_floor=error_floor, draws=draws)
+                    out[i] = _finish(prepared[i][0], result, method, emulator, begin,
+                                     n_starts=n_starts if multi_start else 1, seed=seed, sampling=sampling,
+                                     error_floor=error_floor, draws=draws, init_info=infos[i])
                 except Exception as error:  # noqa: BLE001
                     if errors == "raise":
                         raise
@@ -412,6 +557,30 @@ def fit_stars(
                 bar.update(1)
     bar.close()
     return out
+
+
+def _batch_inits(init, spectra, emulator, *, errors, progress, batch_size, n_starts, adam_steps, seed, error_floor,
+                 **options):
+    """Per-spectrum starts for :func:`fit_stars` (None, FitResult, mapping, array, or the exception of a
+    failed fast-path fit) and their diagnostics."""
+    if init is None or isinstance(init, str):
+        resolved, info = _resolve_init(init, emulator)
+        if not isinstance(resolved, _FastPath):
+            return [None] * len(spectra), [dict(info) for _ in spectra]
+        first = time.perf_counter()
+        inits = fit_stars(spectra, resolved.emulator, batch_size=batch_size, n_starts=n_starts, adam_steps=adam_steps,
+                          seed=seed, progress=progress, errors=errors, error_floor=error_floor, init=None, **options)
+        share = (time.perf_counter() - first) / max(len(spectra), 1)
+        infos = []
+        for fast in inits:
+            item = dict(info, elapsed_s=share)
+            if not isinstance(fast, Exception):
+                item.update(reduced_chi2=fast.reduced_chi2, flags=fast.flags)
+            infos.append(item)
+        return inits, infos
+    if isinstance(init, (np.ndarray, FitResult, Mapping)) or len(init) != len(spectra):
+        raise ValueError(f"fit_stars: init must be None, 'auto', 'fast' or one start per spectrum ({len(spectra)})")
+    return list(init), [{"source": "multi-start" if item is None else "given"} for item in init]
 
 
 def _progress_bar(total: int, description: str, enabled: bool):
@@ -430,8 +599,12 @@ class _Prepared:
     ivar: np.ndarray
 
 
-def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, continuum_degree, emulator_error=True) -> _Prepared:
-    """Pixels, continuum design, RV search and the FitProblem of one spectrum."""
+def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, continuum_degree, emulator_error=True,
+             start: dict[str, float] | None = None) -> _Prepared:
+    """Pixels, continuum design, RV search and the FitProblem of one spectrum.
+
+    ``start`` (name -> value, from ``init``): its rv replaces the RV search and its labels the
+    box-centre template that puts the emulator's error into flux units."""
     resolution = spectrum.require_resolution() if hasattr(spectrum, "require_resolution") else spectrum.resolution
     wavelength = np.asarray(spectrum.wavelength, dtype=np.float64)
     good = ~np.asarray(spectrum.mask) & (np.asarray(spectrum.ivar) > 0)
@@ -440,14 +613,18 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
     arms = np.asarray(getattr(spectrum, "arm", np.zeros(wavelength.size, dtype=int)))
     design = continuum_design_matrix(wavelength, arms, continuum_degree)
     spec = emulator.label_spec
-    centre = 0.5 * (spec.lower + spec.upper)
-    for i, label in enumerate(spec):
-        if label.offset_from is not None:
-            centre[i] = centre[spec.index(label.offset_from)] if label.offset_from else 0.0
+    centre = _box_centre(spec)
     # one forward model over the whole RV range (cached per pixel grid): the fit's RV box around
     # the search result is data of the FitProblem, so nothing recompiles from star to star
     model = forward_model_for(emulator, wavelength, resolution, rv_range=tuple(rv_range), vsini_max=vsini_max)
-    rv0, _, _ = estimate_rv(model, centre, flux, ivar, design)
+    if start is not None:
+        centre = np.clip([start.get(name, centre[i]) for i, name in enumerate(spec.names)], spec.lower, spec.upper)
+    if start is not None and "rv" in start:
+        if not model.rv_range[0] <= start["rv"] <= model.rv_range[1]:
+            raise ValueError(f"init rv {start['rv']:g} km/s is outside rv_range {tuple(rv_range)}")
+        rv0 = start["rv"]
+    else:
+        rv0, _, _ = estimate_rv(model, centre, flux, ivar, design)
     low = max(rv0 - rv_window, model.rv_range[0])
     high = min(rv0 + rv_window, model.rv_range[1])
     fit_ivar, error_basis = ivar, None
@@ -501,7 +678,7 @@ def _observed_error_modes(model, error_modes, rv, continuum) -> np.ndarray:
 
 
 def _finish(prepared: _Prepared, result, method: str, emulator, start_time: float, *, n_starts: int, seed: int,
-            sampling: dict | None, error_floor: bool = True, draws=None) -> FitResult:
+            sampling: dict | None, error_floor: bool = True, draws=None, init_info: dict | None = None) -> FitResult:
     """Cramér-Rao bounds, optional NUTS, flags and the FitResult from a MAP result."""
     problem = prepared.problem
     spec = problem.label_spec
@@ -516,10 +693,27 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
                           dtype=np.float64)
     fisher = jacobian.T @ (jacobian * ivar[:, None])
     names = list(problem.names) + [f"continuum_{i}" for i in range(coefficients.size)]
-    crb = cramer_rao_from_fisher(
-        fisher, names, prior_sigma=problem.prior_sigmas() + [None] * coefficients.size,
-        scales=np.concatenate([problem.box_widths(), np.maximum(np.abs(coefficients), 1e-30)]),
-    )
+    prior_sigma = problem.prior_sigmas() + [None] * coefficients.size
+    scales = np.concatenate([problem.box_widths(), np.maximum(np.abs(coefficients), 1e-30)])
+    crb = cramer_rao_from_fisher(fisher, names, prior_sigma=prior_sigma, scales=scales)
+    laplace = "hessian"
+    if result.covariance is None and problem.error_basis is not None:  # error modes: not in J^T W J
+        from stellarfit.inference.map import laplace_covariance
+
+        result = dataclasses.replace(result, covariance=laplace_covariance(problem, theta))
+    elif result.covariance is None:
+        # a MAP polished from an init (polish_map) has no Hessian: the Laplace covariance is the
+        # Gauss-Newton one, J^T W J with the fit's weights (noise plus emulator error) from the same
+        # Jacobian, the continuum marginalized and the priors added (exact for a model linear near
+        # the MAP; it omits the residual-weighted curvature, small when the fit is good)
+        fit_weights = np.asarray(problem.ivar, dtype=np.float64)
+        gauss_newton = cramer_rao_from_fisher(jacobian.T @ (jacobian * fit_weights[:, None]), names,
+                                              prior_sigma=prior_sigma, scales=scales)
+        n_theta = problem.n_parameters
+        covariance_gn = np.array(gauss_newton.covariance[:n_theta, :n_theta])
+        covariance_gn[np.isinf(gauss_newton.sigma[:n_theta]), :] = np.nan
+        result = dataclasses.replace(result, covariance=covariance_gn)
+        laplace = "gauss-newton"
     sigma = result.sigma
     labels = {}
     for i, name in enumerate(problem.names):
@@ -600,6 +794,9 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
             "crb_unconstrained": list(crb.unconstrained),
             "fisher_condition_number": crb.condition_number,
             "seed": seed,
+            "init": init_info or {"source": "multi-start"},
+            "laplace": laplace,
+            "map_iterations": result.iterations,
             **{("sampler_" + k if k in ("seed", "elapsed_s") else k): v for k, v in sampler_diagnostics.items()},
         },
         wavelength=wavelength,

@@ -20,7 +20,7 @@ inversion (a zero scale).
 Convergence (``MapResult.converged``): the fit is converged when the optimizer
 itself could not lower -log posterior by more than ``CONVERGED_DECREASE``: the
 objective fell by less than that over the last ``CONVERGENCE_TAIL_STEPS``
-Levenberg-Marquardt iterations, and no fraction (1, 1/2, ..., 1/4096) of a full
+Levenberg-Marquardt iterations (the second half of a shorter polish), and no fraction (1, 1/2, ..., 1/4096) of a full
 Gauss-Newton step from the result lowers it by more.  The Gauss-Newton
 decrement g^T H^-1 g itself is no measure here: a Payne MLP is piecewise linear
 in the labels, so at an optimum that lies on a kink the local gradient and the
@@ -55,8 +55,8 @@ CONVERGENCE_TAIL_STEPS = 10
 #: fractions of the Gauss-Newton step tried by the convergence test
 _PROBE_FRACTIONS = tuple(0.5**k for k in range(13))
 
-__all__ = ["MapResult", "estimate_rv", "fit_map", "fit_map_batch", "stack_problems", "default_starts", "laplace_covariance",
-           "fixed_parameters"]
+__all__ = ["MapResult", "estimate_rv", "fit_map", "fit_map_batch", "polish_map", "polish_map_batch", "stack_problems",
+           "default_starts", "laplace_covariance", "fixed_parameters"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +69,9 @@ class MapResult:
         log_posterior: at ``theta``.
         chi2: at ``theta`` (continuum profiled); ``n_good`` pixels used.
         covariance: (p, p) Laplace covariance (inverse Hessian), float64; NaN where singular,
-            0 in the rows and columns of fixed parameters (zero-width box).
+            0 in the rows and columns of fixed parameters (zero-width box); None from
+            :func:`polish_map`, which leaves it to the caller (``fit_star`` takes the
+            Gauss-Newton form from the Jacobian it needs for the Cramér-Rao bounds anyway).
         all_objectives: (n_starts,) final objective of every start.
         converged: True if the optimizer could not lower -log posterior by more than
             :data:`CONVERGED_DECREASE` (see the module docstring).
@@ -83,11 +85,12 @@ class MapResult:
     log_posterior: float
     chi2: float
     n_good: int
-    covariance: np.ndarray
+    covariance: np.ndarray | None
     all_objectives: np.ndarray
     converged: bool
     remaining_decrease: float = float("nan")
     convergence_tolerance: float = CONVERGED_DECREASE
+    iterations: int | None = None
 
     @property
     def sigma(self) -> np.ndarray:
@@ -214,7 +217,7 @@ def _polish(problem: FitProblem, z, *, steps: int):
 
     A step is kept only if it lowers the objective, and the damping adapts (/3 on success,
     x4 on failure).  Returns (z, objective, decrease of the objective over the last
-    ``CONVERGENCE_TAIL_STEPS`` iterations).
+    ``CONVERGENCE_TAIL_STEPS`` iterations, or the second half of fewer steps).
     """
     residual = problem.residuals_unconstrained
 
@@ -232,7 +235,9 @@ def _polish(problem: FitProblem, z, *, steps: int):
     r = residual(z)
     (z_final, _, value), decreases = jax.lax.scan(step, (z, jnp.asarray(1e-2, z.dtype), 0.5 * jnp.sum(r * r)), None,
                                                   length=steps)
-    return z_final, value, jnp.sum(decreases[max(steps - CONVERGENCE_TAIL_STEPS, 0):])
+    # a short polish (from a close start) is judged on its second half
+    tail = min(CONVERGENCE_TAIL_STEPS, max(steps // 2, 1))
+    return z_final, value, jnp.sum(decreases[steps - tail:])
 
 
 def _convergence_probe(problem: FitProblem, z):
@@ -327,6 +332,89 @@ def fit_map(
         remaining_decrease=float(remaining),
         convergence_tolerance=float(tolerance),
     )
+
+
+@functools.partial(jax.jit, static_argnames=("max_steps",))
+def _polish_until(problem: FitProblem, z, *, max_steps: int):
+    """Levenberg-Marquardt from a close start ``z``, stopping early once the objective fell by less
+    than ``CONVERGED_DECREASE`` over the last two iterations (a rejected step counts 0: two
+    rejections in a row mean the Gauss-Newton direction no longer lowers it), else after
+    ``max_steps``.  Returns (z, objective, decrease over the last two iterations, iterations)."""
+    residual = problem.residuals_unconstrained
+
+    def keep_going(carry):
+        _, _, _, k, last, previous, _ = carry
+        return (k < max_steps) & ~((k >= 2) & (last + previous < CONVERGED_DECREASE))
+
+    def step(carry):
+        x, damping, value, k, last, _, _ = carry
+        r, gradient, hessian = _linearize(problem, x)
+        candidate = x + _gauss_newton_step(gradient, hessian, damping)
+        decrease = _decrease(r, residual(candidate))
+        better = jnp.all(jnp.isfinite(candidate)) & jnp.isfinite(decrease) & (decrease > 0)
+        x = jnp.where(better, candidate, x)
+        value = jnp.where(better, value - decrease, value)
+        damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), jnp.minimum(damping * 4.0, 1e8))
+        return x, damping, value, k + 1, jnp.where(better, decrease, 0.0).astype(value.dtype), last, better
+
+    r = residual(z)
+    value = 0.5 * jnp.sum(r * r)
+    big = jnp.asarray(jnp.inf, value.dtype)
+    carry = (z, jnp.asarray(1e-2, z.dtype), value, jnp.asarray(0), big, big, jnp.asarray(False))
+    z, _, value, k, last, previous, _ = jax.lax.while_loop(keep_going, step, carry)
+    return z, value, last + previous, k
+
+
+def _polished(problem: FitProblem, z0, max_steps: int):
+    z, value, remaining, k = _polish_until(problem, z0, max_steps=max_steps)
+    theta, chi2 = _theta_chi2(problem, z)
+    return theta, chi2, value, remaining, k
+
+
+def _polish_result(problem: FitProblem, theta, chi2, value, remaining, steps) -> MapResult:
+    return MapResult(
+        theta=np.asarray(theta, dtype=np.float64), names=problem.names, log_posterior=-float(value), chi2=float(chi2),
+        n_good=problem.n_good, covariance=None, all_objectives=np.asarray([value]),
+        converged=bool(remaining < CONVERGED_DECREASE), remaining_decrease=float(remaining),
+        convergence_tolerance=CONVERGED_DECREASE, iterations=int(steps))
+
+
+def polish_map(problem: FitProblem, start: np.ndarray, *, max_steps: int = 8) -> MapResult:
+    """MAP by Levenberg-Marquardt from one close ``start`` (p,) (physical units), e.g. the MAP of a
+    faster emulator: no multi-start, no Adam, no Hessian (``covariance`` is None).
+
+    Stops once the last two iterations lowered -log posterior by less than
+    :data:`CONVERGED_DECREASE` together (``converged``), or after ``max_steps`` iterations.  This
+    is how a slow emulator (a TransformerPayne on a CPU, ~3 s per Jacobian) gets its MAP in a few
+    Jacobians.
+    """
+    start = np.asarray(start, dtype=np.float64)
+    if start.shape != (problem.n_parameters,):
+        raise ValueError(f"start must have shape ({problem.n_parameters},) ({problem.names}), got {start.shape}")
+    _check_steps(0, max_steps)
+    z0 = problem.to_unconstrained(jnp.asarray(start, jnp.float32))
+    return _polish_result(problem, *_polished_jit(problem, z0, max_steps=max_steps))
+
+
+_polished_jit = jax.jit(_polished, static_argnames=("max_steps",))
+
+
+@functools.partial(jax.jit, static_argnames=("max_steps",))
+def _polished_batch(stacked: FitProblem, z0, *, max_steps: int):
+    return jax.vmap(lambda problem, z: _polished(problem, z, max_steps))(stacked, z0)
+
+
+def polish_map_batch(problems, starts: np.ndarray, *, max_steps: int = 8) -> list[MapResult]:
+    """:func:`polish_map` for many problems on one forward model at once (one ``vmap``); starts (n, p)."""
+    problems = list(problems)
+    starts = np.asarray(starts, dtype=np.float64)
+    if starts.shape != (len(problems), problems[0].n_parameters):
+        raise ValueError(f"starts must have shape ({len(problems)}, {problems[0].n_parameters}), got {starts.shape}")
+    _check_steps(0, max_steps)
+    stacked = stack_problems(problems)
+    z0 = jnp.stack([problem.to_unconstrained(jnp.asarray(s, jnp.float32)) for problem, s in zip(problems, starts)])
+    arrays = [np.asarray(a) for a in _polished_batch(stacked, z0, max_steps=max_steps)]
+    return [_polish_result(problem, *(a[i] for a in arrays)) for i, problem in enumerate(problems)]
 
 
 def _check_steps(adam_steps, polish_steps) -> None:

@@ -1,0 +1,133 @@
+"""fit_star(init=...): a MAP polished from a given start or from the emulator's fast path."""
+
+import numpy as np
+import pytest
+
+import stellarfit as sf
+from stellarfit.data import example_truth
+from stellarfit.inference import fit_star, fit_stars
+from stellarfit.inference.fit import fast_path_emulator
+from stellarfit.inference.map import polish_map
+from stellarfit.inference.fit import _prepare
+
+
+@pytest.fixture(scope="module")
+def payne():
+    return sf.load_emulator("payne-default")
+
+
+@pytest.fixture(scope="module")
+def spectrum():
+    return sf.example_spectrum()
+
+
+@pytest.fixture(scope="module")
+def multi_start(payne, spectrum):
+    return fit_star(spectrum, payne, init=None)
+
+
+def _values(result):
+    return np.array([result.labels[name]["value"] for name in result.names])
+
+
+def test_payne_default_has_no_fast_path_so_auto_is_the_multi_start_search(payne, spectrum, multi_start):
+    assert fast_path_emulator(payne) is None
+    assert multi_start.diagnostics["init"] == {"source": "multi-start"}
+    assert multi_start.diagnostics["laplace"] == "hessian"
+    with pytest.raises(ValueError, match="names no fast path"):
+        fit_star(spectrum, payne, init="fast")
+
+
+def test_polish_from_a_distant_start_reaches_the_multi_start_map(payne, spectrum, multi_start):
+    """From 60 K, 0.08 dex in logg and 0.04 dex in [Fe/H] away (no RV given: it is searched), a few
+    Levenberg-Marquardt steps land on the multi-start MAP.  (The polish is local: from 150 K and
+    0.2 dex away it settles in another minimum of this star's chi2, 12 higher.)"""
+    start = {name: multi_start.labels[name]["map"] for name in payne.label_names}
+    start.update(teff=start["teff"] + 60.0, logg=start["logg"] + 0.08, fe_h=start["fe_h"] - 0.04)
+    result = fit_star(spectrum, payne, init=start, polish_steps=20)
+    assert result.diagnostics["init"]["source"] == "given"
+    assert result.diagnostics["init"]["values"]["teff"] == pytest.approx(start["teff"], abs=1e-2)
+    assert result.diagnostics["laplace"] == "gauss-newton"
+    assert result.diagnostics["converged"]
+    assert 2 <= result.diagnostics["map_iterations"] <= 20
+    assert result.chi2 <= multi_start.chi2 + 1.0
+    for name in ("teff", "logg", "fe_h", "mg_fe", "rv"):
+        row, ref = result.labels[name], multi_start.labels[name]
+        assert abs(row["value"] - ref["value"]) < 0.3 * ref["error"], (name, row, ref)
+        # the Gauss-Newton Laplace errors agree with the Hessian's of the multi-start fit
+        assert row["error"] == pytest.approx(ref["error"], rel=0.15), name
+
+
+def test_init_from_a_fit_result_stays_put_and_stops_early(payne, spectrum, multi_start):
+    result = fit_star(spectrum, payne, init=multi_start)
+    assert result.diagnostics["map_iterations"] <= 4 and result.diagnostics["converged"]
+    errors = np.array([multi_start.labels[name]["error"] for name in multi_start.names])
+    assert np.all(np.abs(_values(result) - _values(multi_start)) < 0.05 * errors)
+    assert result.diagnostics["init"]["values"]["rv"] == pytest.approx(multi_start.labels["rv"]["map"], abs=1e-3)
+
+
+def test_an_emulator_naming_a_fast_path_fits_in_two_stages(payne, spectrum, multi_start):
+    """payne-default naming itself as its fast path: the machinery of the shipped TransformerPayne's
+    two-stage fit, at Payne speed."""
+    two_stage = payne.replace(metadata={**payne.metadata, "fast_path": "payne-default"})
+    result = fit_star(spectrum, two_stage)
+    info = result.diagnostics["init"]
+    assert info["source"] == "fast path payne-default"
+    assert info["reduced_chi2"] == pytest.approx(multi_start.reduced_chi2, rel=1e-4)
+    assert result.elapsed_s > info["elapsed_s"] > 0
+    assert abs(result.labels["teff"]["value"] - multi_start.labels["teff"]["value"]) < 0.3 * multi_start.labels["teff"]["error"]
+    batch = fit_stars([spectrum], two_stage)
+    assert batch[0].diagnostics["init"]["source"] == "fast path payne-default"
+    assert batch[0].labels["teff"]["value"] == pytest.approx(result.labels["teff"]["value"], abs=2.0)
+
+
+def test_fit_stars_takes_one_start_per_spectrum(payne, spectrum, multi_start):
+    results = fit_stars([spectrum, spectrum], payne, init=[multi_start, None])
+    assert [r.diagnostics["init"]["source"] for r in results] == ["given", "multi-start"]
+    for result in results:
+        assert result.labels["fe_h"]["value"] == pytest.approx(multi_start.labels["fe_h"]["value"], abs=0.01)
+    with pytest.raises(ValueError, match="one start per spectrum"):
+        fit_stars([spectrum, spectrum], payne, init=[multi_start])
+
+
+@pytest.mark.parametrize("init, match", [
+    ({"teff": 5500.0, "gravity": 4.0}, "unknown parameters"),
+    ({"teff": float("nan")}, "non-finite"),
+    (np.zeros(3), "needs 15 values"),
+    ({"rv": 5000.0}, "outside rv_range"),
+    ("fastest", "init must be"),
+])
+def test_bad_init_is_a_clear_error(payne, spectrum, init, match):
+    with pytest.raises(ValueError, match=match):
+        fit_star(spectrum, payne, init=init)
+
+
+def test_polish_map_checks_its_start(payne, spectrum):
+    prepared = _prepare(spectrum, payne, priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0, vsini_max=100.0,
+                        continuum_degree=2)
+    with pytest.raises(ValueError, match="start must have shape"):
+        polish_map(prepared.problem, np.zeros(4))
+
+
+def test_the_shipped_transformer_payne_names_its_distilled_fast_path():
+    default = sf.load_emulator("default")
+    fast = fast_path_emulator(default)
+    assert default.metadata["fast_path"] == "default-fast"
+    assert fast.model_type == "payne" and fast.label_names == default.label_names
+    assert fast.pixel_error is not None and fast.native_resolution == default.native_resolution
+    assert fast.metadata["distilled_from"].startswith("default")
+    assert fast_path_emulator(default) is fast  # loaded once: its compiled fits are reused
+
+
+@pytest.mark.slow
+def test_two_stage_transformer_payne_fit_of_the_example_star(spectrum):
+    """The default TransformerPayne fitted on a CPU through its fast path: close to the truth of the
+    held-out example star (Turbospectrum, S/N 60), and at least as close in Teff and [Fe/H] as its
+    distilled first stage."""
+    result = fit_star(spectrum, sf.load_emulator("default"))
+    truth = example_truth()
+    assert result.diagnostics["init"]["source"] == "fast path default-fast"
+    assert result.diagnostics["laplace"] == "gauss-newton"
+    assert 0.8 < result.reduced_chi2 < 1.1
+    for name, tolerance in (("teff", 60.0), ("logg", 0.1), ("fe_h", 0.05), ("mg_fe", 0.05), ("rv", 0.2)):
+        assert abs(result.labels[name]["value"] - truth[name]) < tolerance, name
