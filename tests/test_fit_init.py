@@ -131,3 +131,10 @@ def test_two_stage_transformer_payne_fit_of_the_example_star(spectrum):
     assert 0.8 < result.reduced_chi2 < 1.1
     for name, tolerance in (("teff", 60.0), ("logg", 0.1), ("fe_h", 0.05), ("mg_fe", 0.05), ("rv", 0.2)):
         assert abs(result.labels[name]["value"] - truth[name]) < tolerance, name
+
+
+def test_cli_init_fast_needs_a_fast_path(capsys):
+    from stellarfit.cli.main import main
+
+    assert main(["fit", "example", "--emulator", "payne-default", "--init", "fast"]) == 2
+    assert "names no fast path" in capsys.readouterr().err
