@@ -117,6 +117,14 @@ def test_the_shipped_transformer_payne_names_its_distilled_fast_path():
     assert fast.pixel_error is not None and fast.native_resolution == default.native_resolution
     assert fast.metadata["distilled_from"].startswith("default")
     assert fast_path_emulator(default) is fast  # loaded once: its compiled fits are reused
+    # both carry label error floors from two-stage fits of held-out Turbospectrum stars (heldout-a);
+    # the polished TransformerPayne's are the smaller, label by label, for the main labels
+    for emulator in (default, fast):
+        floors = emulator.metadata["label_error_floor"]
+        assert set(floors) == set(default.label_names) and all(v >= 0 for v in floors.values())
+        assert emulator.metadata["label_error_floor_source"]["split"] == "heldout-a"
+    for name in ("teff", "logg", "fe_h", "mg_fe"):
+        assert default.metadata["label_error_floor"][name] < fast.metadata["label_error_floor"][name]
 
 
 @pytest.mark.slow
@@ -129,6 +137,8 @@ def test_two_stage_transformer_payne_fit_of_the_example_star(spectrum):
     assert result.diagnostics["init"]["source"] == "fast path default-fast"
     assert result.diagnostics["laplace"] == "gauss-newton"
     assert 0.8 < result.reduced_chi2 < 1.1
+    floor = sf.load_emulator("default").metadata["label_error_floor"]["teff"]
+    assert result.labels["teff"]["error"] >= floor > 0
     for name, tolerance in (("teff", 60.0), ("logg", 0.1), ("fe_h", 0.05), ("mg_fe", 0.05), ("rv", 0.2)):
         assert abs(result.labels[name]["value"] - truth[name]) < tolerance, name
 
