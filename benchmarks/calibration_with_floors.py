@@ -54,11 +54,13 @@ def main() -> None:
         delta = value - truth
         rows = {}
         for j, name in enumerate(names):
-            z_plain, z_floor = delta[:, j] / statistical[:, j], delta[:, j] / floored[:, j]
+            with np.errstate(divide="ignore", invalid="ignore"):  # an error of 0 or NaN (e.g. vsini at 0): z is not finite
+                z_plain, z_floor = delta[:, j] / statistical[:, j], delta[:, j] / floored[:, j]
             rows[name] = {"floor": float(floor[j]), "scatter": robust_sigma(delta[:, j]), "bias": float(np.median(delta[:, j])),
                           "z_width_without": robust_sigma(z_plain), "z_width_with": robust_sigma(z_floor),
-                          "inside_68": float(np.mean(np.abs(z_floor) < 1.0)), "inside_95": float(np.mean(np.abs(z_floor) < 1.96)),
-                          "median_error_with": float(np.median(floored[:, j])), "median_crb": result["parameters"][name]["median_crb"]}
+                          "inside_68": float(np.mean(np.abs(z_floor[np.isfinite(z_floor)]) < 1.0)),
+                          "inside_95": float(np.mean(np.abs(z_floor[np.isfinite(z_floor)]) < 1.96)),
+                          "median_error_with": float(np.nanmedian(floored[:, j])), "median_crb": result["parameters"][name]["median_crb"]}
         out["results"][snr] = {"n_stars": len(value), "parameters": rows}
         lines.append(f"### S/N {float(snr):g} ({len(value)} stars)\n")
         lines.append("| parameter | bias | scatter | floor | median error (with floor) | median CRB | z width without / with floor | inside 68% / 95% |")
