@@ -43,3 +43,10 @@ def two_stars():
     second = ObservedSpectrum.from_arrays(first.wavelength, first.flux + rng.normal(size=first.flux.size) * sigma,
                                           ivar=first.ivar / 2.0, resolution=first.resolution)
     return first, second
+
+
+def robust_sigma(values) -> float:
+    """1.4826 x the median absolute deviation of the finite values (NaN when there are none)."""
+    values = np.asarray(values)
+    values = values[np.isfinite(values)]
+    return float(1.4826 * np.median(np.abs(values - np.median(values)))) if values.size else float("nan")

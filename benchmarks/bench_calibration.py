@@ -30,13 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from _stars import robust_sigma
+
 HERE = Path(__file__).resolve().parent
-
-
-def robust_sigma(values: np.ndarray) -> float:
-    values = np.asarray(values)
-    values = values[np.isfinite(values)]
-    return float(1.4826 * np.median(np.abs(values - np.median(values)))) if values.size else float("nan")
 
 
 def main() -> None:

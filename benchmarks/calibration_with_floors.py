@@ -18,11 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def robust_sigma(values: np.ndarray) -> float:
-    values = np.asarray(values)
-    values = values[np.isfinite(values)]
-    return float(1.4826 * np.median(np.abs(values - np.median(values)))) if values.size else float("nan")
+from _stars import robust_sigma
 
 
 def main() -> None:

@@ -211,26 +211,32 @@ def _decrease(r0, r):
     return 0.5 * jnp.sum((r0 - r) * (r0 + r), axis=-1)
 
 
+def _lm_step(problem: FitProblem, x, damping, value):
+    """One Levenberg-Marquardt iteration: the step is kept only if it lowers the objective, and the
+    damping adapts (/3 on success, x4 on failure).  Returns (x, damping, objective, decrease; 0 if
+    the step was rejected)."""
+    r, gradient, hessian = _linearize(problem, x)
+    candidate = x + _gauss_newton_step(gradient, hessian, damping)
+    decrease = _decrease(r, problem.residuals_unconstrained(candidate))
+    better = jnp.all(jnp.isfinite(candidate)) & jnp.isfinite(decrease) & (decrease > 0)
+    x = jnp.where(better, candidate, x)
+    value = jnp.where(better, value - decrease, value)
+    damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), jnp.minimum(damping * 4.0, 1e8))
+    return x, damping, value, jnp.where(better, decrease, 0.0)
+
+
 @functools.partial(jax.jit, static_argnames=("steps",))
 def _polish(problem: FitProblem, z, *, steps: int):
     """Levenberg-Marquardt from z on the whitened residuals (profiled continuum, Gaussian priors).
 
-    A step is kept only if it lowers the objective, and the damping adapts (/3 on success,
-    x4 on failure).  Returns (z, objective, decrease of the objective over the last
+    ``steps`` iterations of :func:`_lm_step`.  Returns (z, objective, decrease of the objective over the last
     ``CONVERGENCE_TAIL_STEPS`` iterations, or the second half of fewer steps).
     """
     residual = problem.residuals_unconstrained
 
     def step(carry, _):
-        x, damping, value = carry
-        r, gradient, hessian = _linearize(problem, x)
-        candidate = x + _gauss_newton_step(gradient, hessian, damping)
-        decrease = _decrease(r, residual(candidate))
-        better = jnp.all(jnp.isfinite(candidate)) & jnp.isfinite(decrease) & (decrease > 0)
-        x = jnp.where(better, candidate, x)
-        value = jnp.where(better, value - decrease, value)
-        damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), jnp.minimum(damping * 4.0, 1e8))
-        return (x, damping, value), jnp.where(better, decrease, 0.0)
+        x, damping, value, decrease = _lm_step(problem, *carry)
+        return (x, damping, value), decrease
 
     r = residual(z)
     (z_final, _, value), decreases = jax.lax.scan(step, (z, jnp.asarray(1e-2, z.dtype), 0.5 * jnp.sum(r * r)), None,
@@ -343,25 +349,19 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int):
     residual = problem.residuals_unconstrained
 
     def keep_going(carry):
-        _, _, _, k, last, previous, _ = carry
+        _, _, _, k, last, previous = carry
         return (k < max_steps) & ~((k >= 2) & (last + previous < CONVERGED_DECREASE))
 
     def step(carry):
-        x, damping, value, k, last, _, _ = carry
-        r, gradient, hessian = _linearize(problem, x)
-        candidate = x + _gauss_newton_step(gradient, hessian, damping)
-        decrease = _decrease(r, residual(candidate))
-        better = jnp.all(jnp.isfinite(candidate)) & jnp.isfinite(decrease) & (decrease > 0)
-        x = jnp.where(better, candidate, x)
-        value = jnp.where(better, value - decrease, value)
-        damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), jnp.minimum(damping * 4.0, 1e8))
-        return x, damping, value, k + 1, jnp.where(better, decrease, 0.0).astype(value.dtype), last, better
+        x, damping, value, k, last, _ = carry
+        x, damping, value, decrease = _lm_step(problem, x, damping, value)
+        return x, damping, value, k + 1, decrease.astype(value.dtype), last
 
     r = residual(z)
     value = 0.5 * jnp.sum(r * r)
     big = jnp.asarray(jnp.inf, value.dtype)
-    carry = (z, jnp.asarray(1e-2, z.dtype), value, jnp.asarray(0), big, big, jnp.asarray(False))
-    z, _, value, k, last, previous, _ = jax.lax.while_loop(keep_going, step, carry)
+    carry = (z, jnp.asarray(1e-2, z.dtype), value, jnp.asarray(0), big, big)
+    z, _, value, k, last, previous = jax.lax.while_loop(keep_going, step, carry)
     return z, value, last + previous, k
 
 
