@@ -36,7 +36,7 @@ import numpy as np
 from stellarfit.forward import ForwardModel, continuum_design_matrix
 from stellarfit.inference.fisher import cramer_rao_from_fisher, fisher_matrix
 from stellarfit.inference.likelihood import FitProblem, GaussianPrior
-from stellarfit.inference.map import default_starts, estimate_rv, fit_map, polish_map, polish_map_batch
+from stellarfit.inference.map import box_centre, default_starts, estimate_rv, fit_map, polish_map, polish_map_batch
 
 __all__ = ["FitResult", "fit_star", "fit_stars", "forward_model_for", "FLAGS"]
 
@@ -412,18 +412,10 @@ def _init_values(init, spec) -> dict[str, float] | None:
 def _start_vector(problem: FitProblem, values: dict[str, float], rv0: float) -> np.ndarray:
     """(p,) start in problem order: given values, box centres for missing labels, rv0, vsini 5 km/s."""
     spec = problem.label_spec
-    centre = _box_centre(spec)
+    centre = box_centre(spec)
     start = [values.get(name, centre[i]) for i, name in enumerate(spec.names)]
     start += [rv0, values.get("vsini", 5.0)]
     return np.clip(np.asarray(start, dtype=np.float64), problem.lower, problem.upper)
-
-
-def _box_centre(spec) -> np.ndarray:
-    centre = 0.5 * (spec.lower + spec.upper)
-    for i, label in enumerate(spec):
-        if label.offset_from is not None:
-            centre[i] = centre[spec.index(label.offset_from)] if label.offset_from else 0.0
-    return centre
 
 
 def fit_stars(
@@ -613,7 +605,7 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
     arms = np.asarray(getattr(spectrum, "arm", np.zeros(wavelength.size, dtype=int)))
     design = continuum_design_matrix(wavelength, arms, continuum_degree)
     spec = emulator.label_spec
-    centre = _box_centre(spec)
+    centre = box_centre(spec)
     # one forward model over the whole RV range (cached per pixel grid): the fit's RV box around
     # the search result is data of the FitProblem, so nothing recompiles from star to star
     model = forward_model_for(emulator, wavelength, resolution, rv_range=tuple(rv_range), vsini_max=vsini_max)

@@ -134,15 +134,22 @@ def estimate_rv(forward_model, template_labels, flux, ivar, design, *, step_kms:
     return float(rv), grid, chi2
 
 
+def box_centre(spec) -> np.ndarray:
+    """(n_labels,) the centre of the label box; labels bounded relative to another label start at
+    that label's centre (or at 0 when relative to 0)."""
+    centre = 0.5 * (spec.lower + spec.upper)
+    for i, label in enumerate(spec):
+        if label.offset_from is not None:
+            centre[i] = centre[spec.index(label.offset_from)] if label.offset_from else 0.0
+    return centre
+
+
 def default_starts(problem: FitProblem, n_starts: int = 8, *, rv: float = 0.0, vsini: float = 5.0, seed: int = 0) -> np.ndarray:
     """Starting points (n_starts, p): a Sobol set over (teff, logg, fe_h), other labels at the box centre."""
     from scipy.stats import qmc
 
     spec = problem.label_spec
-    centre = 0.5 * (spec.lower + spec.upper)
-    for i, label in enumerate(spec):
-        if label.offset_from is not None:
-            centre[i] = centre[spec.index(label.offset_from)] if label.offset_from else 0.0
+    centre = box_centre(spec)
     varied = [spec.index(name) for name in ("teff", "logg", "fe_h") if name in spec]
     if not varied:  # a label set without the usual names: spread the starts over its first labels
         varied = [i for i, label in enumerate(spec) if label.offset_from is None][:3]
