@@ -27,7 +27,7 @@ from pathlib import Path
 from _stars import add_sampler_options, document_header, two_stars
 
 HERE = Path(__file__).resolve().parent
-SCHEDULES = ("laplace", "laplace-windows")
+SCHEDULES = ("laplace", "laplace-windows", "laplace-fixed")
 
 
 def main() -> None:
@@ -35,6 +35,7 @@ def main() -> None:
     add_sampler_options(parser)
     parser.add_argument("--methods", nargs="+", default=["nuts", "blackjax"], choices=["nuts", "blackjax"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=SCHEDULES)
     args = parser.parse_args()
 
     from stellarfit import fit_star, load_emulator
@@ -43,13 +44,13 @@ def main() -> None:
     stars = dict(zip(("example", "second"), two_stars()))
     options = dict(num_warmup=args.num_warmup, num_samples=args.num_samples, num_chains=args.num_chains)
     for method in args.methods:  # start-up and compilation: one untimed fit per program (the settings are static)
-        for schedule in SCHEDULES:
+        for schedule in args.schedules:
             fit_star(stars["example"], emulator, method=method, mass_matrix=schedule, seed=99, **options)
     document = document_header("bench_adaptation", args)
     for method in args.methods:
         for seed in args.seeds:
             for name, star in stars.items():
-                for schedule in SCHEDULES:
+                for schedule in args.schedules:
                     t0 = time.perf_counter()
                     result = fit_star(star, emulator, method=method, mass_matrix=schedule, seed=seed, **options)
                     wall = time.perf_counter() - t0
@@ -69,7 +70,7 @@ def main() -> None:
     document["load_average_after"] = list(os.getloadavg())
     totals = {}
     for method in args.methods:
-        for schedule in SCHEDULES:
+        for schedule in args.schedules:
             runs = [r for r in document["runs"] if r["method"] == method and r["mass_matrix"] == schedule]
             gradients = sum(r["gradients_warmup"] + r["gradients_draws"] for r in runs)
             totals[f"{method}/{schedule}"] = {

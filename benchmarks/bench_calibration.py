@@ -61,6 +61,10 @@ def main() -> None:
                              "with --emulator (fit_stars(init=...)); both are reported, the first as "
                              "calibration_<init-from>_...")
     parser.add_argument("--polish-batch-size", type=int, default=4, help="spectra per batch of the polishing stage")
+    parser.add_argument("--method", choices=["map", "nuts"], default="map",
+                        help="map (batched fit_stars) or nuts (fit_star per spectrum, 4 chains x (500 + 500); with "
+                             "--emulator default on a CPU it samples the fast path re-centred on the TransformerPayne's "
+                             "mode, see fit_star's sample_with)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -116,6 +120,21 @@ def main() -> None:
         truths = np.array(truths)
         common = dict(n_starts=args.n_starts, adam_steps=args.adam_steps, seed=args.seed, errors="collect",
                       error_floor=not args.no_error_floor, emulator_error=not args.no_emulator_error)
+        if args.method == "nuts":
+            results, start = [], time.perf_counter()
+            for k, spectrum in enumerate(spectra):
+                try:
+                    results.append(sf.fit_star(spectrum, emulator, "nuts", seed=args.seed + k, error_floor=common["error_floor"],
+                                               emulator_error=common["emulator_error"]))
+                except Exception as error:  # noqa: BLE001 - recorded per spectrum
+                    results.append(error)
+                print(f"S/N {snr:g}: star {k + 1}/{len(spectra)}, {time.perf_counter() - start:.0f} s", flush=True)
+            per_star = [r.elapsed_s for r in results if not isinstance(r, Exception)]
+            timing = {"seconds_per_star": float(np.median(per_star[1:] or per_star)),
+                      "first_star_s": per_star[0] if per_star else None, "batch_size": 1}
+            record(document, lines, snr, results, truths, names, timing, args, wavelength.size)
+            write(document, lines, args, args.emulator, test.size, out_path(args, args.emulator))
+            continue
         if args.init_from:
             # stage 1 with the fast emulator (its own compile in its first batch), then the polish
             start = time.perf_counter()
@@ -148,6 +167,7 @@ def main() -> None:
 def out_path(args, name: str, stage: str = "") -> Path:
     suffix = ("" if args.split == "test" else f"_{args.split}") + ("_nofloor" if args.no_error_floor else "")
     suffix += ("_modes" if args.error_modes else "") + ("_noemuerror" if args.no_emulator_error else "")
+    suffix += "_nuts" if args.method == "nuts" else ""
     if args.init_from:
         suffix += f"_{stage}stage" if stage else f"_from_{Path(args.init_from).name}"
     if args.out and not stage:
@@ -168,9 +188,17 @@ def record(document, lines, snr, results, truths, names, timing, args, n_pixels)
                             for i in ok])
     crbs = np.array([[results[i].labels[n]["crb"] for n in names] for i in ok])
     delta = values - truths[ok]
+    # each truth against its own interval: the upper error above the value, the lower below
+    lower = np.array([[results[i].labels[n]["lower"] for n in names] for i in ok])
+    upper = np.array([[results[i].labels[n]["upper"] for n in names] for i in ok])
+    side = np.where(delta < 0, upper - values, values - lower)  # truth - value > 0 -> the upper side
+    z_sided = np.abs(delta) / np.where(side > 0, side, np.nan)
     per = {}
     for j, name in enumerate(names):
+        finite = np.isfinite(z_sided[:, j])
         per[name] = {
+            "inside_68": float(np.mean(z_sided[finite, j] <= 1.0)) if finite.any() else float("nan"),
+            "inside_95": float(np.mean(z_sided[finite, j] <= 1.96)) if finite.any() else float("nan"),
             "bias": float(np.median(delta[:, j])), "scatter": robust_sigma(delta[:, j]),
             "z_width": robust_sigma(delta[:, j] / errors[:, j]),
             "median_error": float(np.nanmedian(errors[:, j])), "median_crb": float(np.nanmedian(crbs[:, j])),
@@ -189,10 +217,11 @@ def record(document, lines, snr, results, truths, names, timing, args, n_pixels)
                      "error_statistical": statistical.tolist(), "crb": crbs.tolist()},
     }
     lines.append(f"### S/N {snr:g} ({len(ok)} stars, R = {args.resolution:g}, {n_pixels} pixels)\n")
-    lines.append("| parameter | bias | scatter | z width | median error | median CRB |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| parameter | bias | scatter | z width | inside 68% | inside 95% | median error | median CRB |")
+    lines.append("|---|---|---|---|---|---|---|---|")
     for name, row in per.items():
         lines.append(f"| {name} | {row['bias']:+.4g} | {row['scatter']:.4g} | {row['z_width']:.2f} | "
+                     f"{100 * row['inside_68']:.0f}% | {100 * row['inside_95']:.0f}% | "
                      f"{row['median_error']:.4g} | {row['median_crb']:.4g} |")
     if "first_batch_s" in timing:
         speed = (f"First batch of {timing['batch_size']} (with compilation): {timing['first_batch_s']:.0f} s; afterwards "
@@ -216,6 +245,8 @@ def write(document, lines, args, name, n_stars, out: Path) -> None:
         how = f", each MAP polished from the MAP of `{args.init_from}` (fit_stars(init=...))"
     elif args.init_from:
         how = f", the first stage of a two-stage run (then polished with `{args.emulator}`)"
+    if args.method == "nuts":
+        how += ", NUTS (fit_star(method='nuts'), 4 chains x (500 + 500), value = posterior median, 68% = 16th-84th percentile)"
     header = (f"Fits of {n_stars} held-out ({args.split} split) Turbospectrum spectra with `{name}`{how} "
               f"({document['device']}, {document['cpu_count']} cores, load {document['load_average_before'][0]:.1f}, "
               f"{document['date']}).\n\n")

@@ -489,6 +489,7 @@ def test_adaptation_windows_follow_stan_and_reach_both_samplers(monkeypatch):
         assert [i for a, b in single for i in range(a, b + 1)] == list(range(n))
         assert single[0] == stan[0] and single[-1] == stan[-1] and len(single) == min(3, len(stan))
     assert nuts_module.adaptation_windows(500, "laplace") == [(0, 74), (75, 449), (450, 499)]
+    assert nuts_module.adaptation_windows(500, "laplace-fixed") == [(0, 499)]  # step size only: no slow window
     assert len(nuts_module.adaptation_windows(500, "laplace-windows")) == 6
 
     # both samplers build their warm-up from it (a num_warmup no other test uses, so the programs are traced afresh)
@@ -496,7 +497,8 @@ def test_adaptation_windows_follow_stan_and_reach_both_samplers(monkeypatch):
     monkeypatch.setattr(nuts_module, "adaptation_windows", lambda n, m="laplace": calls.append((n, m)) or original(n, m))
     profiled, marginalized = make_problem(snr=200.0, seed=5)
     covariance = laplace_covariance(profiled, TRUTH)
-    for sampler, mass_matrix in ((sample_numpyro, "laplace"), (sample_blackjax, "laplace-windows")):
+    for sampler, mass_matrix in ((sample_numpyro, "laplace"), (sample_blackjax, "laplace-windows"),
+                                 (sample_numpyro, "laplace-fixed")):
         calls.clear()
         result = sampler(marginalized, TRUTH, covariance, num_warmup=41, num_samples=5, num_chains=1, mass_matrix=mass_matrix,
                          chain_method="sequential")

@@ -152,8 +152,9 @@ def _load_emulator_option(name: str, *, fitting: bool = True):
         if fast:
             _log(f"note: {name!r} is a TransformerPayne (~0.2 s per spectrum on a CPU): each MAP starts from a fit with "
                  f"its fast path {fast!r} (a Payne distilled from it) and is polished with the TransformerPayne, "
-                 f"~15-30 s per star here (--init none: the full multi-start search, minutes); NUTS with it takes "
-                 f"hours on a CPU: sample with --emulator {fast} or on a GPU.")
+                 f"~15-30 s per star here (--init none: the full multi-start search, minutes); NUTS samples "
+                 f"{fast!r}'s posterior and moves it to the TransformerPayne's mode (--sample-with self: the "
+                 f"TransformerPayne itself, hours on a CPU; use a GPU).")
         else:
             _log(f"note: {name!r} is a TransformerPayne; on a CPU each of its spectra costs ~0.2 s, so a MAP fit takes "
                  "minutes (NUTS hours). A GPU, or a Payne distilled from it (scripts/distill_emulator.py), keeps "
@@ -315,6 +316,17 @@ INIT_HELP = ("where each MAP starts: auto (default: from a fit with the emulator
              "multi-start search), fast (require the fast path), none (the multi-start search)")
 
 
+SAMPLE_WITH_HELP = ("which emulator NUTS samples with: auto (default: for a TransformerPayne on a CPU, its fast path, "
+                    "the draws moved to the TransformerPayne's mode; else the emulator itself), self, fast "
+                    "(see docs/fitting.md, NUTS with the TransformerPayne on a CPU)")
+
+
+def _check_sample_with_option(text: str, emulator) -> None:
+    if text == "fast" and not emulator.metadata.get("fast_path"):
+        raise UsageError("--sample-with fast: this emulator names no fast path (only the shipped 'default' does); "
+                         "use --sample-with auto or self")
+
+
 def _init_option(text: str):
     return None if text == "none" else text
 
@@ -351,6 +363,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         spectrum = spectrum[0]
     emulator = _load_emulator_option(args.emulator)
     _check_init_option(args.init, emulator)
+    _check_sample_with_option(args.sample_with, emulator)
     priors = {}
     for text in args.prior or []:
         try:
@@ -361,7 +374,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     _log(f"fitting {args.spectrum} ({spectrum.n_good} good pixels) with {args.emulator} by {args.method}")
     try:
         sampler = {} if args.method == "map" else {"num_chains": args.chains, "num_warmup": args.warmup, "num_samples": args.samples,
-                                                   "chain_method": args.chain_method, "target_accept": args.target_accept}
+                                                   "chain_method": args.chain_method, "target_accept": args.target_accept,
+                                                   "sample_with": args.sample_with}
         result = fit_star(spectrum, emulator, method=args.method, priors=priors, n_starts=args.starts, seed=args.seed,
                           init=_init_option(args.init), **sampler)
     except (ObservationOutsideEmulatorError, KeyError) as error:
@@ -452,7 +466,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     _check_writable(out)
     emulator = _load_emulator_option(args.emulator)
     _check_init_option(args.init, emulator)
-    fit_options = {"n_starts": args.starts, "seed": args.seed, "init": _init_option(args.init)}
+    _check_sample_with_option(args.sample_with, emulator)
+    fit_options = {"n_starts": args.starts, "seed": args.seed, "init": _init_option(args.init),
+                   "sample_with": args.sample_with}
     try:
         summary = fit_batch_files(args.inputs, emulator, out, method=args.method, format=args.format, resolution=args.resolution,
                                   snr=args.snr, backend=args.backend, retry_failed=args.retry_failed,
@@ -644,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--prior", action="append", metavar="NAME:MEAN:SIGMA", help="Gaussian prior, e.g. logg:4.4:0.05 (repeatable)")
     fit.add_argument("--starts", type=int, default=8, help="MAP starting points (default 8)")
     fit.add_argument("--init", choices=["auto", "fast", "none"], default="auto", help=INIT_HELP)
+    fit.add_argument("--sample-with", choices=["auto", "self", "fast"], default="auto", help=SAMPLE_WITH_HELP)
     fit.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     fit.add_argument("--out", default=None, help="write the result as JSON to this file")
     fit.add_argument("--save", default=None, metavar="FIT.fits",
@@ -695,6 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="map or nuts: fit N spectra at a time in one vectorized program (fills a GPU; with ray, per worker chunk)")
     batch.add_argument("--starts", type=int, default=8, help="MAP starting points per spectrum (default 8)")
     batch.add_argument("--init", choices=["auto", "fast", "none"], default="auto", help=INIT_HELP)
+    batch.add_argument("--sample-with", choices=["auto", "self", "fast"], default="auto", help=SAMPLE_WITH_HELP)
     batch.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     batch.add_argument("--retry-failed", action="store_true", help="refit spectra that failed in an earlier run")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")

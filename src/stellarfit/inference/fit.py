@@ -38,13 +38,15 @@ from stellarfit.inference.fisher import cramer_rao_from_fisher, fisher_matrix
 from stellarfit.inference.likelihood import FitProblem, GaussianPrior
 from stellarfit.inference.map import box_centre, default_starts, estimate_rv, fit_map, polish_map, polish_map_batch
 
-__all__ = ["FitResult", "fit_star", "fit_stars", "forward_model_for", "FLAGS"]
+__all__ = ["FitResult", "fit_star", "fit_stars", "forward_model_for", "recentred_posterior", "FLAGS", "SAMPLE_WITH"]
 
 #: flag name -> bit
 FLAGS = {"grid_edge": 1, "fit_failed": 2, "low_snr": 4, "high_chi2": 8, "not_converged": 16, "rv_edge": 32, "sampler_warning": 64}
 
 #: fitting methods of :func:`fit_star`
 METHODS = ("map", "nuts", "blackjax")
+#: which emulator NUTS samples with (:func:`fit_star`'s ``sample_with``)
+SAMPLE_WITH = ("auto", "self", "fast")
 
 
 @dataclasses.dataclass
@@ -248,6 +250,7 @@ def fit_star(
     error_floor: bool = True,
     init="auto",
     polish_steps: int | None = None,
+    sample_with: str = "auto",
 ) -> FitResult:
     """Fit one :class:`~stellarfit.spectra.ObservedSpectrum` with an emulator.
 
@@ -292,6 +295,15 @@ def fit_star(
             ``diagnostics["init"]``.
         polish_steps: Levenberg-Marquardt iterations of the MAP (default 50 from the
             multi-start search, 8 from an ``init``).
+        sample_with: which emulator the NUTS methods sample with.  ``"self"``: ``emulator``.
+            ``"fast"``: its fast path (``emulator.metadata["fast_path"]``), re-centred on
+            ``emulator``'s MAP: the chains sample the fast path's posterior and every draw is
+            moved by the difference of the two MAPs in the unconstrained coordinates, so the
+            location is ``emulator``'s and the shape (widths, correlations, skew near box edges)
+            the fast path's (:func:`recentred_posterior`; docs/fitting.md).  ``"auto"``
+            (default): ``"fast"`` for a TransformerPayne with a fast path on a CPU (sampling
+            it there takes hours: ~3 s per Jacobian), else ``"self"``.  What was done is in
+            ``diagnostics["posterior"]``.
 
     Returns a :class:`FitResult`; for the NUTS methods ``result.samples`` holds
     the draws and ``result.diagnostics`` R-hat, bulk/tail ESS, divergences,
@@ -308,6 +320,7 @@ def fit_star(
     start_time = time.perf_counter()
     options = dict(priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
                    continuum_degree=continuum_degree, emulator_error=emulator_error)
+    surrogate = _resolve_sample_with(sample_with, emulator, method)
     init, init_info = _resolve_init(init, emulator)
     if isinstance(init, _FastPath):
         first = time.perf_counter()
@@ -329,8 +342,80 @@ def fit_star(
         sampling = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
                         max_tree_depth=max_tree_depth, target_accept=target_accept, mass_matrix=mass_matrix,
                         chain_method=chain_method)
+        if surrogate is not None:
+            sampling["surrogate"] = _surrogate_map(spectrum, surrogate, prepared, result.theta, options)
     return _finish(prepared, result, method, emulator, start_time, n_starts=n_starts if start_values is None else 1,
                    seed=seed, sampling=sampling, error_floor=error_floor, init_info=init_info)
+
+
+def _resolve_sample_with(sample_with: str, emulator, method: str):
+    """sample_with -> the fast path (_FastPath) to sample with, or None for the emulator itself."""
+    if sample_with not in SAMPLE_WITH:
+        raise ValueError(f"sample_with must be one of {SAMPLE_WITH}, got {sample_with!r}")
+    if method == "map" or sample_with == "self":
+        return None
+    fast = fast_path_emulator(emulator)
+    if sample_with == "fast":
+        if fast is None:
+            raise ValueError("sample_with='fast': this emulator names no fast path (emulator.metadata['fast_path']); "
+                             "use sample_with='self'")
+    elif fast is None or getattr(emulator, "model_type", None) != "transformer_payne" or jax.default_backend() != "cpu":
+        return None
+    return _FastPath(emulator.metadata["fast_path"], fast)
+
+
+@dataclasses.dataclass
+class _Surrogate:
+    """The fast path's problem and MAP, and the two densities' modes in z (:func:`recentred_posterior`)."""
+
+    name: str
+    problem: FitProblem
+    map: Any  # MapResult
+    mode: np.ndarray  # (p,) z-mode of the fast path's density
+    target_mode: np.ndarray  # (p,) z-mode of the emulator's density
+
+
+def _surrogate_map(spectrum, surrogate: _FastPath, prepared: _Prepared, theta: np.ndarray, options: dict) -> _Surrogate:
+    """The fast path's FitProblem on the same spectrum and boxes as ``prepared`` (its RV box is
+    centred on the same rv), its MAP polished from ``theta`` (the emulator's MAP), and the modes in
+    z of both densities (Gauss-Newton, :func:`~stellarfit.inference.nuts.unconstrained_laplace`)."""
+    from stellarfit.inference.nuts import unconstrained_laplace
+
+    problem = prepared.problem
+    theta = np.asarray(theta, dtype=np.float64)
+    start = dict(zip(problem.names, theta.tolist()))
+    start["rv"] = prepared.rv0  # the same RV box, so that z means the same in both problems
+    fast_problem = _prepare(spectrum, surrogate.emulator, start=start, **options).problem
+    fast_map = polish_map(fast_problem, np.clip(theta, fast_problem.lower, fast_problem.upper), max_steps=20)
+    if not np.all(np.isfinite(fast_map.theta)):
+        raise RuntimeError(f"the fast path {surrogate.name!r} found no MAP near the emulator's; use sample_with='self'")
+    fast_mode = unconstrained_laplace(fast_problem, fast_map.theta, gauss_newton=True).mode
+    target_mode = unconstrained_laplace(problem, theta, gauss_newton=True).mode
+    if not (np.all(np.isfinite(fast_mode)) and np.all(np.isfinite(target_mode))):
+        raise RuntimeError("the modes of the densities in z are not finite; use sample_with='self'")
+    return _Surrogate(surrogate.name, fast_problem, fast_map, fast_mode, target_mode)
+
+
+def recentred_posterior(problem: FitProblem, samples: np.ndarray, source_mode: np.ndarray, target_mode: np.ndarray) -> np.ndarray:
+    """Draws of one posterior moved to another's mode in the unconstrained coordinates:
+    z -> z + target_mode - source_mode.
+
+    ``samples`` (..., p): physical draws of ``problem``'s posterior (e.g. a fast path's);
+    ``source_mode`` and ``target_mode`` (p,): the modes in z (the coordinates of ``problem``:
+    the sigmoid of each box) of that density and of the one to move to.  In z a parameter
+    pressed against a box edge has an interior mode, so shifted draws stay inside the boxes and
+    a posterior squeezed against an edge stays squeezed.  Exact when the two log densities
+    differ by a linear term in z near the mode; otherwise the draws keep the sampled posterior's
+    shape (widths, correlations, skew) around the target's mode.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    shift = np.asarray(target_mode, np.float64) - np.asarray(source_mode, np.float64)
+    if shift.shape != (samples.shape[-1],) or not np.all(np.isfinite(shift)):
+        raise ValueError(f"source_mode and target_mode must be finite with shape ({samples.shape[-1]},)")
+    flat = samples.reshape(-1, samples.shape[-1])
+    z = np.asarray(jax.vmap(problem.to_unconstrained)(jnp.asarray(flat, jnp.float32)), np.float64) + shift
+    moved = np.asarray(jax.vmap(problem.to_theta)(jnp.asarray(z, jnp.float32)), np.float64)
+    return moved.reshape(samples.shape)
 
 
 #: most Levenberg-Marquardt iterations of a MAP started from ``init`` (a close start: it usually
@@ -444,6 +529,7 @@ def fit_stars(
     mass_matrix: str = "laplace",
     init="auto",
     polish_steps: int | None = None,
+    sample_with: str = "auto",
 ) -> list:
     """Fits of many spectra, vectorized: spectra on the same pixels (same wavelengths and
     resolution) are fitted ``batch_size`` at a time in one ``vmap``-ed program (all starts of all
@@ -458,8 +544,9 @@ def fit_stars(
     ``errors="raise"`` stops at the first spectrum that cannot be fitted; ``errors="collect"`` puts
     the exception in its place in the returned list and goes on.  ``init``: None, "auto" or
     "fast" as in :func:`fit_star` (the fast path fits all spectra first, batched), or one start
-    per spectrum (each None, a FitResult, a mapping or an array).  Returns one :class:`FitResult`
-    (or exception) per spectrum, in order.
+    per spectrum (each None, a FitResult, a mapping or an array).  ``sample_with`` as in
+    :func:`fit_star` (with "fast", each batch samples the fast path's posteriors and moves them
+    to the emulator's MAPs).  Returns one :class:`FitResult` (or exception) per spectrum, in order.
     """
     if method not in ("map", "nuts"):
         raise ValueError(f"fit_stars fits method 'map' or 'nuts' (NumPyro, batched), got {method!r}; "
@@ -471,6 +558,7 @@ def fit_stars(
                                chain_method="vectorized")
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+    surrogate = _resolve_sample_with(sample_with, emulator, method)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     from stellarfit.inference.map import fit_map_batch
@@ -516,7 +604,7 @@ def fit_stars(
                     infos[i]["values"] = dict(zip(prepared[i][0].problem.names, row[0].tolist()))
                 results = polish_map_batch([prepared[i][0].problem for i in chunk], starts[:, 0],
                                            max_steps=INIT_POLISH_STEPS if polish_steps is None else polish_steps)
-            sampling, batch_draws = None, [None] * len(chunk)
+            sampling, batch_draws, surrogates = None, [None] * len(chunk), [None] * len(chunk)
             if method == "nuts":
                 from stellarfit.inference.nuts import sample_numpyro_batch
 
@@ -525,22 +613,37 @@ def fit_stars(
                                 chain_method="batched")
                 # stars whose MAP failed (non-finite) stay out of the batch and are recorded as failed below
                 good = [k for k, result in enumerate(results) if np.all(np.isfinite(result.theta))]
+                if surrogate is not None:  # the fast path's MAP of each star, to sample its posterior
+                    for k in list(good):
+                        try:
+                            surrogates[k] = _surrogate_map(spectra[chunk[k]], surrogate, prepared[chunk[k]][0],
+                                                           results[k].theta, options)
+                        except Exception as error:  # noqa: BLE001 - recorded per spectrum on request
+                            if errors == "raise":
+                                raise
+                            good.remove(k)
+                            batch_draws[k] = error
                 if good:
+                    targets = [(surrogates[k].problem, surrogates[k].map.theta, None) if surrogate is not None
+                               else (prepared[chunk[k]][0].problem, results[k].theta, results[k].covariance) for k in good]
                     sampled = sample_numpyro_batch(
-                        [prepared[chunk[k]][0].problem.with_continuum("marginalize") for k in good],
-                        [results[k].theta for k in good], [results[k].covariance for k in good],
+                        [problem.with_continuum("marginalize") for problem, _, _ in targets],
+                        [theta for _, theta, _ in targets], [covariance for _, _, covariance in targets],
                         **{k: v for k, v in sampling.items() if k != "chain_method"})
                     for k, draws in zip(good, sampled):
                         batch_draws[k] = draws
             share = (time.perf_counter() - start_time) / len(chunk)
-            for i, result, draws in zip(chunk, results, batch_draws):
+            for i, result, draws, fast_map in zip(chunk, results, batch_draws, surrogates):
                 try:
                     # elapsed_s: this spectrum's preparation plus its share of the batch
                     begin = time.perf_counter() - prepared[i][1] - share
+                    if isinstance(draws, Exception):
+                        raise draws
                     if method == "nuts" and draws is None:
                         raise RuntimeError(f"the MAP fit failed (labels {result.theta}), so this spectrum was not sampled")
                     out[i] = _finish(prepared[i][0], result, method, emulator, begin,
-                                     n_starts=n_starts if multi_start else 1, seed=seed, sampling=sampling,
+                                     n_starts=n_starts if multi_start else 1, seed=seed,
+                                     sampling=sampling if fast_map is None else {**sampling, "surrogate": fast_map},
                                      error_floor=error_floor, draws=draws, init_info=infos[i])
                 except Exception as error:  # noqa: BLE001
                     if errors == "raise":
@@ -723,18 +826,34 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
         sampling_problem = problem.with_continuum("marginalize")
         options = dict(sampling)
         chain_method = options.pop("chain_method")
+        surrogate = options.pop("surrogate", None)
         num_chains, num_samples = options["num_chains"], options["num_samples"]
+        start_theta, start_covariance = theta, result.covariance
+        if surrogate is not None:  # sample the fast path's posterior, then move it to this MAP
+            sampling_problem = surrogate.problem.with_continuum("marginalize")
+            start_theta, start_covariance = surrogate.map.theta, None
         if draws is not None:  # sampled already, in a batch of stars (fit_stars)
             pass
         elif method == "nuts":
-            draws = sample_numpyro(sampling_problem, theta, result.covariance, chain_method=chain_method, **options)
+            draws = sample_numpyro(sampling_problem, start_theta, start_covariance, chain_method=chain_method, **options)
         else:
-            draws = sample_blackjax(sampling_problem, theta, result.covariance, chain_method=chain_method, **options)
+            draws = sample_blackjax(sampling_problem, start_theta, start_covariance, chain_method=chain_method, **options)
+        if surrogate is not None:
+            draws = dataclasses.replace(draws, samples=recentred_posterior(surrogate.problem, draws.samples,
+                                                                           surrogate.mode, surrogate.target_mode))
+            posterior_info = {
+                "sampled_with": surrogate.name, "recentred_on": "mode in z",
+                "shift_z": dict(zip(problem.names, map(float, surrogate.target_mode - surrogate.mode))),
+                "sampled_map": dict(zip(problem.names, map(float, surrogate.map.theta))),
+            }
+        else:
+            posterior_info = {"sampled_with": "self"}
         samples = draws.samples
         covariance = np.cov(samples.reshape(-1, samples.shape[-1]), rowvar=False)
         for name, row in summarize_samples(samples, problem.names).items():
             labels[name].update(value=row["value"], error=row["error"], lower=row["lower"], upper=row["upper"])
         sampler_diagnostics = dict(draws.diagnostics)
+        sampler_diagnostics["posterior"] = posterior_info
         ess = min(sampler_diagnostics["ess_bulk"].values())
         sampler_diagnostics["gradient_evaluations_per_effective_sample"] = sampler_diagnostics["gradient_evaluations_per_ess"]
         sampler_warning = (

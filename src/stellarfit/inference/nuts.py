@@ -97,8 +97,9 @@ __all__ = [
 ]
 
 #: mass-matrix choices: adapted diagonal, adapted dense from the identity, adapted dense from the Laplace
-#: covariance in one long window ("laplace") or in Stan's doubling windows ("laplace-windows")
-MASS_MATRICES = ("diagonal", "dense", "laplace", "laplace-windows")
+#: covariance in one long window ("laplace") or in Stan's doubling windows ("laplace-windows"), or the
+#: Laplace covariance kept, step size adapted only ("laplace-fixed")
+MASS_MATRICES = ("diagonal", "dense", "laplace", "laplace-windows", "laplace-fixed")
 CHAIN_METHODS = ("auto", "vectorized", "sequential", "parallel", "processes")
 
 
@@ -243,6 +244,30 @@ def _log_density(problem: FitProblem, z):
     return problem.log_density_unconstrained(z)
 
 
+def _gauss_newton_log_density(problem: FitProblem, z):
+    """-|r(z)|^2 / 2 + log |d theta / d z|: the density in z with the continuum profiled (the
+    whitened residuals r of Levenberg-Marquardt, priors included)."""
+    r = problem.residuals_unconstrained(z)
+    return -0.5 * jnp.sum(r * r) + problem.log_abs_det_jacobian(z)
+
+
+@jax.jit
+def _gauss_newton_derivatives(problem: FitProblem, z):
+    """:func:`_gauss_newton_log_density`, its gradient and its Gauss-Newton Hessian -J^T J plus
+    the exact Hessian of the log Jacobian: one forward-mode Jacobian of the residuals (p
+    tangents through the emulator) instead of a full Hessian (about 4x cheaper)."""
+    r = problem.residuals_unconstrained(z)
+    jacobian = jax.jacfwd(problem.residuals_unconstrained)(z)
+    log_jacobian, log_jacobian_gradient = jax.value_and_grad(problem.log_abs_det_jacobian)(z)
+    value = -0.5 * jnp.sum(r * r) + log_jacobian
+    gradient = -jacobian.T @ r + log_jacobian_gradient
+    hessian = -jacobian.T @ jacobian + jax.hessian(problem.log_abs_det_jacobian)(z)
+    return value, gradient, hessian
+
+
+_gauss_newton_log_density_jit = jax.jit(_gauss_newton_log_density)
+
+
 #: smallest eigenvalue of minus the Hessian in z (variance at most 4: even a parameter the data do not
 #: constrain at all has the logistic density of the box's sigmoid in z, variance pi^2 / 3)
 _CURVATURE_FLOOR = 0.25
@@ -251,7 +276,7 @@ _MAX_NEWTON_STEP = 4.0
 
 
 def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_iterations: int = 12,
-                          tolerance: float = 0.05) -> UnconstrainedLaplace:
+                          tolerance: float = 0.05, gauss_newton: bool = False) -> UnconstrainedLaplace:
     """Mode and Laplace covariance of the density the samplers draw from, in z.
 
     Damped Newton iterations on ``problem.log_density_unconstrained`` (log L + log prior
@@ -270,9 +295,17 @@ def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_ite
     (vsini at 0, an abundance at the edge of its offset box): there the density in z has an
     exponential tail, its mode sits where theta is about one posterior width inside the edge
     and its width is of order 1 in z, whereas the mapped covariance diverges.
+
+    ``gauss_newton=True``: the density with the continuum profiled, -|r|^2 / 2 + log |d theta / d z|
+    (r the whitened residuals), and its Gauss-Newton Hessian from one Jacobian of r -- for an
+    emulator whose Hessian is expensive (a TransformerPayne on a CPU: ~3 s per Jacobian, 11 s per
+    Hessian).
     """
+    pieces, density = ((_gauss_newton_derivatives, _gauss_newton_log_density_jit) if gauss_newton
+                       else (_log_density_and_derivatives, _log_density))
+
     def derivatives(z):
-        return tuple(np.asarray(v, np.float64) for v in _log_density_and_derivatives(problem, jnp.asarray(z, jnp.float32)))
+        return tuple(np.asarray(v, np.float64) for v in pieces(problem, jnp.asarray(z, jnp.float32)))
 
     z = np.clip(np.asarray(problem.to_unconstrained(jnp.asarray(theta_map, jnp.float32)), np.float64), -8.0, 8.0)
     value, gradient, hessian = derivatives(z)
@@ -290,7 +323,7 @@ def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_ite
         step *= min(1.0, _MAX_NEWTON_STEP / np.max(np.abs(step)))
         scale = 1.0
         while scale >= 1.0 / 16.0:
-            trial_value = float(_log_density(problem, jnp.asarray(z + scale * step, jnp.float32)))
+            trial_value = float(density(problem, jnp.asarray(z + scale * step, jnp.float32)))
             if np.isfinite(trial_value) and trial_value >= value - 1e-6 * abs(value):
                 break
             scale *= 0.5
@@ -431,7 +464,7 @@ def _laplace_inverse_mass(p: int) -> np.ndarray:
 
 def _whitened(mass_matrix: str) -> bool:
     """Whether the samplers move in the Laplace-whitened coordinates w."""
-    return mass_matrix in ("laplace", "laplace-windows")
+    return mass_matrix in ("laplace", "laplace-windows", "laplace-fixed")
 
 
 def _dense_adaptation(mass_matrix: str) -> bool:
@@ -455,7 +488,8 @@ def adaptation_windows(num_warmup: int, mass_matrix: str = "laplace") -> list[tu
     about a fifth (a third on the example star) at equal or better draw
     efficiency (docs/fitting.md, Speed).  Below 20
     iterations there is one fast range, and when the buffers do not fit they
-    shrink to 15% and 10% of the warm-up, as in Stan.
+    shrink to 15% and 10% of the warm-up, as in Stan.  ``"laplace-fixed"``: one fast range
+    (step size only; the metric stays the Laplace whitening).
     """
     n = int(num_warmup)
     if n < 20:
@@ -466,6 +500,8 @@ def adaptation_windows(num_warmup: int, mass_matrix: str = "laplace") -> list[tu
         first = n - start - end
     windows = [(0, start - 1)]
     stop = n - end
+    if mass_matrix == "laplace-fixed":
+        return [(0, n - 1)]
     if mass_matrix == "laplace":
         windows.append((start, stop - 1))
     else:
@@ -652,7 +688,7 @@ def _numpyro_one_chain(problem, key, w0, center, factor, inverse_mass, options: 
     with _numpyro_schedule(options.mass_matrix):
         state = init_kernel(
             {**param_info.z, "z": w0}, options.num_warmup, step_size=1.0, inverse_mass_matrix={("z",): inverse_mass},
-            adapt_step_size=True, adapt_mass_matrix=True, dense_mass=[("z",)] if options.dense else [],
+            adapt_step_size=True, adapt_mass_matrix=options.mass_matrix != "laplace-fixed", dense_mass=[("z",)] if options.dense else [],
             target_accept_prob=options.target_accept, trajectory_length=None, max_tree_depth=options.depth,
             model_args=model_args, rng_key=key_kernel,
         )
@@ -763,8 +799,9 @@ def sample_numpyro(
         mass_matrix: "laplace" (default: coordinates whitened by :func:`unconstrained_laplace`,
             dense adaptation shrunk toward that Laplace covariance, in one long warm-up window;
             see the module docstring), "laplace-windows" (the same in Stan's doubling windows),
-            "dense" (z, from the identity) or "diagonal" (z, from ones), both in Stan's windows;
-            all adapted during warm-up (:func:`adaptation_windows`).
+            "laplace-fixed" (the Laplace whitening kept as the metric: warm-up adapts the step
+            size only), "dense" (z, from the identity) or "diagonal" (z, from ones), both in
+            Stan's windows (:func:`adaptation_windows`).
         chain_method: "auto" (default: "processes" on a multi-core Linux CPU where it applies, else
             "sequential" on a CPU; "vectorized" on an accelerator), "processes" (the chains dealt
             out to worker processes pinned one per core, :mod:`stellarfit.inference._processes`;

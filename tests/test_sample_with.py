@@ -1,0 +1,157 @@
+"""NUTS through an emulator's fast path (fit_star(sample_with=...)), the Gauss-Newton z-mode and
+the Levenberg-Marquardt step cap that lets a polish leave a box edge."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import stellarfit as sf
+from stellarfit.cli.main import main as cli_main
+from stellarfit.inference import fit_star, fit_stars
+from stellarfit.inference.fit import _prepare, _resolve_sample_with, recentred_posterior
+from stellarfit.inference.map import polish_map
+from stellarfit.inference.nuts import unconstrained_laplace
+
+OPTIONS = dict(priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0, vsini_max=100.0, continuum_degree=2)
+SHORT = dict(num_warmup=100, num_samples=100, num_chains=2, chain_method="sequential")
+
+
+@pytest.fixture(scope="module")
+def payne():
+    return sf.load_emulator("payne-default")
+
+
+@pytest.fixture(scope="module")
+def spectrum():
+    return sf.example_spectrum()
+
+
+@pytest.fixture(scope="module")
+def problem(payne, spectrum):
+    return _prepare(spectrum, payne, **OPTIONS).problem
+
+
+@pytest.fixture(scope="module")
+def payne_map(payne, spectrum):
+    return fit_star(spectrum, payne)
+
+
+@pytest.fixture(scope="module")
+def fast_map(spectrum):
+    return fit_star(spectrum, sf.load_emulator("default-fast"))
+
+
+def _theta(result):
+    return np.array([result.labels[name]["map"] for name in result.names])
+
+
+def test_recentred_posterior_moves_draws_in_z_and_keeps_them_in_the_box(problem, payne_map):
+    theta = _theta(payne_map)
+    rng = np.random.default_rng(0)
+    # draws inside the label polytope (members bound [alpha/Fe]): made in z
+    z_map = np.asarray(problem.to_unconstrained(jnp.asarray(theta, jnp.float32)), np.float64)
+    z = z_map + 0.05 * rng.standard_normal((2, 50, theta.size))
+    draws = np.asarray(problem.to_theta(jnp.asarray(z, jnp.float32)), np.float64)
+    mode = np.zeros(theta.size)
+    same = recentred_posterior(problem, draws, mode, mode)
+    np.testing.assert_allclose(same, draws, rtol=1e-5, atol=1e-3)
+    shift = np.zeros(theta.size)
+    teff, rv = problem.names.index("teff"), problem.names.index("rv")
+    shift[teff], shift[rv] = 0.5, -0.01
+    moved = recentred_posterior(problem, draws, mode, shift)
+    moved_z = np.asarray(problem.to_unconstrained(jnp.asarray(moved, jnp.float32)), np.float64)
+    np.testing.assert_allclose(moved_z[..., teff] - z[..., teff], 0.5, atol=2e-3)
+    assert np.all(moved[..., teff] > draws[..., teff])
+    assert np.all(moved[..., rv] < draws[..., rv])
+    # a huge shift piles the draws against the upper edge; none leaves the box
+    shift[teff] = 40.0
+    far = recentred_posterior(problem, draws, mode, shift)
+    assert np.all(far[..., teff] <= problem.upper[teff]) and np.all(far[..., teff] > problem.upper[teff] - 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        recentred_posterior(problem, draws, mode, np.full(theta.size, np.nan))
+
+
+def test_gauss_newton_z_mode_agrees_with_the_newton_mode(problem, payne_map):
+    theta = _theta(payne_map)
+    full = unconstrained_laplace(problem, theta)
+    gauss_newton = unconstrained_laplace(problem, theta, gauss_newton=True)
+    sigma = np.sqrt(np.diag(full.covariance))
+    assert np.all(np.abs(gauss_newton.mode - full.mode) < 0.2 * sigma)
+    ratio = np.sqrt(np.diag(gauss_newton.covariance)) / sigma
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.1)
+
+
+def test_polish_leaves_a_start_pressed_against_a_box_edge(problem, payne_map):
+    """[alpha/Fe] at its lower edge: a saturated sigmoid, whose Marquardt-scaled step is huge.
+    Capped at MAX_LM_STEP in z, the polish moves off the edge and down to near the MAP."""
+    theta = _theta(payne_map)
+    i = problem.names.index("alpha_fe")
+    start = theta.copy()
+    start[i] = problem.lower[i]
+    start_objective = float(problem.objective_unconstrained(problem.to_unconstrained(jnp.asarray(start, jnp.float32))))
+    result = polish_map(problem, start, max_steps=20)
+    map_objective = min(payne_map.diagnostics["start_objectives"])
+    assert -result.log_posterior < start_objective - 50.0
+    assert -result.log_posterior < map_objective + 10.0
+    assert result.theta[i] > problem.lower[i] + 0.05
+
+
+def test_sample_with_resolution_and_errors(payne):
+    assert _resolve_sample_with("auto", payne, "nuts") is None  # a Payne samples itself
+    assert _resolve_sample_with("fast", sf.load_emulator("default"), "map") is None  # MAP samples nothing
+    chosen = _resolve_sample_with("auto", sf.load_emulator("default"), "nuts")  # TransformerPayne on a CPU
+    assert chosen is not None and chosen.name == "default-fast"
+    with pytest.raises(ValueError, match="names no fast path"):
+        _resolve_sample_with("fast", payne, "nuts")
+    with pytest.raises(ValueError, match="sample_with must be one of"):
+        _resolve_sample_with("fastest", payne, "nuts")
+
+
+def test_nuts_through_a_fast_path_takes_the_emulators_location(payne, spectrum, payne_map, fast_map):
+    """payne-default naming default-fast as its fast path: the chains sample default-fast's
+    posterior and the draws move to payne-default's mode, so the medians follow payne-default
+    where the two emulators disagree (vmic, [Si/Fe]: 1.4 and 1.7 sigma apart on this star)."""
+    emulator = payne.replace(metadata={**payne.metadata, "fast_path": "default-fast"})
+    result = fit_star(spectrum, emulator, "nuts", sample_with="fast", init=None, **SHORT)
+    info = result.diagnostics["posterior"]
+    assert info["sampled_with"] == "default-fast" and info["recentred_on"] == "mode in z"
+    assert result.samples.shape == (2, 100, len(result.names))
+    for name in ("vmic", "si_fe"):
+        median = result.labels[name]["value"]
+        assert abs(median - payne_map.labels[name]["map"]) < abs(median - fast_map.labels[name]["map"]), name
+    # the widths are the sampled posterior's: close to the Laplace widths of either emulator
+    for name in ("teff", "logg", "fe_h", "rv"):
+        assert result.labels[name]["error"] == pytest.approx(payne_map.labels[name]["error"], rel=0.5), name
+    assert max(result.diagnostics["r_hat"].values()) < 1.1
+
+
+@pytest.mark.slow
+def test_batched_nuts_through_a_fast_path_and_sampling_itself(payne, spectrum):
+    emulator = payne.replace(metadata={**payne.metadata, "fast_path": "default-fast"})
+    one = fit_star(spectrum, emulator, "nuts", sample_with="fast", init=None, **SHORT)
+    batch = fit_stars([spectrum], emulator, method="nuts", sample_with="fast", init=None, **SHORT)
+    assert batch[0].diagnostics["posterior"]["sampled_with"] == "default-fast"
+    for name in ("teff", "fe_h", "si_fe"):
+        assert batch[0].labels[name]["value"] == pytest.approx(one.labels[name]["value"], abs=0.5 * one.labels[name]["error"])
+    selfish = fit_star(spectrum, emulator, "nuts", sample_with="self", init=None, **SHORT)
+    assert selfish.diagnostics["posterior"] == {"sampled_with": "self"}
+
+
+@pytest.mark.slow
+def test_nuts_with_the_shipped_transformer_payne_on_a_cpu(spectrum):
+    """fit_star(example, "default", "nuts") on a CPU: default-fast's posterior at the
+    TransformerPayne's mode, close to the truth of the held-out example star."""
+    from stellarfit.data import example_truth
+
+    result = fit_star(spectrum, sf.load_emulator("default"), "nuts")
+    truth = example_truth()
+    assert result.diagnostics["posterior"]["sampled_with"] == "default-fast"
+    assert result.diagnostics["divergences"] < 20 and max(result.diagnostics["r_hat"].values()) < 1.05
+    for name, tolerance in (("teff", 60.0), ("logg", 0.1), ("fe_h", 0.05), ("mg_fe", 0.05), ("rv", 0.2)):
+        assert abs(result.labels[name]["value"] - truth[name]) < tolerance, name
+        assert abs(result.labels[name]["value"] - truth[name]) < 3 * result.labels[name]["error"], name
+
+
+def test_cli_sample_with_fast_needs_a_fast_path(capsys):
+    assert cli_main(["fit", "example", "--emulator", "payne-default", "--method", "nuts", "--sample-with", "fast"]) == 2
+    assert "--sample-with fast: this emulator names no fast path" in capsys.readouterr().err
