@@ -225,19 +225,18 @@ def _decrease(r0, r):
 def _lm_step(problem: FitProblem, x, damping, value):
     """One Levenberg-Marquardt iteration: the step is kept only if it lowers the objective, and the
     damping adapts (/3 on success, x4 on failure).  Returns (x, damping, objective, decrease; 0 if
-    the step was rejected, whether the step was capped at :data:`MAX_LM_STEP`)."""
+    the step was rejected)."""
     r, gradient, hessian = _linearize(problem, x)
     # a parameter pressed against its box edge has a saturated sigmoid: almost no curvature in z, so
     # the Marquardt-scaled step along it is huge and would get every step rejected; cap it
     step = _gauss_newton_step(gradient, hessian, damping)
-    capped = jnp.any(jnp.abs(step) > MAX_LM_STEP)
     candidate = x + jnp.clip(step, -MAX_LM_STEP, MAX_LM_STEP)
     decrease = _decrease(r, problem.residuals_unconstrained(candidate))
     better = jnp.all(jnp.isfinite(candidate)) & jnp.isfinite(decrease) & (decrease > 0)
     x = jnp.where(better, candidate, x)
     value = jnp.where(better, value - decrease, value)
     damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), jnp.minimum(damping * 4.0, 1e8))
-    return x, damping, value, jnp.where(better, decrease, 0.0), capped
+    return x, damping, value, jnp.where(better, decrease, 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))
@@ -250,7 +249,7 @@ def _polish(problem: FitProblem, z, *, steps: int):
     residual = problem.residuals_unconstrained
 
     def step(carry, _):
-        x, damping, value, decrease, _ = _lm_step(problem, *carry)
+        x, damping, value, decrease = _lm_step(problem, *carry)
         return (x, damping, value), decrease
 
     r = residual(z)
@@ -359,8 +358,7 @@ def fit_map(
 def _polish_until(problem: FitProblem, z, *, max_steps: int):
     """Levenberg-Marquardt from a close start ``z``, stopping early once the objective fell by less
     than ``CONVERGED_DECREASE`` over the last two iterations (a rejected step counts 0: two
-    rejections in a row mean the Gauss-Newton direction no longer lowers it -- unless the step was
-    capped at :data:`MAX_LM_STEP`, an overshoot, which does not count), else after
+    rejections in a row mean the Gauss-Newton direction no longer lowers it), else after
     ``max_steps``.  Returns (z, objective, decrease over the last two iterations, iterations)."""
     residual = problem.residuals_unconstrained
 
@@ -370,10 +368,7 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int):
 
     def step(carry):
         x, damping, value, k, last, _ = carry
-        x, damping, value, decrease, capped = _lm_step(problem, x, damping, value)
-        # a rejected step that had to be capped says only that the Gauss-Newton step overshot
-        # (e.g. along a parameter pressed against its box edge), not that x is converged
-        decrease = jnp.where((decrease == 0) & capped, jnp.inf, decrease)
+        x, damping, value, decrease = _lm_step(problem, x, damping, value)
         return x, damping, value, k + 1, decrease.astype(value.dtype), last
 
     r = residual(z)
