@@ -181,6 +181,19 @@ class Emulator:
         """Params with the output bias set from the training grid's mean flux (n_pixels,)."""
         return params
 
+    def linear_readout(self, wavelength: Any = None) -> tuple[Callable[[jax.Array], jax.Array], np.ndarray, np.ndarray] | None:
+        """The emulator's flux as a fixed linear map of label-dependent features, or None.
+
+        Returns ``(features_fn, weight, bias)`` with ``flux_fn(wavelength)(labels) ==
+        features_fn(labels) @ weight + bias``: ``features_fn`` maps physical labels (..., n_labels)
+        to features (..., n_features) (differentiable), ``weight`` is (n_features, n_wavelengths)
+        and ``bias`` (n_wavelengths,), float64 NumPy.  A linear last layer lets the forward model
+        move that layer into Fourier space once instead of transforming every predicted spectrum
+        (:class:`stellarfit.forward.ForwardModel`).  ``wavelength`` must be concrete (None: the
+        native grid).  The base class has no such map (None); The Payne has one.
+        """
+        return None
+
     # ------------------------------------------------------------------ description
     @property
     def label_names(self) -> tuple[str, ...]:

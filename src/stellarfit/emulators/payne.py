@@ -95,10 +95,15 @@ class PayneNet(nnx.Module):
         self.negative_slope = float(negative_slope)
         self.activation_sharpness = float(activation_sharpness)
 
-    def __call__(self, scaled: jax.Array) -> jax.Array:
+    def features(self, scaled: jax.Array) -> jax.Array:
+        """The last hidden layer's activations, (B, hidden[-1]), for scaled labels (B, n_labels)."""
         x = scaled
         for layer in self.hidden:
             x = smooth_leaky_relu(layer(x), self.negative_slope, self.activation_sharpness)
+        return x
+
+    def __call__(self, scaled: jax.Array) -> jax.Array:
+        x = self.features(scaled)
         out = self.output(x).reshape(x.shape[0], self.n_outputs, self.n_pixels)
         return jnp.swapaxes(out, 1, 2)
 
@@ -183,6 +188,34 @@ class PayneEmulator(Emulator):
         params = dict(params)
         params["output"] = {**params["output"], "bias": jnp.asarray(bias)}
         return params
+
+    def linear_readout(self, wavelength: Any = None):
+        """(features_fn, weight, bias): the last hidden layer's activations and the flux part of the
+        (linear) output layer, LoRA adapters included; at other wavelengths than the native ones the
+        weight's columns are linearly interpolated as :meth:`predict` interpolates the flux."""
+        if wavelength is not None and not is_concrete(wavelength):
+            return None
+        plan = self._prepare_wavelength(wavelength)
+        output = nnx.merge(self._graphdef, self.params).output
+        weight = np.asarray(output.kernel[...], np.float64)
+        if output.lora_rank > 0:
+            weight = weight + output.lora_scale * (np.asarray(output.lora_a[...], np.float64) @ np.asarray(output.lora_b[...], np.float64))
+        weight = weight[:, : self.n_pixels]
+        bias = np.asarray(output.bias[...], np.float64)[: self.n_pixels]
+        if plan is not None:
+            index, fraction = np.asarray(plan["index"]), np.asarray(plan["weight"], np.float64)
+            weight = weight[:, index] * (1.0 - fraction) + weight[:, index + 1] * fraction
+            bias = bias[index] * (1.0 - fraction) + bias[index + 1] * fraction
+        graphdef, params = self._graphdef, self.params
+
+        def features_fn(labels: jax.Array) -> jax.Array:
+            scaled = self.scale_labels(jnp.asarray(labels))
+            batch_shape = scaled.shape[:-1]
+            dtype = jnp.promote_types(scaled.dtype, jnp.float32)
+            x = nnx.merge(graphdef, params).features(scaled.reshape(-1, self.n_labels).astype(dtype))
+            return x.reshape(*batch_shape, x.shape[-1])
+
+        return features_fn, weight, bias
 
     @staticmethod
     def _raw(graphdef: Any, params: Any, scaled: jax.Array, plan: Any) -> jax.Array:

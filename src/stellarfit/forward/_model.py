@@ -313,8 +313,18 @@ class ForwardModel:
         # [2 h, 2 h + n), do not wrap around when the FFT is at least as long as the padded flux; _TAPER more
         # samples join the last value smoothly back to the first, so that the periodic signal has no jump
         # for the sub-pixel Doppler phase (:meth:`__call__`) to ring at
-        self._fused_fft_size = _smooth_size(self.n_native + 2 * self._fused_half_width + _TAPER)
-        self._fused_static_fft = np.fft.rfft(static, self._fused_fft_size, axis=-1)  # (1 or K, n_fft // 2 + 1)
+        size = self._fused_fft_size = _smooth_size(self.n_native + 2 * self._fused_half_width + _TAPER)
+        frequency = np.arange(size // 2 + 1)
+        # the rotation kernel is symmetric: its transform is real, times the delay of its centre tap,
+        # exp(-2 pi i nu h_rot / n_fft), which is folded in here with the static kernel(s)
+        delay = np.exp(-2j * np.pi * frequency * self.rotation_half_width / size)
+        self._fused_static_fft = np.fft.rfft(static, size, axis=-1) * delay  # (1 or K, n_fft // 2 + 1)
+        # R(nu) = k_0 + 2 sum_j k_j cos(2 pi nu j / n_fft): (n_fft // 2 + 1, h_rot + 1) cosines (float64,
+        # cast to the model's dtype where used)
+        taps = np.arange(self.rotation_half_width + 1)
+        self._rotation_cosines = 2.0 * np.cos(2.0 * np.pi * np.outer(frequency, taps) / size)
+        self._rotation_cosines[:, 0] = 1.0
+        self._readout = None
         self._fixed_sampling = self.interpolation == "spline" and self.lsf_anchor_resolution is None
         if self._fixed_sampling:
             self._setup_fixed_sampling()
@@ -408,16 +418,25 @@ class ForwardModel:
         return np.where(reachable, values, np.median(values[reachable]))
 
     @classmethod
-    def from_emulator(cls, emulator, observed_wavelength, observed_resolution, **options) -> "ForwardModel":
+    def from_emulator(cls, emulator, observed_wavelength, observed_resolution, *, linear_readout: bool = True,
+                      **options) -> "ForwardModel":
         """A forward model whose rest-frame flux is ``emulator`` on its native pixels
-        (the emulator is evaluated only on the native slice the observation needs)."""
+        (the emulator is evaluated only on the native slice the observation needs).
+
+        ``linear_readout``: when the emulator has a linear last layer (The Payne;
+        ``emulator.linear_readout``), move it into Fourier space (:meth:`set_linear_readout`);
+        False evaluates the emulator's flux and transforms it at every call, as other emulators are."""
         if emulator.native_resolution is None:
             raise ValueError("the emulator does not record its native resolution; it cannot be broadened to an observation")
         model = cls(None, emulator.wavelength, emulator.native_resolution, observed_wavelength, observed_resolution, **options)
         native_flux = emulator.flux_fn(model.native_wavelength)
         model._flux_fn = lambda labels, wavelength: native_flux(labels)
+        readout = emulator.linear_readout(model.native_wavelength) if linear_readout and hasattr(emulator, "linear_readout") else None
+        if readout is not None:
+            model.set_linear_readout(*readout)
         # what rebuilds this model elsewhere (worker processes, see stellarfit.inference._processes)
-        model.source = (emulator, np.asarray(observed_wavelength, dtype=np.float64), observed_resolution, dict(options))
+        model.source = (emulator, np.asarray(observed_wavelength, dtype=np.float64), observed_resolution,
+                        dict(options, linear_readout=linear_readout))
         return model
 
     def coverage(self, rv_range: tuple[float, float]) -> np.ndarray:
@@ -475,24 +494,64 @@ class ForwardModel:
             return cubic_interpolate(broadened, position)
         return cubic_interpolate_between(broadened, position, self._anchor_lower, self._anchor_weight)
 
-    def _broaden_fused(self, rest_flux, vsini, shift=None):
+    def _padded(self, flux, xp=jnp):
+        """(..., n_native) flux -> (..., n_fft): ``h`` copies of the first value, the flux, ``h`` copies
+        of the last, then >= ``_TAPER`` samples joining the last value back to the first (a raised
+        cosine), so that the periodic signal has no jump.  Linear in the flux; ``xp`` is jnp or np."""
+        half, n, size = self._fused_half_width, flux.shape[-1], self._fused_fft_size
+        head, tail = flux[..., :1], flux[..., -1:]
+        taper = size - n - 2 * half
+        ramp = (0.5 - 0.5 * np.cos(np.pi * np.arange(1, taper + 1) / (taper + 1))).astype(flux.dtype)
+        return xp.concatenate([xp.repeat(head, half, axis=-1), flux, xp.repeat(tail, half, axis=-1),
+                               tail + (head - tail) * xp.asarray(ramp)], axis=-1)
+
+    def set_linear_readout(self, features_fn: Callable, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Evaluate the rest-frame flux as ``features_fn(labels) @ weight + bias`` (an emulator's
+        linear last layer, :meth:`stellarfit.emulators.Emulator.linear_readout`, on this model's
+        native slice: ``weight`` (n_features, n_native), ``bias`` (n_native,)) moved into Fourier space.
+
+        The padding and the FFT of :meth:`__call__`'s convolution are linear, so they are applied to
+        the weight's rows once, here (in float64): each call then gets the spectrum's transform from
+        one product of the features with a (n_features, n_fft + 2) real matrix, no larger than the
+        layer itself, instead of the layer's output plus a padding and an FFT per evaluation (and
+        their adjoints per gradient).  Used by :meth:`__call__` only; :meth:`rest_frame` is unchanged.
+        """
+        weight = np.asarray(weight, np.float64)
+        bias = np.asarray(bias, np.float64)
+        if weight.ndim != 2 or weight.shape[1] != self.n_native or bias.shape != (self.n_native,):
+            raise ValueError(f"a linear readout needs weight (n_features, {self.n_native}) and bias ({self.n_native},) on "
+                             f"the native slice, got {weight.shape} and {bias.shape}")
+        size = self._fused_fft_size
+        transformed = np.fft.rfft(self._padded(np.vstack([weight, bias]), np), size, axis=-1)
+        both = np.concatenate([transformed.real, transformed.imag], axis=-1)  # (n_features + 1, 2 (n_fft // 2 + 1))
+        self._readout = (features_fn, both[:-1], both[-1])  # float64, cast to the model's dtype where used
+
+    def _rest_spectrum(self, labels):
+        """rfft of the padded rest-frame flux, (n_fft // 2 + 1,) complex, from the linear readout."""
+        features_fn, matrix, offset = self._readout
+        features = features_fn(labels)
+        dtype = jnp.result_type(features.dtype, jnp.float32)
+        both = features @ jnp.asarray(matrix, dtype) + jnp.asarray(offset, dtype)
+        return jax.lax.complex(*jnp.split(both, 2, axis=-1))
+
+    def _broaden_fused(self, rest_flux, vsini, shift=None, *, rest_spectrum=None):
         """Rotation, instrument and (for the spline) the prefilter in one FFT convolution of (n_native,) flux.
 
         Returns what :meth:`shift_to_observed` interpolates -- for the spline, its coefficients --
         as (n_native,) or (K, n_native); equal to :meth:`broaden` (prefiltered) away from the slice ends.
         With ``shift`` [native pixels], the result is instead the whole (1 or K, n_fft) circular
         convolution buffer delayed by ``shift`` (native pixel j at sample j + 2 h + shift), for
-        :meth:`__call__`.
+        :meth:`__call__`.  ``rest_spectrum``: the rfft of the padded flux when already known (then
+        ``rest_flux`` is unused).
         """
         kernel = rotation_kernel(vsini, self.velocity_step, self.rotation_half_width, self.limb_darkening)
-        half, n, size = self._fused_half_width, rest_flux.shape[-1], self._fused_fft_size
-        head, tail = rest_flux[:1], rest_flux[-1:]
-        taper = size - n - 2 * half  # >= _TAPER samples joining the last value back to the first (raised cosine)
-        ramp = jnp.asarray(0.5 - 0.5 * np.cos(np.pi * np.arange(1, taper + 1) / (taper + 1)), rest_flux.dtype)
-        padded = jnp.concatenate([jnp.repeat(head, half), rest_flux, jnp.repeat(tail, half), tail + (head - tail) * ramp])
-        complex_dtype = jnp.result_type(rest_flux.dtype, jnp.complex64)
-        spectrum = (jnp.fft.rfft(padded, size) * jnp.fft.rfft(kernel, size))[None, :]
-        spectrum = spectrum * jnp.asarray(self._fused_static_fft).astype(complex_dtype)
+        half, n, size = self._fused_half_width, self.n_native, self._fused_fft_size
+        if rest_spectrum is None:
+            rest_spectrum = jnp.fft.rfft(self._padded(rest_flux), size)
+        dtype = jnp.result_type(jnp.real(rest_spectrum).dtype, kernel.dtype)
+        complex_dtype = jnp.result_type(dtype, jnp.complex64)
+        rotation = jnp.asarray(self._rotation_cosines, dtype) @ kernel[self.rotation_half_width:].astype(dtype)
+        spectrum = (rest_spectrum * rotation)[None, :] * jnp.asarray(self._fused_static_fft).astype(complex_dtype)
         if shift is not None:
             # delay by shift = k + f: the integer part's phase exactly (k m mod N in integers), the fraction's
             # as a smooth phase (the band-limited sub-pixel shift; differentiable in the RV)
@@ -500,10 +559,10 @@ class ForwardModel:
             fraction = shift - whole
             frequency = np.arange(size // 2 + 1)
             cycles = (jnp.asarray(frequency, jnp.int32) * whole.astype(jnp.int32)) % size
-            angle = -2.0 * np.pi * (cycles.astype(rest_flux.dtype) / size + jnp.asarray(frequency / size, rest_flux.dtype) * fraction)
+            angle = -2.0 * np.pi * (cycles.astype(dtype) / size + jnp.asarray(frequency / size, dtype) * fraction)
             spectrum = spectrum * jax.lax.complex(jnp.cos(angle), jnp.sin(angle)).astype(complex_dtype)
-            return jnp.fft.irfft(spectrum, size, axis=-1).astype(rest_flux.dtype)
-        full = jnp.fft.irfft(spectrum, size, axis=-1)[:, 2 * half : 2 * half + n].astype(rest_flux.dtype)
+            return jnp.fft.irfft(spectrum, size, axis=-1).astype(dtype)
+        full = jnp.fft.irfft(spectrum, size, axis=-1)[:, 2 * half : 2 * half + n].astype(dtype)
         return full[0] if self.lsf_anchor_resolution is None else full
 
     def _sample_fixed(self, buffer):
@@ -527,8 +586,12 @@ class ForwardModel:
         weights: exact for band-limited spectra on the native grid, at the cost of the spline at
         moving positions (which per-pixel LSFs keep; see ``benchmarks/bench_rv_interpolation.py``).
         """
-        rest = self.rest_frame(labels)
+        if self._readout is None:
+            rest, rest_spectrum = self.rest_frame(labels), None
+        else:  # the emulator's linear last layer, already in Fourier space (set_linear_readout)
+            rest, rest_spectrum = None, self._rest_spectrum(labels)
         if not self._fixed_sampling:
-            return self._interpolate(self._broaden_fused(rest, vsini), rv, prefiltered=True)
-        shift = log_doppler_factor(rv) / self.log_step
-        return self._sample_fixed(self._broaden_fused(rest, vsini, jnp.asarray(shift, rest.dtype)))
+            return self._interpolate(self._broaden_fused(rest, vsini, rest_spectrum=rest_spectrum), rv, prefiltered=True)
+        dtype = jnp.real(rest_spectrum).dtype if rest is None else rest.dtype
+        shift = jnp.asarray(log_doppler_factor(rv) / self.log_step, dtype)
+        return self._sample_fixed(self._broaden_fused(rest, vsini, shift, rest_spectrum=rest_spectrum))
