@@ -524,7 +524,9 @@ class ForwardModel:
         size = self._fused_fft_size
         transformed = np.fft.rfft(self._padded(np.vstack([weight, bias]), np), size, axis=-1)
         both = np.concatenate([transformed.real, transformed.imag], axis=-1)  # (n_features + 1, 2 (n_fft // 2 + 1))
-        self._readout = (features_fn, both[:-1], both[-1])  # float64, cast to the model's dtype where used
+        # kept in float32 (10.5 MB for payne-default; models are cached per pixel grid), cast where used
+        both = both.astype(np.float32)
+        self._readout = (features_fn, both[:-1], both[-1])
 
     def _rest_spectrum(self, labels):
         """rfft of the padded rest-frame flux, (n_fft // 2 + 1,) complex, from the linear readout."""
