@@ -33,6 +33,22 @@ def _seed():
 
 
 @pytest.fixture(scope="session")
+def payne():
+    """The shipped ``payne-default`` (test modules that need another Payne define their own ``payne``)."""
+    import stellarfit as sf
+
+    return sf.load_emulator("payne-default")
+
+
+@pytest.fixture(scope="session")
+def spectrum():
+    """The shipped example spectrum (a held-out Turbospectrum star, R = 22,500, S/N 60)."""
+    import stellarfit as sf
+
+    return sf.example_spectrum()
+
+
+@pytest.fixture(scope="session")
 def turbospectrum():
     """A built Turbospectrum (slow tests only): builds it into the cache on first use.
 

@@ -12,16 +12,6 @@ from stellarfit.inference.fit import _prepare
 
 
 @pytest.fixture(scope="module")
-def payne():
-    return sf.load_emulator("payne-default")
-
-
-@pytest.fixture(scope="module")
-def spectrum():
-    return sf.example_spectrum()
-
-
-@pytest.fixture(scope="module")
 def multi_start(payne, spectrum):
     return fit_star(spectrum, payne, init=None)
 

@@ -17,16 +17,6 @@ SHORT = dict(num_warmup=100, num_samples=100, num_chains=2, chain_method="sequen
 
 
 @pytest.fixture(scope="module")
-def payne():
-    return sf.load_emulator("payne-default")
-
-
-@pytest.fixture(scope="module")
-def spectrum():
-    return sf.example_spectrum()
-
-
-@pytest.fixture(scope="module")
 def problem(payne, spectrum):
     return _prepare(spectrum, payne, **OPTIONS).problem
 
