@@ -66,10 +66,12 @@ def test_forward_model_with_readout_equals_transforming_the_flux(payne, resoluti
     else:  # anchor LSFs: R from 15,000 to 25,000 across the range
         observed_resolution = np.linspace(15_000.0, 25_000.0, observed.size)
     options = dict(rv_range=(-400.0, 400.0), vsini_max=60.0)
-    fourier = ForwardModel.from_emulator(payne, observed, observed_resolution, **options)
+    # every Fourier bin kept (readout_tolerance=0): the readout alone, exact up to float32 rounding
+    fourier = ForwardModel.from_emulator(payne, observed, observed_resolution, readout_tolerance=0.0, **options)
     plain = ForwardModel.from_emulator(payne, observed, observed_resolution, linear_readout=False, **options)
     assert fourier._readout is not None and plain._readout is None
-    assert fourier.source[3]["linear_readout"] is True  # workers rebuild the same model
+    assert fourier._n_bins == fourier._fused_fft_size // 2 + 1
+    assert fourier.source[3]["linear_readout"] is True and fourier.source[3]["readout_tolerance"] == 0.0  # workers rebuild the same model
     for seed, rv, vsini in [(0, 0.0, 0.0), (1, -237.3, 4.2), (2, 311.9, 41.0)]:
         labels = _labels(payne, seed)
         a = np.asarray(fourier(labels, rv, vsini))
@@ -84,6 +86,49 @@ def test_forward_model_with_readout_equals_transforming_the_flux(payne, resoluti
         scale = np.abs(jb).max(axis=0)
         assert np.all(scale > 0)
         np.testing.assert_allclose(ja / scale, jb / scale, atol=5e-5)  # float32 rounding differs between the paths
+
+
+def test_readout_drops_fourier_bins_within_its_tolerance(payne_default, spectrum):
+    """payne-default at the example's R = 22,500: the top Fourier bins, after the instrument kernel,
+    carry < 1e-5 of flux (RMS) and are dropped; the model and its Jacobian barely move."""
+    from stellarfit.forward._model import READOUT_TOLERANCE
+
+    options = dict(rv_range=(-1000.0, 1000.0), vsini_max=100.0)
+    models = {tolerance: ForwardModel.from_emulator(payne_default, spectrum.wavelength, spectrum.resolution,
+                                                    readout_tolerance=tolerance, **options)
+              for tolerance in (0.0, READOUT_TOLERANCE, 1e-4)}
+    total = models[0.0]._fused_fft_size // 2 + 1
+    assert models[0.0]._n_bins == total
+    assert models[READOUT_TOLERANCE]._readout[1].shape[1] == 2 * models[READOUT_TOLERANCE]._n_bins
+    # measured: 3,767 of 4,375 bins kept at 1e-5, fewer at 1e-4
+    assert models[1e-4]._n_bins < models[READOUT_TOLERANCE]._n_bins < 0.95 * total
+    full, cut = models[0.0], models[READOUT_TOLERANCE]
+    spec = payne_default.label_spec
+    rng = np.random.default_rng(7)
+    rms = []
+    for rv, vsini in [(0.0, 0.0), (-412.7, 2.0), (133.3, 12.0), (871.0, 0.5)]:
+        labels = jnp.asarray(spec.lower + (spec.upper - spec.lower) * rng.uniform(0.1, 0.9, len(spec)), jnp.float32)
+        a = np.asarray(cut(labels, rv, vsini), np.float64)
+        b = np.asarray(full(labels, rv, vsini), np.float64)
+        rms.append(np.sqrt(np.mean((a - b) ** 2)))
+        assert np.abs(a - b).max() < READOUT_TOLERANCE  # measured <= 1.4e-6 (the tolerance is set by the box's worst corner)
+        p = jnp.concatenate([labels, jnp.asarray([rv, vsini + 3.0])])
+        ja, jb = (np.asarray(jax.jacfwd(lambda q, m=m: m(q[:-2], q[-2], q[-1]))(p)) for m in (cut, full))
+        scale = np.abs(jb).max(axis=0)
+        np.testing.assert_allclose(ja / scale, jb / scale, atol=2e-4)  # measured <= 4.5e-5
+    assert max(rms) < READOUT_TOLERANCE / 5, rms  # measured <= 2.3e-7
+    # the model without a readout keeps every bin; a per-pixel LSF whose sharpest anchor passes more of
+    # the band keeps more bins than the scalar R
+    per_pixel = ForwardModel.from_emulator(payne_default, spectrum.wavelength, np.linspace(20_000.0, 25_000.0, spectrum.wavelength.size), **options)
+    assert per_pixel._n_bins > cut._n_bins
+    assert ForwardModel.from_emulator(payne_default, spectrum.wavelength, spectrum.resolution, linear_readout=False, **options)._n_bins == total
+
+
+@pytest.fixture(scope="module")
+def payne_default():
+    import stellarfit as sf
+
+    return sf.load_emulator("payne-default")
 
 
 def test_emulators_without_a_linear_last_layer_and_bad_readouts():

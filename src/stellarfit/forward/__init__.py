@@ -27,11 +27,13 @@ from stellarfit.forward._broadening import spline_interpolate_between as spline_
 from stellarfit.forward._continuum import continuum_design_matrix as continuum_design_matrix
 from stellarfit.forward._continuum import profile_continuum as profile_continuum
 from stellarfit.forward._continuum import continuum_chi2 as continuum_chi2
+from stellarfit.forward._model import READOUT_TOLERANCE as READOUT_TOLERANCE
 from stellarfit.forward._model import ForwardModel as ForwardModel
 from stellarfit.forward._model import ObservationOutsideEmulatorError as ObservationOutsideEmulatorError
 from stellarfit.forward._simulate import simulate_observation as simulate_observation
 
 __all__ = [
+    "READOUT_TOLERANCE",
     "ForwardModel",
     "ObservationOutsideEmulatorError",
     "box_kernel",

@@ -3,8 +3,10 @@
 On a multi-core CPU, XLA does not run one small program faster on more cores
 (:mod:`stellarfit._workers` has the measurements), but separate processes
 pinned to separate cores run side by side at full speed.  So the chains of a
-fit are dealt out to ``min(num_chains, cores)`` worker processes; each runs
-its share one after another in the same jitted program as
+fit are handed, one chain at a time, to whichever of ``min(num_chains, cores)``
+worker processes is free (chains differ in cost by up to ~20%: a worker that
+finishes a cheap chain takes the next one, so the cores finish closer
+together than with a fixed half each); each chain runs in the same jitted program as
 ``chain_method="sequential"`` (same chain keys and starts: the draws of a chain
 do not depend on where it ran), and the parent joins them.
 
@@ -143,7 +145,8 @@ def run_chains(sampler: str, problem, keys, w_init, center, factor, inverse_mass
     center, factor, inverse_mass = (np.asarray(a) for a in (center, factor, inverse_mass))
     num_chains = w_init.shape[0]
     workers = n_workers(num_chains)
-    shares = [part for part in np.array_split(np.arange(num_chains), workers) if part.size]
+    # one chain per task: the pool gives each task to the next free worker (greedy scheduling)
+    shares = [np.array([chain]) for chain in range(num_chains)]
     pool = _workers.get_pool(workers)
     calls = [(sampler, key, (wavelength, resolution, model_options), children, static,
               (keys[part], w_init[part], center, factor, inverse_mass), options) for part in shares]

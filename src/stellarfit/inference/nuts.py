@@ -9,8 +9,9 @@ This module owns:
   on that model, warm-up and draws of all chains in one jitted program of the
   problem (chains one after another on a CPU, vectorized on an accelerator),
   compiled once per forward model like the BlackJAX path; on a multi-core CPU
-  the chains are dealt out to worker processes pinned one per core, each
-  running its share in that program (``chain_method="processes"``);
+  the chains are handed one at a time to worker processes pinned one per
+  core, whichever is free, each running them in that program
+  (``chain_method="processes"``);
 - :func:`sample_blackjax`: BlackJAX Stan-style window adaptation followed by
   NUTS, draws by ``lax.scan``;
 - :func:`unconstrained_laplace`: mode and Laplace covariance of the sampled
