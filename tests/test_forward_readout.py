@@ -122,6 +122,9 @@ def test_readout_drops_fourier_bins_within_its_tolerance(payne_default, spectrum
     per_pixel = ForwardModel.from_emulator(payne_default, spectrum.wavelength, np.linspace(20_000.0, 25_000.0, spectrum.wavelength.size), **options)
     assert per_pixel._n_bins > cut._n_bins
     assert ForwardModel.from_emulator(payne_default, spectrum.wavelength, spectrum.resolution, linear_readout=False, **options)._n_bins == total
+    for bad in (-1e-5, float("nan")):
+        with pytest.raises(ValueError, match="readout_tolerance must be a finite number >= 0"):
+            ForwardModel.from_emulator(payne_default, spectrum.wavelength, spectrum.resolution, readout_tolerance=bad, **options)
 
 
 @pytest.fixture(scope="module")

@@ -446,6 +446,9 @@ class ForwardModel:
         keeps all."""
         if emulator.native_resolution is None:
             raise ValueError("the emulator does not record its native resolution; it cannot be broadened to an observation")
+        if not (np.isfinite(readout_tolerance) and readout_tolerance >= 0):
+            raise ValueError(f"readout_tolerance must be a finite number >= 0 (an RMS change of the normalized flux; "
+                             f"0 keeps every Fourier bin), got {readout_tolerance!r}")
         model = cls(None, emulator.wavelength, emulator.native_resolution, observed_wavelength, observed_resolution, **options)
         native_flux = emulator.flux_fn(model.native_wavelength)
         model._flux_fn = lambda labels, wavelength: native_flux(labels)
