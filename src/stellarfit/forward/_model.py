@@ -535,7 +535,7 @@ class ForwardModel:
 
         The padding and the FFT of :meth:`__call__`'s convolution are linear, so they are applied to
         the weight's rows once, here (in float64): each call then gets the spectrum's transform from
-        one product of the features with a (n_features, n_fft + 2) real matrix, no larger than the
+        one product of the features with a (n_features, 2 bins) real matrix (bins <= n_fft // 2 + 1), no larger than the
         layer itself, instead of the layer's output plus a padding and an FFT per evaluation (and
         their adjoints per gradient).  Used by :meth:`__call__` only; :meth:`rest_frame` is unchanged.
 
@@ -561,7 +561,7 @@ class ForwardModel:
             bins = self._bins_within(features @ transformed[:-1] + transformed[-1], tolerance)
         self._n_bins = bins
         transformed = transformed[:, :bins]
-        both = np.concatenate([transformed.real, transformed.imag], axis=-1)  # (n_features + 1, 2 (n_fft // 2 + 1))
+        both = np.concatenate([transformed.real, transformed.imag], axis=-1)  # (n_features + 1, 2 bins)
         # kept in float32 (10.5 MB for payne-default; models are cached per pixel grid), cast where used
         both = both.astype(np.float32)
         self._readout = (features_fn, both[:-1], both[-1])
