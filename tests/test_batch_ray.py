@@ -6,6 +6,7 @@ at its end); the driver-only checks run before it starts.
 
 import json
 import os
+import time
 import warnings
 
 import numpy as np
@@ -25,6 +26,8 @@ from _batch_probe import (  # noqa: E402
     _Locked,
     _noise_spectrum,
     _probe_fit,
+    _process_alive,
+    _stalled_fit,
     _same_catalog,
     _toy_emulator,
     _write_corrupt,
@@ -199,6 +202,42 @@ def test_ray_real_fits_equal_local_and_cli(ray_cluster, tmp_path, capsys):
     assert main(arguments) == 0
     document = json.loads(capsys.readouterr().out)
     assert (document["n_fitted"], document["n_skipped"]) == (0, 5)
+
+
+def test_ray_interrupted_run_kills_the_workers_of_lost_chunks(ray_cluster, probe_files, tmp_path):
+    """An interrupted run kills the workers still fitting its lost chunks, and the next run fits on fresh ones.
+
+    A KeyboardInterrupt instead (ray.cancel without force) can land while a worker's first chunk imports JAX
+    and Flax: the half-imported modules stay, and that worker can never load an emulator again (CI saw it).
+    """
+    folder = probe_files
+    emulator = _toy_emulator(trained=False)
+    out = tmp_path / "catalog.fits"
+    pid_file = tmp_path / "stalled.pid"
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(row):  # star-a is fitted: stop once star-c's chunk hangs in the other worker
+        deadline = time.monotonic() + 120.0
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise Stop
+
+    with pytest.raises(Stop):
+        fit_batch_files([folder / "a.fits", folder / "c.fits"], emulator, out, backend="ray", workers=2, chunk_size=1,
+                        fit_function=_stalled_fit, fit_options={"pid_file": str(pid_file)}, callback=interrupt,
+                        progress=False)
+    stalled = int(pid_file.read_text())
+    deadline = time.monotonic() + 30.0
+    while _process_alive(stalled) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _process_alive(stalled), "the worker of the lost chunk still runs"
+    assert [row["object_id"] for row in _journal_rows(out)] == ["star-a"]
+
+    summary = fit_batch_files(folder, emulator, out, backend="ray", workers=2, chunk_size=1, fit_function=_probe_fit,
+                              progress=False)
+    assert (summary.n_ok, summary.n_failed, summary.n_fitted, summary.n_skipped) == (3, 2, 4, 1)
 
 
 def test_ray_worker_failures(ray_cluster, probe_files, tmp_path, monkeypatch):

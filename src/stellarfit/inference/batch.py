@@ -851,9 +851,13 @@ def _run_on_ray(items: Iterable[_Item], recorder: _Recorder, *, emulator, fit_fu
     try:
         _feed_chunks(items, chunk_size, submit, collect, in_flight)
     finally:
-        for reference in in_flight:  # interrupted: the chunks in flight are lost (not journaled)
+        # interrupted: the chunks in flight are lost (not journaled). Their workers are killed, not sent a
+        # KeyboardInterrupt (ray.cancel without force): one that lands mid-import (a worker's first chunk imports
+        # JAX and Flax for seconds) leaves half-initialized modules behind, and the worker could never load an
+        # emulator again. Ray starts fresh workers for the next run.
+        for reference in in_flight:
             try:
-                ray.cancel(reference)
+                ray.cancel(reference, force=True)
             except Exception:  # noqa: BLE001 - best effort; the worker may be gone already
                 pass
         if started:
