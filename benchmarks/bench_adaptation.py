@@ -1,9 +1,12 @@
-"""NUTS warm-up schedules: one long mass-matrix window against Stan's doubling windows.
+"""NUTS warm-up schedules: one metric pooled over the chains, one long window per chain, Stan's windows.
 
-Both start from the Laplace-whitened coordinates (``mass_matrix="laplace"``,
-one window (75-449) between the 75- and 50-iteration buffers, and
-``"laplace-windows"``, Stan's windows 75-99, 100-149, 150-249, 250-449; see
-``stellarfit.inference.nuts.adaptation_windows``).  Fits the shipped example
+All start from the Laplace-whitened coordinates: ``mass_matrix="laplace-pooled"``
+(the default: one dense metric from the positions of all chains at warm-up
+iterations 75-199, see ``stellarfit.inference.nuts.pooled_phases``),
+``"laplace"`` (each chain its own metric from one window, 75-449, between the
+75- and 50-iteration buffers), ``"laplace-windows"`` (Stan's windows 75-99,
+100-149, 150-249, 250-449; see ``stellarfit.inference.nuts.adaptation_windows``)
+and ``"laplace-fixed"`` (the Laplace metric kept).  Fits the shipped example
 spectrum and the second star of ``bench_nuts.py`` with ``fit_star``, 4 chains x
 (500 + 500), the default chain method, for each schedule, sampler and seed, the
 schedules interleaved so that machine noise hits both alike.  An untimed fit per
@@ -27,7 +30,7 @@ from pathlib import Path
 from _stars import add_sampler_options, document_header, two_stars
 
 HERE = Path(__file__).resolve().parent
-SCHEDULES = ("laplace", "laplace-windows", "laplace-fixed")
+SCHEDULES = ("laplace-pooled", "laplace", "laplace-windows", "laplace-fixed")
 
 
 def main() -> None:

@@ -508,3 +508,58 @@ def test_adaptation_windows_follow_stan_and_reach_both_samplers(monkeypatch):
         assert np.all(np.isfinite(result.samples))
         assert (41, mass_matrix) in calls, (sampler.__name__, calls)
     assert hmc_util.build_adaptation_schedule is numpyro_original
+
+
+def test_pooled_phases_and_metric():
+    """mass_matrix="laplace-pooled": the warm-up's three phases, and one metric from the positions of all chains."""
+    from stellarfit.inference.nuts import pooled_inverse_mass, pooled_phases
+
+    assert pooled_phases(500) == (75, 125, 300)
+    assert pooled_phases(1000) == (75, 125, 800)
+    assert pooled_phases(150) == (22, 67, 61)
+    assert pooled_phases(19) == (19, 0, 0)  # too short to pool: the Laplace metric throughout
+    for n in range(1, 400):
+        phases = pooled_phases(n)
+        assert sum(phases) == n and min(phases) >= 0 and (phases[1] == 0 or min(phases) >= 3), (n, phases)
+
+    rng = np.random.default_rng(0)
+    covariance = np.array([[4.0, 1.5, 0.0], [1.5, 1.0, -0.3], [0.0, -0.3, 0.25]]) * 1e-3
+    offsets = np.array([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5], [-3.0, 0.0, 1.0], [0.5, 0.5, 0.5]])  # chains apart
+    draws = offsets[:, None, :] + rng.multivariate_normal(np.zeros(3), covariance, size=(4, 2_000))
+    estimate = pooled_inverse_mass(draws, 1e-3)
+    np.testing.assert_allclose(estimate, covariance, atol=0.1 * 1e-3)  # the offsets between chains are not spread
+    few = draws[:, :3]  # 12 draws: shrunk toward 1e-3 I with weight 5 / (12 + 5)
+    centred = (few - few.mean(axis=1, keepdims=True)).reshape(-1, 3)
+    expected = (12 * centred.T @ centred / 8 + 5e-3 * np.eye(3)) / 17
+    np.testing.assert_allclose(pooled_inverse_mass(few, 1e-3), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("sampler", [sample_numpyro, sample_blackjax])
+def test_pooled_schedule_estimates_one_metric_from_all_chains(sampler, monkeypatch):
+    """The default schedule runs the chains to the end of the collecting phase, estimates one dense metric
+    from all their positions and continues every chain from where it stopped with that metric."""
+    from stellarfit.inference import nuts as nuts_module
+
+    seen = []
+    original = nuts_module.pooled_inverse_mass
+    monkeypatch.setattr(nuts_module, "pooled_inverse_mass", lambda w, v: seen.append((np.array(w), original(w, v))) or seen[-1][1])
+    profiled, marginalized = make_problem(snr=200.0, seed=6)
+    covariance = laplace_covariance(profiled, TRUTH)
+    result = sampler(marginalized, TRUTH, covariance, num_warmup=60, num_samples=40, num_chains=3, seed=1,
+                     chain_method="sequential")
+    assert result.diagnostics["mass_matrix"] == "laplace-pooled"
+    assert len(seen) == 1
+    positions, metric = seen[0]
+    assert positions.shape == (3, 27, 5)  # pooled_phases(60) == (9, 27, 24): 27 positions of each of 3 chains
+    assert np.all(np.linalg.eigvalsh(metric) > 0)
+    # in the whitened coordinates the Laplace covariance is 1e-3 I: the pooled estimate is of that order
+    assert 1e-4 < np.trace(metric) / 5 < 1e-2, np.diag(metric)
+    assert result.samples.shape == (3, 40, 5) and np.all(np.isfinite(result.samples))
+    # every warm-up iteration of both phases is counted (at least one leapfrog step each)
+    assert result.diagnostics["gradient_evaluations_warmup"] >= 3 * 60
+    # the same posterior as each chain adapting its own metric, within Monte-Carlo error
+    own = sampler(marginalized, TRUTH, covariance, num_warmup=60, num_samples=40, num_chains=3, seed=1,
+                  chain_method="sequential", mass_matrix="laplace")
+    sd = own.samples.reshape(-1, 5).std(axis=0)
+    assert np.all(np.abs(np.median(result.samples.reshape(-1, 5), axis=0) - np.median(own.samples.reshape(-1, 5), axis=0))
+                  < 0.6 * sd)
