@@ -830,15 +830,17 @@ def sample_numpyro(
     """NUTS with NumPyro, started near the mode of the sampled density.
 
     The NumPyro model (:func:`numpyro_fit_model` unless ``model`` is given)
-    takes the problem as its argument and the whole run -- model
-    initialization, warm-up and draws of every chain -- is one jitted program
-    whose arguments are the problem's data, the chain starts and the initial
-    mass matrix.  It is compiled once per (forward model, model function,
-    settings) and reused for every further spectrum on the same pixels, as
-    :func:`sample_blackjax` is.  The kernel is NumPyro's NUTS
-    (``numpyro.infer.hmc.hmc``, the kernel behind ``numpyro.infer.NUTS``) with
-    dual-averaging step size and windowed mass-matrix adaptation, each chain
-    adapting its own.
+    takes the problem as its argument and each run -- model initialization,
+    warm-up and draws of every chain -- is one jitted program whose arguments
+    are the problem's data, the chain starts and the initial mass matrix (the
+    default ``"laplace-pooled"`` runs two: up to the middle of the warm-up, and
+    on from there with the metric pooled over the chains).  They are compiled
+    once per (forward model, model function, settings) and reused for every
+    further spectrum on the same pixels, as :func:`sample_blackjax`'s are.  The
+    kernel is NumPyro's NUTS (``numpyro.infer.hmc.hmc``, the kernel behind
+    ``numpyro.infer.NUTS``) with dual-averaging step size per chain and, as
+    ``mass_matrix`` says, one metric for all chains or windowed adaptation of
+    each chain's own.
 
     Args:
         problem: the fit (build it with ``continuum="marginalize"`` for sampling).
@@ -967,8 +969,9 @@ def sample_numpyro_batch(
     The problems must share their static part (forward model, labels, priors, continuum
     treatment: spectra on the same pixels, see :func:`~stellarfit.inference.stack_problems`).
     Each star gets its own Laplace whitening and chain starts (host side, as in
-    :func:`sample_numpyro`), and each chain its own step-size and mass-matrix adaptation; all
-    chains of all stars then run in one jitted program, compiled once per (forward model,
+    :func:`sample_numpyro`), and each chain its own step-size adaptation (and metric, as
+    ``mass_matrix`` says: by default one per star, pooled over its chains); all
+    chains of all stars then run in one jitted program per phase, compiled once per (forward model,
     number of stars, settings).  Chains advance in lockstep: every NUTS iteration waits for the
     longest trajectory among all chains of the batch, and ``max_tree_depth`` caps it.  This is
     the program that fills a GPU; on a CPU, batched gradients cost as much as separate ones, so
@@ -1084,7 +1087,8 @@ def sample_blackjax(
     """NUTS with BlackJAX: ``blackjax.window_adaptation`` then ``lax.scan`` of the NUTS kernel.
 
     Same arguments and result as :func:`sample_numpyro` (the same whitening, chain starts
-    and adaptation scheme); each chain adapts its own step size and mass matrix.
+    and adaptation scheme); each chain adapts its own step size, and the metric is pooled
+    over the chains or each chain's own as ``mass_matrix`` says.
     ``chain_method`` is "auto" (default), "processes", "sequential" or "vectorized" (no "parallel").
     ``logdensity_fn`` (z (p,) -> scalar) replaces ``problem.log_density_unconstrained``
     when given (e.g. with extra prior terms); the Laplace approximation that whitens the
