@@ -532,6 +532,10 @@ def test_pooled_phases_and_metric():
     centred = (few - few.mean(axis=1, keepdims=True)).reshape(-1, 3)
     expected = (12 * centred.T @ centred / 8 + 5e-3 * np.eye(3)) / 17
     np.testing.assert_allclose(pooled_inverse_mass(few, 1e-3), expected, rtol=1e-12)
+    broken = draws.copy()
+    broken[2, 5, 1] = np.nan  # a chain gone bad is left out
+    np.testing.assert_allclose(pooled_inverse_mass(broken, 1e-3), pooled_inverse_mass(draws[[0, 1, 3]], 1e-3))
+    np.testing.assert_array_equal(pooled_inverse_mass(np.full((2, 5, 3), np.nan), 1e-3), 1e-3 * np.eye(3))
 
 
 @pytest.mark.parametrize("sampler", [sample_numpyro, sample_blackjax])

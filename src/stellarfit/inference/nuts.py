@@ -511,12 +511,17 @@ def _unpooled(mass_matrix: str) -> str:
 def pooled_inverse_mass(w: np.ndarray, prior_variance: float) -> np.ndarray:
     """Dense metric from positions ``w`` (chains, draws, p) of every chain: their covariance about
     each chain's mean (a chain's offset from the others is not spread), shrunk toward
-    ``prior_variance`` I as Stan regularizes a window's estimate: (n C + 5 v I) / (n + 5)."""
+    ``prior_variance`` I as Stan regularizes a window's estimate: (n C + 5 v I) / (n + 5).  Chains
+    with a non-finite position are left out; with none left, the metric is ``prior_variance`` I."""
     w = np.asarray(w, np.float64)
-    centred = (w - w.mean(axis=1, keepdims=True)).reshape(-1, w.shape[-1])
+    w = w[np.all(np.isfinite(w), axis=(1, 2))]
+    p = w.shape[-1]
+    if w.shape[0] == 0 or w.shape[1] < 2:
+        return prior_variance * np.eye(p)
+    centred = (w - w.mean(axis=1, keepdims=True)).reshape(-1, p)
     n = centred.shape[0]
     covariance = centred.T @ centred / max(n - w.shape[0], 1)
-    return (n * covariance + 5.0 * prior_variance * np.eye(w.shape[-1])) / (n + 5.0)
+    return (n * covariance + 5.0 * prior_variance * np.eye(p)) / (n + 5.0)
 
 
 def _dense_adaptation(mass_matrix: str) -> bool:
