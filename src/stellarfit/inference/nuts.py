@@ -524,6 +524,27 @@ def pooled_inverse_mass(w: np.ndarray, prior_variance: float) -> np.ndarray:
     return (n * covariance + 5.0 * prior_variance * np.eye(p)) / (n + 5.0)
 
 
+def _run_schedule(run: Callable, keys, w_init, inverse_mass, num_warmup: int, num_samples: int, mass_matrix: str,
+                  *, per_star: bool = False):
+    """``run(keys, w_init, inverse_mass, num_warmup, num_samples, mass_matrix)`` -> (draws, step_size,
+    warm-up steps) for the whole schedule.  "laplace-pooled" (:func:`pooled_phases`) is two runs: the
+    first ends at the last collecting iteration (its "draws" are those iterations), its positions give
+    the pooled metric, and the second goes on from each chain's last position with it; warm-up steps
+    count both phases.  ``draws`` is (w, lp, diverging, n_steps, ...), chains (and with ``per_star``,
+    stars before them) leading."""
+    buffer, collect, rest = pooled_phases(num_warmup)
+    if mass_matrix != "laplace-pooled" or collect == 0:
+        return run(keys, w_init, inverse_mass, num_warmup, num_samples, _unpooled(mass_matrix))
+    fold = jax.vmap(lambda key: jax.random.fold_in(key, 1))  # the first phase's own random numbers
+    first, _, warmup1 = run(jax.vmap(fold)(keys) if per_star else fold(keys), w_init, inverse_mass, buffer, collect,
+                            "laplace-fixed")
+    w1, steps1 = np.asarray(first[0]), np.asarray(first[3])
+    pooled = (np.stack([pooled_inverse_mass(star, _WHITENED_VARIANCE) for star in w1]) if per_star
+              else pooled_inverse_mass(w1, _WHITENED_VARIANCE))
+    draws, step_size, warmup2 = run(keys, w1[..., -1, :], pooled, rest, num_samples, "laplace-fixed")
+    return draws, step_size, np.concatenate([np.asarray(warmup1), steps1, np.asarray(warmup2)], axis=-1)
+
+
 def _dense_adaptation(mass_matrix: str) -> bool:
     return mass_matrix == "dense" or (_whitened(mass_matrix) and _LAPLACE_ADAPTATION == "dense")
 
@@ -910,19 +931,8 @@ def sample_numpyro(
             return _numpyro_chains(*arguments, options=options, chain_method=chain_method)
         return jax.jit(functools.partial(_numpyro_chains_fn, options=options, chain_method=chain_method))(*arguments)
 
-    if mass_matrix == "laplace-pooled" and pooled_phases(num_warmup)[1] > 0:
-        # phase 1: the Laplace metric, step size adapted, then positions of every chain at that step size;
-        # phase 2: from where the chains are, their pooled covariance as the metric, step size adapted again
-        buffer, collect, rest = pooled_phases(num_warmup)
-        (w1, _, _, steps1, _), _, warmup1 = run(jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), start.w_init,
-                                                 start.inverse_mass, buffer, collect, "laplace-fixed")
-        inverse_mass = pooled_inverse_mass(np.asarray(w1), _WHITENED_VARIANCE)
-        (w, lp, diverging, n_steps, acceptance), step_size, warmup2 = run(
-            keys, np.asarray(w1)[:, -1], inverse_mass, rest, num_samples, "laplace-fixed")
-        warmup_steps = np.concatenate([np.asarray(warmup1), np.asarray(steps1), np.asarray(warmup2)], axis=1)
-    else:
-        (w, lp, diverging, n_steps, acceptance), step_size, warmup_steps = run(
-            keys, start.w_init, start.inverse_mass, num_warmup, num_samples, _unpooled(mass_matrix))
+    (w, lp, diverging, n_steps, acceptance), step_size, warmup_steps = _run_schedule(
+        run, keys, start.w_init, start.inverse_mass, num_warmup, num_samples, mass_matrix)
     stats = _numpyro_stats(lp, diverging, n_steps, acceptance)
     settings = _numpyro_settings(num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
                                  chain_method, seed)
@@ -1012,17 +1022,8 @@ def sample_numpyro_batch(
                                  jnp.asarray(inverse_mass, jnp.float32), options=options)
         return jax.tree_util.tree_map(np.asarray, outputs)
 
-    if mass_matrix == "laplace-pooled" and pooled_phases(num_warmup)[1] > 0:  # as in sample_numpyro, per star
-        buffer, collect, rest = pooled_phases(num_warmup)
-        (w1, _, _, steps1, _), _, warmup1 = run(jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, 1)))(keys),
-                                                 stack("w_init"), stack("inverse_mass"), buffer, collect, "laplace-fixed")
-        inverse_mass = np.stack([pooled_inverse_mass(w1[i], _WHITENED_VARIANCE) for i in range(len(problems))])
-        (w, lp, diverging, n_steps, acceptance), step_size, warmup2 = run(keys, w1[:, :, -1], inverse_mass, rest,
-                                                                          num_samples, "laplace-fixed")
-        warmup_steps = np.concatenate([warmup1, steps1, warmup2], axis=2)
-    else:
-        (w, lp, diverging, n_steps, acceptance), step_size, warmup_steps = run(
-            keys, stack("w_init"), stack("inverse_mass"), num_warmup, num_samples, _unpooled(mass_matrix))
+    (w, lp, diverging, n_steps, acceptance), step_size, warmup_steps = _run_schedule(
+        run, keys, stack("w_init"), stack("inverse_mass"), num_warmup, num_samples, mass_matrix, per_star=True)
     share = (time.perf_counter() - start_time) / len(problems)
     settings = _numpyro_settings(num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
                                  "batched", seed)
@@ -1123,17 +1124,8 @@ def sample_blackjax(
             return _blackjax_chains(problem, keys, *arguments, **options)
         return jax.jit(lambda k, *a: _blackjax_chains_fn(logdensity_fn, k, *a, **options))(keys, *arguments)
 
-    if mass_matrix == "laplace-pooled" and pooled_phases(num_warmup)[1] > 0:  # as in sample_numpyro
-        buffer, collect, rest = pooled_phases(num_warmup)
-        (w1, _, _, steps1, _, _), _, warmup1 = run(jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), start.w_init,
-                                                    start.inverse_mass, buffer, collect, "laplace-fixed")
-        inverse_mass = pooled_inverse_mass(np.asarray(w1), _WHITENED_VARIANCE)
-        (w, lp, diverging, n_steps, depths, acceptance), step_size, warmup2 = run(
-            keys, np.asarray(w1)[:, -1], inverse_mass, rest, num_samples, "laplace-fixed")
-        warmup_steps = np.concatenate([np.asarray(warmup1), np.asarray(steps1), np.asarray(warmup2)], axis=1)
-    else:
-        (w, lp, diverging, n_steps, depths, acceptance), step_size, warmup_steps = run(
-            keys, start.w_init, start.inverse_mass, num_warmup, num_samples, _unpooled(mass_matrix))
+    (w, lp, diverging, n_steps, depths, acceptance), step_size, warmup_steps = _run_schedule(
+        run, keys, start.w_init, start.inverse_mass, num_warmup, num_samples, mass_matrix)
     stats = {"diverging": diverging, "n_steps": n_steps, "tree_depth": depths, "acceptance_rate": acceptance, "lp": lp}
     settings = dict(backend="blackjax", num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
                     max_tree_depth=depth, target_accept=float(target_accept), mass_matrix=mass_matrix,
