@@ -452,13 +452,23 @@ def cmd_ship(args) -> None:
     metrics = {**(emulator.metadata.get("metrics") or {}), "heldout_mae": float(evaluation.mae), "heldout_mse": float(evaluation.mse),
                "n_heldout": heldout.n_spectra, "heldout": f"{args.heldout}: stellarfit grid --engine turbospectrum --n 320 --seed 1",
                "cost_per_spectrum": {"forward_ms": 1e3 * forward, "device": str(jax.devices()[0]), "cpu_count": os.cpu_count()}}
-    emulator = emulator.replace(metadata={**emulator.metadata, "metrics": metrics, "shipped_name": args.name})
+    metadata = {**emulator.metadata, "metrics": metrics, "shipped_name": args.name}
+    if args.fast_path:
+        metadata["fast_path"] = args.fast_path
+    # floors measured for an earlier emulator do not describe this one: they are measured again afterwards
+    for key in ("label_error_floor", "label_error_floor_source"):
+        metadata.pop(key, None)
+    emulator = emulator.replace(metadata=metadata)
     target = HERE.parent / "src" / "stellarfit" / "data" / "emulators" / SHIPPED_EMULATORS[args.name]
     emulator.save(str(target), overwrite=True)
     (target / "PROVENANCE.md").write_text(Path(args.provenance).read_text().format(
         heldout_mae=evaluation.mae, heldout_mse=evaluation.mse, n_heldout=heldout.n_spectra, forward_ms=1e3 * forward,
         n_parameters=emulator.n_parameters, size_mb=sum(p.stat().st_size for p in target.iterdir()) / 1e6))
     log(f"ship: {args.name} -> {target}: held-out MAE {evaluation.mae:.5f}, forward {1e3 * forward:.0f} ms on {jax.devices()[0]}")
+    log(f"ship: {args.name} has no label error floors yet; measure them on heldout-a and record them with "
+        f"`benchmarks/bench_calibration.py --emulator {args.name} --split heldout-a --no-error-floor"
+        f"{' --init-from ' + args.fast_path if args.fast_path else ''} --snr 100 --n-stars 158` and "
+        f"`scripts/set_error_floor.py <its json> {args.name}`")
 
 
 def main() -> None:
@@ -514,12 +524,17 @@ def main() -> None:
     ship.add_argument("--name", default="default")
     ship.add_argument("--heldout", default="ts_seed1_320.npz")
     ship.add_argument("--provenance", required=True, help="PROVENANCE.md template ({heldout_mae}, {forward_ms}, ... filled in)")
+    ship.add_argument("--fast-path", default=None,
+                      help="shipped name of the emulator's fast path for two-stage CPU fits, recorded as metadata "
+                           "'fast_path' (default: default-fast when shipping 'default', else none)")
     pack = commands.add_parser("pack")
     pack.add_argument("--out", required=True)
     pack.add_argument("--emulators", nargs="+", default=["tp_ft", "payne_same", "tp_scratch", "tp_pre"])
     for sub in commands.choices.values():
         sub.add_argument("--workdir", required=True)
     args = parser.parse_args()
+    if args.command == "ship" and args.fast_path is None and args.name == "default":
+        args.fast_path = "default-fast"
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     globals()[f"cmd_{args.command}"](args)
 
