@@ -21,6 +21,7 @@ Results: benchmarks/results/calibration_<emulator>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -129,10 +130,14 @@ def main() -> None:
                 except Exception as error:  # noqa: BLE001 - recorded per spectrum
                     results.append(error)
                 print(f"S/N {snr:g}: star {k + 1}/{len(spectra)}, {time.perf_counter() - start:.0f} s", flush=True)
-            per_star = [r.elapsed_s for r in results if not isinstance(r, Exception)]
-            timing = {"seconds_per_star": float(np.median(per_star[1:] or per_star)),
-                      "first_star_s": per_star[0] if per_star else None, "batch_size": 1}
-            record(document, lines, snr, results, truths, names, timing, args, wavelength.size)
+                if (k + 1) % 10 == 0 and k + 1 < len(spectra):
+                    # a partial file every 10 stars, so that a long run that is stopped keeps what it fitted
+                    partial, partial_lines = copy.deepcopy(document), list(lines)
+                    record(partial, partial_lines, snr, results, truths, names, nuts_timing(results), args,
+                           wavelength.size)
+                    write(partial, partial_lines, args, args.emulator, k + 1,
+                          out_path(args, args.emulator).with_name(out_path(args, args.emulator).name + "_partial"))
+            record(document, lines, snr, results, truths, names, nuts_timing(results), args, wavelength.size)
             write(document, lines, args, args.emulator, test.size, out_path(args, args.emulator))
             continue
         if args.init_from:
@@ -162,6 +167,25 @@ def main() -> None:
         write(document, lines, args, args.emulator, test.size, out_path(args, args.emulator))
         if args.init_from:
             write(init_document, init_lines, args, args.init_from, test.size, out_path(args, args.init_from, stage="fast"))
+
+
+def nuts_timing(results) -> dict:
+    """Seconds per star and the samplers' diagnostics over the NUTS fits done so far."""
+    done = [r for r in results if not isinstance(r, Exception)]
+    per_star = [r.elapsed_s for r in done]
+    timing = {"seconds_per_star": float(np.median(per_star[1:] or per_star)) if per_star else float("nan"),
+              "first_star_s": per_star[0] if per_star else None, "batch_size": 1}
+    if done:
+        diagnostics = [r.diagnostics for r in done]
+        timing["nuts"] = {
+            "divergences_per_fit": [int(d["divergences"]) for d in diagnostics],
+            "max_r_hat_per_fit": [float(max(d["r_hat"].values())) for d in diagnostics],
+            "min_ess_bulk_per_fit": [float(d["min_ess_bulk"]) for d in diagnostics],
+            "gradient_evaluations_per_fit": [int(d["gradient_evaluations"] + d["gradient_evaluations_warmup"])
+                                             for d in diagnostics],
+            "sampler_seconds_per_fit": [float(d["sampler_elapsed_s"]) for d in diagnostics],
+        }
+    return timing
 
 
 def out_path(args, name: str, stage: str = "") -> Path:
@@ -229,7 +253,13 @@ def record(document, lines, snr, results, truths, names, timing, args, n_pixels)
         if "fast_s_per_star" in timing:
             speed += f" (plus {timing['fast_s_per_star']:.2f} s per star for the fast first stage, compilation included)"
     else:
-        speed = f"{timing['seconds_per_star']:.2f} s per star, compilation included"
+        speed = f"{timing['seconds_per_star']:.2f} s per star (median after the first star)"
+    if "nuts" in timing:
+        nuts = timing["nuts"]
+        speed += (f"; NUTS: {sum(nuts['divergences_per_fit'])} divergences in {len(nuts['divergences_per_fit'])} fits "
+                  f"(at most {max(nuts['divergences_per_fit'])} in one), max R-hat {max(nuts['max_r_hat_per_fit']):.3f}, "
+                  f"median of the per-fit minimum bulk ESS {np.median(nuts['min_ess_bulk_per_fit']):.0f}, "
+                  f"median gradients per fit {np.median(nuts['gradient_evaluations_per_fit']):.0f}")
     lines.append(f"\n{speed}; median reduced chi2 {r['median_reduced_chi2']:.2f}; "
                  f"{100 * r['fraction_flagged']:.0f}% flagged ("
                  + (", ".join(f"{k} {v}" for k, v in r["flag_counts"].items() if v) or "none") + ").\n")

@@ -150,3 +150,23 @@ def test_constant_scale_and_no_continuum():
         continuum_design_matrix(wavelength, degree=None)
     with pytest.raises(ValueError, match="integer >= 0"):
         continuum_design_matrix(wavelength, degree=1.5)
+
+
+def test_vsini_consistent_with_zero_is_held_for_the_other_errors():
+    """When vsini's standard deviation exceeds vsini, the other parameters' covariance is conditional
+    on vsini (the inverse of their Hessian block); otherwise the covariance is untouched."""
+    from stellarfit.inference.fit import _hold_vsini_near_zero
+
+    rng = np.random.default_rng(3)
+    root = rng.normal(size=(4, 4))
+    hessian = root @ root.T + 4 * np.eye(4)
+    covariance = np.linalg.inv(hessian)
+    sd = np.sqrt(covariance[3, 3])
+    held = _hold_vsini_near_zero(covariance, np.array([1.0, 2.0, 3.0, 0.2 * sd]), 3)
+    np.testing.assert_allclose(held[:3, :3], np.linalg.inv(hessian[:3, :3]), rtol=1e-10)
+    assert held[3, 3] == covariance[3, 3]
+    assert np.all(held[3, :3] == 0) and np.all(held[:3, 3] == 0)
+    assert np.all(np.diag(held)[:3] < np.diag(covariance)[:3])
+    far = _hold_vsini_near_zero(covariance, np.array([1.0, 2.0, 3.0, 5.0 * sd]), 3)
+    np.testing.assert_array_equal(far, covariance)
+    assert _hold_vsini_near_zero(covariance, np.zeros(4), None) is covariance

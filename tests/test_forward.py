@@ -14,6 +14,7 @@ from stellarfit.forward import (
     profile_continuum,
     rotation_kernel,
     rotation_kernel_variance,
+    rotation_transfer,
 )
 from stellarfit.wavelengths import FWHM_TO_SIGMA, SPEED_OF_LIGHT_KMS, log_lambda_grid
 
@@ -62,20 +63,63 @@ def test_differential_lsf_gives_observed_resolution():
     assert sigma == pytest.approx(np.sqrt(expected**2 + pixel**2 / 12), rel=0.03)
 
 
+def test_rotation_transfer_is_the_fourier_transform_of_the_profile():
+    """The closed form against a quadrature of Gray's profile (u = sin(phi) removes its sqrt edges)."""
+    epsilon = 0.6
+    phi = np.linspace(-np.pi / 2, np.pi / 2, 20_001)
+    u = np.sin(phi)
+    profile = (2 * (1 - epsilon) * np.sqrt(1 - u**2) + 0.5 * np.pi * epsilon * (1 - u**2)) / (np.pi * (1 - epsilon / 3))
+    vsini = 7.0
+    frequency = np.array([0.0, 1e-4, 0.01, 0.05, 0.068, 0.1, 0.15, 0.4, 2.0])  # cycles per km/s: both series and asymptotes
+    expected = [np.trapezoid(profile * np.cos(2 * np.pi * f * vsini * u) * np.cos(phi), phi) for f in frequency]
+    assert np.allclose(rotation_transfer(vsini, frequency, epsilon), expected, atol=2e-6)
+    # its curvature at zero frequency is the profile's variance
+    small = 1e-3
+    curvature = (1.0 - float(rotation_transfer(vsini, small, epsilon))) / (2 * np.pi**2 * small**2)
+    assert curvature == pytest.approx(rotation_kernel_variance(vsini, epsilon), rel=1e-3)
+
+
 def test_rotation_kernel_width_and_limits():
     step = SPEED_OF_LIGHT_KMS / 90_000.0
     kernel = np.asarray(rotation_kernel(50.0, step, 30))
     assert kernel.sum() == pytest.approx(1.0, abs=1e-6)
     offsets = np.arange(-30, 31) * step
     variance = np.sum(kernel * offsets**2)
-    assert variance == pytest.approx(rotation_kernel_variance(50.0) + step**2 / 12, rel=0.02)
-    assert np.all(kernel[np.abs(offsets) > 50.0 + step] == 0)
+    assert variance == pytest.approx(rotation_kernel_variance(50.0), rel=0.01)
+    # band-limited: it rings a little beyond the profile's edges, nothing more
+    assert np.max(np.abs(kernel[np.abs(offsets) > 50.0 + step])) < 5e-3 * kernel.max()
     tiny = np.asarray(rotation_kernel(0.0, step, 30))
     assert tiny[30] == pytest.approx(1.0, abs=1e-6)
+    assert np.max(np.abs(np.delete(tiny, 30))) < 1e-6
     # smooth, finite gradient in vsini, also near zero
     for vsini in (0.5, 5.0, 80.0):
         gradient = jax.grad(lambda v: rotation_kernel(v, step, 30)[30])(vsini)
         assert np.isfinite(gradient)
+
+
+def test_rotation_is_smooth_in_vsini_below_and_across_pixel_scales():
+    """A sub-pixel vsini broadens (quadratically, as a physical line does), and the model's second
+    derivative in vsini has no jumps where the profile's edge crosses a pixel boundary.
+
+    The pixel-integrated kernel used before left vsini < half a pixel (1.7 km/s here) without any
+    effect and had a singular curvature at each boundary crossing (vsini = 1.7, 5.0 ... km/s)."""
+    observed = observed_grid()
+    model = ForwardModel(flux_fn, NATIVE, NATIVE_R, observed, 22_500.0, rv_range=(-10.0, 10.0), vsini_max=20.0)
+    half_pixel = 0.5 * model.velocity_step
+    flux = jax.jit(model)
+    labels = jnp.array([0.5])
+    base = np.asarray(flux(labels, 0.0, 0.0), dtype=np.float64)
+    changes = [np.sum((np.asarray(flux(labels, 0.0, v), dtype=np.float64) - base) ** 2) ** 0.5 for v in (0.3, 0.6)]
+    assert changes[0] > 1e-5
+    assert changes[1] / changes[0] == pytest.approx(4.0, rel=0.05)  # quadratic in vsini
+    assert 1.0 < half_pixel < 2.0
+    reference = np.asarray(flux(labels, 0.0, 4.0), dtype=np.float64)
+    gradient = jax.jit(jax.grad(lambda v: jnp.sum((model(labels, 0.0, v) - reference) ** 2) * 1e4))
+    vsinis = np.linspace(0.5, 7.0, 131)  # crosses 1.5 and 2.5 pixel half-widths
+    second = np.gradient(np.array([float(gradient(v)) for v in vsinis]), vsinis)
+    jumps = np.abs(np.diff(second))
+    assert np.all(np.isfinite(second))
+    assert jumps.max() < 5.0 * np.median(jumps) + 1e-3 * np.abs(second).max()
 
 
 def test_rotation_makes_lines_broader_and_shallower_conserving_ew():

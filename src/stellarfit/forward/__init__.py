@@ -21,6 +21,7 @@ from stellarfit.forward._broadening import gaussian_kernel as gaussian_kernel
 from stellarfit.forward._broadening import log_doppler_factor as log_doppler_factor
 from stellarfit.forward._broadening import rotation_kernel as rotation_kernel
 from stellarfit.forward._broadening import rotation_kernel_variance as rotation_kernel_variance
+from stellarfit.forward._broadening import rotation_transfer as rotation_transfer
 from stellarfit.forward._broadening import spline_coefficients as spline_coefficients
 from stellarfit.forward._broadening import spline_interpolate as spline_interpolate
 from stellarfit.forward._broadening import spline_interpolate_between as spline_interpolate_between
@@ -49,6 +50,7 @@ __all__ = [
     "continuum_chi2",
     "rotation_kernel",
     "rotation_kernel_variance",
+    "rotation_transfer",
     "simulate_observation",
     "spline_coefficients",
     "spline_interpolate",

@@ -4,10 +4,23 @@ Everything here acts on spectra sampled uniformly in ln(lambda), where a
 velocity is a constant shift in pixels: one pixel is ``velocity_step`` km/s.
 
 - :func:`doppler_factor`: relativistic Doppler factor lambda_obs / lambda_rest.
-- :func:`rotation_kernel`: the rotational broadening profile with linear limb
-  darkening (Gray, *The Observation and Analysis of Stellar Photospheres*,
-  eq. 18.14), integrated exactly over each pixel, so it is smooth in vsini and
-  tends to a delta function as vsini -> 0.
+- :func:`rotation_transfer`: the Fourier transform of the rotational broadening
+  profile with linear limb darkening (Gray, *The Observation and Analysis of
+  Stellar Photospheres*, eq. 18.14), in closed form (Bessel J1 and the spherical
+  Bessel j1), so rotation is a product in Fourier space, analytic in vsini.
+- :func:`rotation_kernel`: the same profile as a band-limited kernel on the
+  pixel grid (the inverse DFT of :func:`rotation_transfer`), for direct
+  convolution; a delta function at vsini = 0.
+
+Why not the profile integrated over each pixel (the kernel used until
+2026-11-25).  While vsini is below half a pixel, all of that kernel stays in the
+central pixel: the model ignored vsini < 1.7 km/s on ``payne-default``'s
+pixels, and each time the profile's edge crossed a pixel boundary (vsini =
+1.7, 5.0, 8.3 ... km/s) the model's second derivative in vsini was singular
+(the profile's sqrt edge). NUTS then needed tiny steps wherever vsini was
+below ~8 km/s. The band-limited form treats the native spectrum as what it is,
+samples of a smooth function, and broadens it by the continuous profile: the
+change from vsini = 0 is quadratic in vsini, as for a physical line.
 - :func:`gaussian_kernel`, :func:`box_kernel`: pixel-integrated Gaussian LSF
   and the top-hat of a detector pixel.
 - :func:`convolve_same`: convolution with edge padding (a flat spectrum stays flat).
@@ -49,6 +62,7 @@ __all__ = [
     "log_doppler_factor",
     "rotation_kernel",
     "rotation_kernel_variance",
+    "rotation_transfer",
     "gaussian_kernel",
     "box_kernel",
     "convolve_same",
@@ -75,21 +89,69 @@ def log_doppler_factor(rv_kms):
     return 0.5 * (jnp.log1p(beta) - jnp.log1p(-beta))
 
 
-def _rotation_cdf(u, limb_darkening):
-    """Cumulative distribution of the rotation profile G(u), u = dv / vsini in [-1, 1]."""
-    u = jnp.clip(u, -1.0 + 1e-7, 1.0 - 1e-7)
+def _bessel_ratio(x):
+    """2 J1(x) / x for x >= 0 (1 at x = 0; absolute error < 1e-7, Abramowitz & Stegun 9.4.4 and 9.4.6)."""
+    small = jnp.minimum(x, 3.0)
+    t = (small / 3.0) ** 2
+    series = 1.0 + 2.0 * t * (-0.56249985 + t * (0.21093573 + t * (-0.03954289 + t * (
+        0.00443319 + t * (-0.00031761 + t * 0.00001109)))))
+    large = jnp.maximum(x, 3.0)
+    y = 3.0 / large
+    amplitude = 0.79788456 + y * (0.00000156 + y * (0.01659667 + y * (0.00017105 + y * (
+        -0.00249511 + y * (0.00113653 - y * 0.00020033)))))
+    phase = large - 2.35619449 + y * (0.12499612 + y * (0.00005650 + y * (-0.00637879 + y * (
+        0.00074348 + y * (0.00079824 - y * 0.00029166)))))
+    asymptotic = 2.0 * amplitude * jnp.cos(phase) / large**1.5
+    return jnp.where(x <= 3.0, series, asymptotic)
+
+
+def _spherical_ratio(x):
+    """3 j1(x) / x = 3 (sin x - x cos x) / x^3 for x >= 0 (1 at x = 0; a series below x = 1)."""
+    small = jnp.minimum(x, 1.0)
+    s2 = small**2
+    series = 1.0 + s2 * (-1.0 / 10.0 + s2 * (1.0 / 280.0 + s2 * (-1.0 / 15120.0 + s2 / 1330560.0)))
+    large = jnp.maximum(x, 1.0)
+    direct = 3.0 * (jnp.sin(large) - large * jnp.cos(large)) / large**3
+    return jnp.where(x < 1.0, series, direct)
+
+
+def rotation_transfer(vsini_kms, frequency, limb_darkening: float = 0.6):
+    """Fourier transform of the rotation profile at ``frequency`` [cycles per km/s], 1 at frequency 0.
+
+    The profile G(u) = [2 (1 - eps) sqrt(1 - u^2) + (pi eps / 2) (1 - u^2)] / [pi (1 - eps / 3)],
+    u = dv / vsini, is a weighted sum of a half-ellipse (transform 2 J1(x) / x) and a parabola
+    (3 j1(x) / x), x = 2 pi frequency vsini:
+
+        g(x) = [(1 - eps) 2 J1(x) / x + (2 eps / 3) 3 j1(x) / x] / (1 - eps / 3).
+
+    Analytic in vsini, including vsini = 0 (g = 1 - x^2 var/(2 vsini^2) + ...: the change is
+    quadratic in vsini, its curvature the profile's variance, :func:`rotation_kernel_variance`).
+    """
     epsilon = limb_darkening
-    ellipse = (1.0 - epsilon) * (u * jnp.sqrt(1.0 - u**2) + jnp.arcsin(u))
-    parabola = 0.5 * jnp.pi * epsilon * (u - u**3 / 3.0)
-    return (ellipse + parabola) / (jnp.pi * (1.0 - epsilon / 3.0)) + 0.5
+    x = 2.0 * jnp.pi * jnp.abs(jnp.asarray(frequency)) * jnp.abs(vsini_kms)
+    return ((1.0 - epsilon) * _bessel_ratio(x) + (2.0 * epsilon / 3.0) * _spherical_ratio(x)) / (1.0 - epsilon / 3.0)
+
+
+@functools.lru_cache(maxsize=32)
+def _kernel_cosines(half_width: int, velocity_step_kms: float):
+    """(frequencies [cycles per km/s] (2 h + 1,), weights (2 h + 1, 2 h + 1)) of the inverse DFT of period 4 h + 1."""
+    period = 4 * half_width + 1
+    bins = np.arange(2 * half_width + 1)
+    taps = np.arange(-half_width, half_width + 1)
+    weights = 2.0 * np.cos(2.0 * np.pi * np.outer(bins, taps) / period) / period
+    weights[0] = 1.0 / period
+    return bins / (period * velocity_step_kms), weights
 
 
 def rotation_kernel(vsini_kms, velocity_step_kms: float, half_width: int, limb_darkening: float = 0.6):
-    """Rotational broadening kernel, shape (2 * half_width + 1,), summing to 1.
+    """Rotational broadening kernel on the pixel grid, shape (2 * half_width + 1,), summing to 1.
 
-    G(u) = [2 (1 - eps) sqrt(1 - u^2) + (pi eps / 2) (1 - u^2)] / [pi (1 - eps / 3)],
-    u = dv / vsini, integrated over each pixel of ``velocity_step_kms``.  The
-    kernel is truncated at ``half_width`` pixels: choose it >= vsini_max / step.
+    The band-limited form of the profile (see :func:`rotation_transfer`): the inverse DFT of its
+    transform over a period of 4 * half_width + 1 pixels, kept to +-half_width and normalized.
+    Convolving samples of a band-limited spectrum with it broadens the underlying smooth spectrum by
+    the continuous profile. It is a delta function at vsini = 0 and smooth in vsini; like any
+    band-limited kernel it rings slightly (small negative taps) beyond the profile's edges.
+    Choose ``half_width`` >= vsini_max / step + 1.
 
     Args:
         vsini_kms: projected rotation velocity [km/s] (scalar, may be traced).
@@ -97,10 +159,9 @@ def rotation_kernel(vsini_kms, velocity_step_kms: float, half_width: int, limb_d
         half_width: kernel half-width [pixels] (static).
         limb_darkening: linear limb-darkening coefficient epsilon.
     """
-    vsini = jnp.maximum(vsini_kms, 1e-3)  # the profile is a delta function below a pixel anyway
-    edges = (jnp.arange(-half_width, half_width + 2) - 0.5) * velocity_step_kms / vsini
-    cdf = _rotation_cdf(edges, limb_darkening)
-    kernel = jnp.diff(cdf)
+    frequency, weights = _kernel_cosines(int(half_width), float(velocity_step_kms))
+    transfer = rotation_transfer(vsini_kms, jnp.asarray(frequency, jnp.result_type(vsini_kms, jnp.float32)), limb_darkening)
+    kernel = transfer @ jnp.asarray(weights, transfer.dtype)
     return kernel / jnp.sum(kernel)
 
 

@@ -97,7 +97,7 @@ from stellarfit.forward._broadening import (
     doppler_factor,
     gaussian_kernel,
     log_doppler_factor,
-    rotation_kernel,
+    rotation_transfer,
     spline_interpolate,
     spline_interpolate_between,
     spline_prefilter_kernel,
@@ -331,11 +331,8 @@ class ForwardModel:
         # exp(-2 pi i nu h_rot / n_fft), which is folded in here with the static kernel(s)
         delay = np.exp(-2j * np.pi * frequency * self.rotation_half_width / size)
         self._fused_static_fft = np.fft.rfft(static, size, axis=-1) * delay  # (1 or K, n_fft // 2 + 1)
-        # R(nu) = k_0 + 2 sum_j k_j cos(2 pi nu j / n_fft): (n_fft // 2 + 1, h_rot + 1) cosines (float64,
-        # cast to the model's dtype where used)
-        taps = np.arange(self.rotation_half_width + 1)
-        self._rotation_cosines = 2.0 * np.cos(2.0 * np.pi * np.outer(frequency, taps) / size)
-        self._rotation_cosines[:, 0] = 1.0
+        # bin nu is nu / (n_fft * velocity_step) cycles per km/s, where rotation_transfer is evaluated
+        self._rotation_frequency = frequency / (size * self.velocity_step)
         self._readout = None
         # Fourier bins of the padded spectrum kept: all, unless set_linear_readout finds that the top
         # ones, after the instrument kernel, change the model by less than its tolerance
@@ -491,11 +488,21 @@ class ForwardModel:
         Returns (n_native,) for one LSF, or (K, n_native), one row per anchor LSF,
         when the resolution varies (:meth:`shift_to_observed` blends the rows).
         """
-        kernel = rotation_kernel(vsini, self.velocity_step, self.rotation_half_width, self.limb_darkening)
-        rotated = convolve_same(rest_flux, kernel)
+        rotated = self.rotate(rest_flux, vsini)
         if self.lsf_anchor_resolution is None:
             return convolve_same(rotated, self.instrument_kernel.astype(rotated.dtype))
         return convolve_same_many(rotated, self.instrument_kernel.astype(rotated.dtype))
+
+    def rotate(self, rest_flux, vsini):
+        """Rotational broadening of native-pixel flux (n_native,): a product with the profile's transform
+        (:func:`~stellarfit.forward.rotation_transfer`) in the padded FFT of :meth:`__call__`, the same
+        padding (edge values, so a flat spectrum stays flat) and the same bins."""
+        half, n, size = self._fused_half_width, self.n_native, self._fused_fft_size
+        rest_flux, vsini = jnp.asarray(rest_flux), jnp.asarray(vsini)
+        dtype = jnp.result_type(rest_flux.dtype, vsini.dtype, jnp.float32)
+        spectrum = jnp.fft.rfft(self._padded(rest_flux.astype(dtype)), size)
+        rotation = rotation_transfer(jnp.asarray(vsini, dtype), jnp.asarray(self._rotation_frequency, dtype), self.limb_darkening)
+        return jnp.fft.irfft(spectrum * rotation, size)[half : half + n].astype(dtype)
 
     def shift_to_observed(self, broadened, rv):
         """Doppler shift and interpolation (``self.interpolation``) onto the observed pixels, (n_obs,).
@@ -607,15 +614,16 @@ class ForwardModel:
         :meth:`__call__`.  ``rest_spectrum``: the rfft of the padded flux when already known (then
         ``rest_flux`` is unused).
         """
-        kernel = rotation_kernel(vsini, self.velocity_step, self.rotation_half_width, self.limb_darkening)
         half, n, size = self._fused_half_width, self.n_native, self._fused_fft_size
         if rest_spectrum is None:
             rest_spectrum = jnp.fft.rfft(self._padded(rest_flux), size)
-        dtype = jnp.result_type(jnp.real(rest_spectrum).dtype, kernel.dtype)
+        dtype = jnp.result_type(jnp.real(rest_spectrum).dtype, jnp.asarray(vsini).dtype, jnp.float32)
         complex_dtype = jnp.result_type(dtype, jnp.complex64)
         bins = self._n_bins  # the transform's bins kept; irfft below zero-fills the rest
         rest_spectrum = rest_spectrum[..., :bins]
-        rotation = jnp.asarray(self._rotation_cosines[:bins], dtype) @ kernel[self.rotation_half_width:].astype(dtype)
+        # rotation: the continuous profile's transform at each bin (analytic in vsini)
+        rotation = rotation_transfer(jnp.asarray(vsini, dtype), jnp.asarray(self._rotation_frequency[:bins], dtype),
+                                     self.limb_darkening)
         spectrum = (rest_spectrum * rotation)[None, :] * jnp.asarray(self._fused_static_fft[:, :bins]).astype(complex_dtype)
         if shift is not None:
             # delay by shift = k + f: the integer part's phase exactly (k m mod N in integers), the fraction's

@@ -772,6 +772,32 @@ def _observed_error_modes(model, error_modes, rv, continuum) -> np.ndarray:
     return (np.asarray(observed, np.float64) * continuum[None, :]).T
 
 
+def _hold_vsini_near_zero(covariance, theta, index):
+    """``covariance`` with the other parameters conditioned on vsini (held at its value) when vsini's
+    standard deviation exceeds vsini itself, i.e. its posterior reaches 0.
+
+    Near vsini = 0 the model changes as vsini^2: a linearization at a small vsini sees a direction that
+    mimics line-width changes of the labels over a range of vsini the posterior does not have (it stops
+    at 0), and inflates their errors. The Cramér-Rao bounds of a planned observation hold vsini fixed
+    below 3 km/s for the same reason (:func:`~stellarfit.inference.crb.cramer_rao`). vsini keeps its own
+    variance; its covariances with the rest become 0.
+    """
+    if index is None or covariance is None:
+        return covariance
+    covariance = np.asarray(covariance, dtype=np.float64)
+    variance = covariance[index, index]
+    if not (np.isfinite(variance) and variance > 0 and np.sqrt(variance) > theta[index]):
+        return covariance
+    others = np.arange(covariance.shape[0]) != index
+    column = covariance[others, index]
+    column = np.where(np.isfinite(column), column, 0.0)
+    held = covariance.copy()
+    held[np.ix_(others, others)] = covariance[np.ix_(others, others)] - np.outer(column, column) / variance
+    held[others, index] = 0.0
+    held[index, others] = 0.0
+    return held
+
+
 def _finish(prepared: _Prepared, result, method: str, emulator, start_time: float, *, n_starts: int, seed: int,
             sampling: dict | None, error_floor: bool = True, draws=None, init_info: dict | None = None) -> FitResult:
     """Cramér-Rao bounds, optional NUTS, flags and the FitResult from a MAP result."""
@@ -809,13 +835,23 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
         covariance_gn[np.isinf(gauss_newton.sigma[:n_theta]), :] = np.nan
         result = dataclasses.replace(result, covariance=covariance_gn)
         laplace = "gauss-newton"
+    # a vsini consistent with 0 is far from Gaussian (the model changes as vsini^2): hold it at the MAP
+    # for the other parameters' errors and bounds instead of letting its linearized coupling inflate them
+    vsini_index = problem.names.index("vsini") if "vsini" in problem.names else None
+    result = dataclasses.replace(result, covariance=_hold_vsini_near_zero(result.covariance, theta, vsini_index))
+    crb_sigma = np.array(crb.sigma, dtype=np.float64)
+    if vsini_index is not None and np.isfinite(crb_sigma[vsini_index]) and crb_sigma[vsini_index] > 0:
+        constrained = np.isfinite(crb.sigma) & (crb.sigma > 0)
+        held = _hold_vsini_near_zero(np.where(np.outer(constrained, constrained), crb.covariance, 0.0),
+                                     np.concatenate([theta, coefficients]), vsini_index)
+        crb_sigma = np.where(constrained, np.sqrt(np.clip(np.diag(held), 0.0, None)), crb_sigma)
     sigma = result.sigma
     labels = {}
     for i, name in enumerate(problem.names):
         error = float(sigma[i]) if np.isfinite(sigma[i]) else float("nan")
         labels[name] = {
             "value": float(theta[i]), "error": error, "lower": float(theta[i] - error), "upper": float(theta[i] + error),
-            "map": float(theta[i]), "crb": float(crb.sigma[i]),
+            "map": float(theta[i]), "crb": float(crb_sigma[i]),
         }
     samples = None
     covariance = result.covariance
