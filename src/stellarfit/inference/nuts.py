@@ -887,7 +887,8 @@ def sample_numpyro(
         chain_method: "auto" (default: "processes" on a multi-core Linux CPU where it applies, else
             "sequential" on a CPU; "vectorized" on an accelerator), "processes" (the chains dealt
             out to worker processes pinned one per core, :mod:`stellarfit.inference._processes`;
-            same draws as "sequential"),
+            the same program, keys and starts as "sequential": the same posterior, though the draws
+            can differ once last-bit differences of a one-core process grow along a chain),
             "sequential" (``lax.map``, one chain after another in one program: on a CPU a
             vmapped gradient of 4 chains costs as much as 4 single ones -- the emulator's
             batched matrix product is no faster than 4 matrix-vector products there -- and
