@@ -52,7 +52,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.special as jsp
 import numpy as np
 
 from stellarfit.wavelengths import SPEED_OF_LIGHT_KMS
