@@ -135,8 +135,8 @@ def main() -> None:
                     partial, partial_lines = copy.deepcopy(document), list(lines)
                     record(partial, partial_lines, snr, results, truths, names, nuts_timing(results), args,
                            wavelength.size)
-                    write(partial, partial_lines, args, args.emulator, k + 1,
-                          out_path(args, args.emulator).with_name(out_path(args, args.emulator).name + "_partial"))
+                    final = out_path(args, args.emulator)
+                    write(partial, partial_lines, args, args.emulator, k + 1, final.with_name(final.name + "_partial"))
             record(document, lines, snr, results, truths, names, nuts_timing(results), args, wavelength.size)
             write(document, lines, args, args.emulator, test.size, out_path(args, args.emulator))
             continue

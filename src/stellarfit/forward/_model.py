@@ -501,7 +501,7 @@ class ForwardModel:
         rest_flux, vsini = jnp.asarray(rest_flux), jnp.asarray(vsini)
         dtype = jnp.result_type(rest_flux.dtype, vsini.dtype, jnp.float32)
         spectrum = jnp.fft.rfft(self._padded(rest_flux.astype(dtype)), size)
-        rotation = rotation_transfer(jnp.asarray(vsini, dtype), jnp.asarray(self._rotation_frequency, dtype), self.limb_darkening)
+        rotation = rotation_transfer(vsini.astype(dtype), jnp.asarray(self._rotation_frequency, dtype), self.limb_darkening)
         return jnp.fft.irfft(spectrum * rotation, size)[half : half + n].astype(dtype)
 
     def shift_to_observed(self, broadened, rv):
