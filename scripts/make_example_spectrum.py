@@ -8,6 +8,12 @@ log-lambda pixel grid of 2.5 pixels per resolution element over 5010-5490 A
 The true labels, RV and vsini go into the FITS header (TRUE_* keywords).
 
     python scripts/make_example_spectrum.py --grid ~/.cache/stellarfit/grids/ts_default_2000.h5
+
+The star is design row 414 of that grid.  Without the 2,000-spectrum grid, a
+grid of that one row (its labels are ``sample_labels(default_label_spec(),
+2000, method="sobol", seed=0)[414]``) gives the same spectrum:
+
+    python scripts/make_example_spectrum.py --grid row414.h5 --index 0
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ def main() -> None:
     parser.add_argument("--teff", type=float, default=5750.0, help="pick the test star nearest this Teff...")
     parser.add_argument("--logg", type=float, default=4.3, help="...and logg")
     parser.add_argument("--fe-h", type=float, default=-0.3, help="...and [Fe/H]")
+    parser.add_argument("--index", type=int, default=None,
+                        help="use this row of --grid as it is (a grid of the example's own labels) instead of the search")
+    parser.add_argument("--grid-index", type=int, default=None,
+                        help="the design index to record in the header (GRIDIDX) when --index picks from a one-row grid")
     parser.add_argument("--rv", type=float, default=37.4)
     parser.add_argument("--vsini", type=float, default=4.0)
     parser.add_argument("--resolution", type=float, default=22_500.0)
@@ -48,7 +58,13 @@ def main() -> None:
     target = np.array([args.teff, args.logg, args.fe_h])
     scale = np.array([500.0, 0.5, 0.3])
     columns = [names.index("teff"), names.index("logg"), names.index("fe_h")]
-    pick = test[int(np.argmin(np.sum(((labels[:, columns] - target) / scale) ** 2, axis=1)))]
+    pick = test[int(np.argmin(np.sum(((labels[:, columns] - target) / scale) ** 2, axis=1)))] if test.size else None
+    if args.index is not None:
+        if not 0 <= args.index < len(grid):
+            raise SystemExit(f"--index {args.index} is outside the grid's {len(grid)} rows")
+        pick = args.index
+    elif pick is None:
+        raise SystemExit(f"{args.grid} has no test split to pick from ({len(grid)} spectra); give --index")
     truth = grid.labels[pick]
     native_flux = np.asarray(grid.flux[pick], dtype=np.float64)
 
@@ -76,7 +92,8 @@ def main() -> None:
     header["VACUUM"] = (True, "wavelengths are in vacuum")
     header["RESOLUTN"] = (args.resolution, "resolving power of the Gaussian LSF")
     header["SNR"] = (args.snr, "S/N per pixel of the added noise")
-    header["GRIDIDX"] = (int(grid.design_index[pick]) if hasattr(grid, "design_index") else int(pick), "design index in the grid")
+    header["GRIDIDX"] = (args.grid_index if args.grid_index is not None
+                         else int(grid.design_index[pick]) if hasattr(grid, "design_index") else int(pick), "design index in the grid")
     truth_names = names + ["rv", "vsini"]
     truth_values = list(map(float, truth)) + [args.rv, args.vsini]
     truth_hdu = fits.BinTableHDU.from_columns([
