@@ -13,7 +13,7 @@ The star is design row 414 of that grid.  Without the 2,000-spectrum grid, a
 grid of that one row (its labels are ``sample_labels(default_label_spec(),
 2000, method="sobol", seed=0)[414]``) gives the same spectrum:
 
-    python scripts/make_example_spectrum.py --grid row414.h5 --index 0
+    python scripts/make_example_spectrum.py --grid row414.h5 --index 0 --grid-index 414
 """
 
 from __future__ import annotations
@@ -52,19 +52,20 @@ def main() -> None:
     from stellarfit.wavelengths import log_lambda_grid
 
     grid = SpectralGrid.read(os.path.expanduser(args.grid))
-    _, _, test = grid.split((0.8, 0.1, 0.1), seed=0)
     names = list(grid.label_spec.names)
-    labels = grid.labels[test]
-    target = np.array([args.teff, args.logg, args.fe_h])
-    scale = np.array([500.0, 0.5, 0.3])
-    columns = [names.index("teff"), names.index("logg"), names.index("fe_h")]
-    pick = test[int(np.argmin(np.sum(((labels[:, columns] - target) / scale) ** 2, axis=1)))] if test.size else None
     if args.index is not None:
         if not 0 <= args.index < len(grid):
             raise SystemExit(f"--index {args.index} is outside the grid's {len(grid)} rows")
         pick = args.index
-    elif pick is None:
-        raise SystemExit(f"{args.grid} has no test split to pick from ({len(grid)} spectra); give --index")
+    else:
+        _, _, test = grid.split((0.8, 0.1, 0.1), seed=0)
+        if not test.size:
+            raise SystemExit(f"{args.grid} has no test split to pick from ({len(grid)} spectra); give --index")
+        target = np.array([args.teff, args.logg, args.fe_h])
+        scale = np.array([500.0, 0.5, 0.3])
+        columns = [names.index("teff"), names.index("logg"), names.index("fe_h")]
+        distance = np.sum(((grid.labels[test][:, columns] - target) / scale) ** 2, axis=1)
+        pick = test[int(np.argmin(distance))]
     truth = grid.labels[pick]
     native_flux = np.asarray(grid.flux[pick], dtype=np.float64)
 
