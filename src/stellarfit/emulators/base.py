@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from stellarfit._precision import INFERENCE_MATMUL_PRECISION, full_precision
 from stellarfit.emulators._params import count_parameters, flatten_params, unflatten_params
 from stellarfit.labels import LabelSpec
 
@@ -292,6 +293,7 @@ class Emulator:
         plan = self._prepare_wavelength(wavelength)
         params = self.params
 
+        @full_precision
         def fn(labels: jax.Array) -> Any:
             flux, continuum = self._outputs(params, self.scale_labels(jnp.asarray(labels)), plan)
             return (flux, continuum) if with_continuum else flux
@@ -335,7 +337,8 @@ class Emulator:
             pad = size - chunk.shape[0]
             if pad:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            out = np.asarray(self._jit_raw(params, jnp.asarray(chunk), plan))
+            with jax.default_matmul_precision(INFERENCE_MATMUL_PRECISION):  # full float32 products (stellarfit._precision)
+                out = np.asarray(self._jit_raw(params, jnp.asarray(chunk), plan))
             pieces.append(out[: size - pad])
         return np.concatenate(pieces)
 

@@ -85,6 +85,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stellarfit._precision import full_precision
 from stellarfit.forward._broadening import (
     _quintic_weights,
     box_kernel,
@@ -473,6 +474,7 @@ class ForwardModel:
     def n_native(self) -> int:
         return int(self.native_wavelength.size)
 
+    @full_precision
     def rest_frame(self, labels):
         """Emulator flux on the native slice, (n_native,)."""
         return self._flux_fn(labels, self._native_wavelength_jax)
@@ -482,6 +484,7 @@ class ForwardModel:
         """True when the LSF varies from pixel to pixel (anchor LSFs), False for one LSF."""
         return self.lsf_anchor_resolution is not None
 
+    @full_precision
     def broaden(self, rest_flux, vsini):
         """Rotation and instrument applied to native-pixel flux (n_native,).
 
@@ -493,6 +496,7 @@ class ForwardModel:
             return convolve_same(rotated, self.instrument_kernel.astype(rotated.dtype))
         return convolve_same_many(rotated, self.instrument_kernel.astype(rotated.dtype))
 
+    @full_precision
     def rotate(self, rest_flux, vsini):
         """Rotational broadening of native-pixel flux (n_native,): a product with the profile's transform
         (:func:`~stellarfit.forward.rotation_transfer`) in the padded FFT of :meth:`__call__`, the same
@@ -504,6 +508,7 @@ class ForwardModel:
         rotation = rotation_transfer(vsini.astype(dtype), jnp.asarray(self._rotation_frequency, dtype), self.limb_darkening)
         return jnp.fft.irfft(spectrum * rotation, size)[half : half + n].astype(dtype)
 
+    @full_precision
     def shift_to_observed(self, broadened, rv):
         """Doppler shift and interpolation (``self.interpolation``) onto the observed pixels, (n_obs,).
 
@@ -649,6 +654,7 @@ class ForwardModel:
         per_tile = jnp.einsum("rtw,rtpw->tp", windows, self._sample_weights.astype(buffer.dtype))
         return per_tile.reshape(-1)[self._sample_index]
 
+    @full_precision
     def __call__(self, labels, rv=0.0, vsini=0.0):
         """Normalized model flux at the observed pixels, (n_obs,), for labels (n_labels,).
 

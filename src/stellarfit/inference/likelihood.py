@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stellarfit._precision import full_precision
 from stellarfit.forward import ForwardModel, continuum_chi2, profile_continuum
 from stellarfit.labels import LabelSpec
 
@@ -313,10 +314,12 @@ class FitProblem:
         return jnp.sum(jnp.log(width) + jax.nn.log_sigmoid(z) + jax.nn.log_sigmoid(-z), axis=-1)
 
     # -- densities -----------------------------------------------------------------
+    @full_precision
     def model_normalized(self, theta):
         """Normalized model at the observed pixels (n_obs,) for theta (p,)."""
         return self.forward_model(theta[: self.n_labels], theta[self.n_labels], theta[self.n_labels + 1])
 
+    @full_precision
     def continuum_fit(self, theta):
         """(coefficients, continuum (n_obs,), chi2, log det A) for theta (p,).
 
@@ -325,11 +328,13 @@ class FitProblem:
             return profile_continuum(self.model_normalized(theta), self.flux, self.ivar, self.design)
         return profile_with_modes(self.model_normalized(theta), self.flux, self.ivar, self.design, self.error_basis)[:4]
 
+    @full_precision
     def model_flux(self, theta):
         """Model flux including the best continuum, (n_obs,)."""
         _, continuum, _, _ = self.continuum_fit(theta)
         return continuum * self.model_normalized(theta)
 
+    @full_precision
     def log_likelihood(self, theta):
         if self.error_basis is None:  # derivatives by the envelope theorem, not through the solve
             chi2, logdet = continuum_chi2(self.model_normalized(theta), self.flux, self.ivar, self.design)
@@ -340,22 +345,26 @@ class FitProblem:
             value = value - 0.5 * logdet
         return value
 
+    @full_precision
     def log_prior(self, theta):
         if self._prior_index.size == 0:
             return jnp.zeros(())
         values = theta[..., self._prior_index]
         return -0.5 * jnp.sum(((values - self._prior_mean) / self._prior_sigma) ** 2, axis=-1)
 
+    @full_precision
     def log_density_unconstrained(self, z):
         """Log posterior density in z (for NUTS): log L + log prior + log Jacobian."""
         theta = self.to_theta(z)
         return self.log_likelihood(theta) + self.log_prior(theta) + self.log_abs_det_jacobian(z)
 
+    @full_precision
     def objective_unconstrained(self, z):
         """Negative log posterior in theta, evaluated through z (for MAP; no Jacobian)."""
         theta = self.to_theta(z)
         return -(self.log_likelihood(theta) + self.log_prior(theta))
 
+    @full_precision
     def residuals_unconstrained(self, z):
         """Whitened residuals at z: sqrt(ivar) (flux - continuum * model) with the continuum profiled,
         then (value - mean) / sigma for each Gaussian prior; half their sum of squares is
