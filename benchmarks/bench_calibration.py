@@ -66,8 +66,14 @@ def main() -> None:
                         help="map (batched fit_stars) or nuts (fit_star per spectrum, 4 chains x (500 + 500); with "
                              "--emulator default on a CPU it samples the fast path re-centred on the TransformerPayne's "
                              "mode, see fit_star's sample_with)")
+    parser.add_argument("--first-star", type=int, default=0,
+                        help="fit only stars first-star .. n-stars - 1 of the selection (same RVs, vsini, tilts and noise "
+                             "draws as the full run): to extend a stopped run; merge the two with "
+                             "calibration_with_floors.py RUN --also THIS_RUN")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if not 0 <= args.first_star < args.n_stars:
+        parser.error(f"--first-star must be in [0, --n-stars), got {args.first_star}")
 
     import jax
 
@@ -98,12 +104,12 @@ def main() -> None:
     vsinis = rng.uniform(0.0, 8.0, test.size)
     tilts = rng.uniform(-0.2, 0.2, test.size)
     document = {
-        "benchmark": "bench_calibration", "emulator": args.emulator,
+        "benchmark": "bench_calibration", "emulator": args.emulator, "first_star": args.first_star,
         "emulator_metrics": emulator.metadata.get("metrics"),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "load_average_before": list(os.getloadavg()),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "n_stars_used": int(test.size), "n_pixels": int(wavelength.size), "results": {},
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "n_stars_used": int(test.size - args.first_star), "n_pixels": int(wavelength.size), "results": {},
     }
     lines, init_lines = [], []
     init_document = None
@@ -119,13 +125,14 @@ def main() -> None:
                                                 rv=rvs[k], vsini=vsinis[k], snr=snr, continuum=continuum, rng=rng))
             truths.append(np.concatenate([grid.labels[index], [rvs[k], vsinis[k]]]))
         truths = np.array(truths)
+        spectra, truths = spectra[args.first_star:], truths[args.first_star:]  # the draws above are made for every star
         common = dict(n_starts=args.n_starts, adam_steps=args.adam_steps, seed=args.seed, errors="collect",
                       error_floor=not args.no_error_floor, emulator_error=not args.no_emulator_error)
         if args.method == "nuts":
             results, start = [], time.perf_counter()
             for k, spectrum in enumerate(spectra):
                 try:
-                    results.append(sf.fit_star(spectrum, emulator, "nuts", seed=args.seed + k, error_floor=common["error_floor"],
+                    results.append(sf.fit_star(spectrum, emulator, "nuts", seed=args.seed + args.first_star + k, error_floor=common["error_floor"],
                                                emulator_error=common["emulator_error"]))
                 except Exception as error:  # noqa: BLE001 - recorded per spectrum
                     results.append(error)
@@ -138,7 +145,7 @@ def main() -> None:
                     final = out_path(args, args.emulator)
                     write(partial, partial_lines, args, args.emulator, k + 1, final.with_name(final.name + "_partial"))
             record(document, lines, snr, results, truths, names, nuts_timing(results), args, wavelength.size)
-            write(document, lines, args, args.emulator, test.size, out_path(args, args.emulator))
+            write(document, lines, args, args.emulator, test.size - args.first_star, out_path(args, args.emulator))
             continue
         if args.init_from:
             # stage 1 with the fast emulator (its own compile in its first batch), then the polish
@@ -164,9 +171,9 @@ def main() -> None:
         if args.init_from:
             record(init_document, init_lines, snr, fast, truths, names,
                    {"seconds_per_star": stages["fast_s_per_star"], "batch_size": args.batch_size}, args, wavelength.size)
-        write(document, lines, args, args.emulator, test.size, out_path(args, args.emulator))
+        write(document, lines, args, args.emulator, test.size - args.first_star, out_path(args, args.emulator))
         if args.init_from:
-            write(init_document, init_lines, args, args.init_from, test.size, out_path(args, args.init_from, stage="fast"))
+            write(init_document, init_lines, args, args.init_from, test.size - args.first_star, out_path(args, args.init_from, stage="fast"))
 
 
 def nuts_timing(results) -> dict:
@@ -192,6 +199,7 @@ def out_path(args, name: str, stage: str = "") -> Path:
     suffix = ("" if args.split == "test" else f"_{args.split}") + ("_nofloor" if args.no_error_floor else "")
     suffix += ("_modes" if args.error_modes else "") + ("_noemuerror" if args.no_emulator_error else "")
     suffix += "_nuts" if args.method == "nuts" else ""
+    suffix += f"_from_star{args.first_star}" if args.first_star else ""
     if args.init_from:
         suffix += f"_{stage}stage" if stage else f"_from_{Path(args.init_from).name}"
     if args.out and not stage:

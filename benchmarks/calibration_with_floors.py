@@ -8,6 +8,10 @@ e.g. on another split:
 
 Writes <run>_floored.{json,md}: per parameter and S/N, the robust z width without and with the
 floors and the fraction of truths inside the 68% and 95% intervals with the floors.
+
+``--also RUN2 ...`` scores several runs of the same settings as one (a run extended with
+``bench_calibration.py --first-star K``): their stars are concatenated per S/N (a star that
+appears twice is an error), NUTS diagnostics too, and ``--out`` names the result.
 """
 
 from __future__ import annotations
@@ -25,19 +29,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="JSON written by bench_calibration.py --no-error-floor")
     parser.add_argument("emulator", help="shipped name or directory whose metadata holds label_error_floor")
+    parser.add_argument("--also", nargs="*", default=[], help="further runs of the same settings (other stars) to merge")
+    parser.add_argument("--out", default=None, help="output stem (default: <run>_floored)")
     args = parser.parse_args()
 
     from stellarfit.emulators import load_emulator
 
-    document = json.loads(Path(args.run).read_text())
+    document = merge_runs([json.loads(Path(run).read_text()) for run in [args.run, *args.also]], [args.run, *args.also])
     if not document["settings"].get("no_error_floor"):
         raise SystemExit(f"{args.run} was made with the floors already applied")
     floors = load_emulator(args.emulator).metadata.get("label_error_floor")
     if not floors:
         raise SystemExit(f"{args.emulator} records no label_error_floor (scripts/set_error_floor.py)")
     source = load_emulator(args.emulator).metadata.get("label_error_floor_source", {})
-    out = {"run": Path(args.run).name, "emulator": args.emulator, "floors": floors, "floor_source": source, "results": {}}
-    lines = [f"`{Path(args.run).name}` (fits of `{document['emulator']}`) scored with the label error floors of "
+    runs = ", ".join(f"`{Path(run).name}`" for run in [args.run, *args.also])
+    out = {"run": [Path(run).name for run in [args.run, *args.also]] if args.also else Path(args.run).name, "emulator": args.emulator, "floors": floors, "floor_source": source, "results": {}}
+    lines = [f"{runs} (fits of `{document['emulator']}`) scored with the label error floors of "
              f"`{args.emulator}` (from {source.get('n_stars', '?')} {source.get('split', '?')}-split stars at S/N "
              f"{source.get('snr', '?')}), added in quadrature to each star's statistical error.\n"]
     for snr, result in document["results"].items():
@@ -56,9 +63,17 @@ def main() -> None:
                           "z_width_without": robust_sigma(z_plain), "z_width_with": robust_sigma(z_floor),
                           "inside_68": float(np.mean(np.abs(z_floor[np.isfinite(z_floor)]) < 1.0)),
                           "inside_95": float(np.mean(np.abs(z_floor[np.isfinite(z_floor)]) < 1.96)),
-                          "median_error_with": float(np.nanmedian(floored[:, j])), "median_crb": result["parameters"][name]["median_crb"]}
+                          "median_error_with": float(np.nanmedian(floored[:, j])),
+                          "median_crb": float(np.nanmedian(np.array(per_star["crb"], dtype=float)[:, j]))}
         out["results"][snr] = {"n_stars": len(value), "parameters": rows}
         lines.append(f"### S/N {float(snr):g} ({len(value)} stars)\n")
+        if result.get("nuts"):
+            nuts = result["nuts"]
+            out["results"][snr]["nuts"] = summary = nuts_summary(nuts)
+            lines.append(f"NUTS: median {summary['median_gradients']:,.0f} gradients per fit (quartiles "
+                         f"{summary['gradients_q25']:,.0f}-{summary['gradients_q75']:,.0f}); {summary['divergences']} divergences "
+                         f"in {summary['n_fits']} fits; max R-hat {summary['max_r_hat']:.3f}; {summary['fits_min_ess_below_100']} "
+                         "fits with a minimum bulk ESS below 100.\n")
         lines.append("| parameter | bias | scatter | floor | median error (with floor) | median CRB | z width without / with floor | inside 68% / 95% |")
         lines.append("|---|---|---|---|---|---|---|---|")
         for name, row in rows.items():
@@ -66,10 +81,44 @@ def main() -> None:
                          f"{row['median_crb']:.3g} | {row['z_width_without']:.2f} / {row['z_width_with']:.2f} | "
                          f"{100 * row['inside_68']:.0f}% / {100 * row['inside_95']:.0f}% |")
         lines.append("")
-    stem = Path(args.run).with_suffix("")
-    Path(str(stem) + "_floored.json").write_text(json.dumps(out, indent=1))
-    Path(str(stem) + "_floored.md").write_text("\n".join(lines) + "\n")
+    stem = Path(args.out) if args.out else Path(str(Path(args.run).with_suffix("")) + "_floored")
+    stem.with_suffix(".json").write_text(json.dumps(out, indent=1))
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def merge_runs(documents: list[dict], paths: list[str]) -> dict:
+    """One document whose per-star arrays (and NUTS diagnostics) are those of all ``documents``, per S/N."""
+    first = documents[0]
+    ignore = {"first_star", "out"}
+    for document, path in zip(documents[1:], paths[1:]):
+        a = {k: v for k, v in first["settings"].items() if k not in ignore}
+        b = {k: v for k, v in document["settings"].items() if k not in ignore}
+        if a != b or document["emulator"] != first["emulator"]:
+            differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise SystemExit(f"{path} was made with other settings than {paths[0]} ({differ or 'emulator'})")
+    merged = {**first, "results": {}}
+    for snr in first["results"]:
+        parts = [document["results"][snr] for document in documents if snr in document["results"]]
+        per_star = {"names": parts[0]["per_star"]["names"]}
+        for key in ("truth", "value", "error", "error_statistical", "crb"):
+            per_star[key] = [row for part in parts for row in part["per_star"][key]]
+        truths = [tuple(np.round(row, 6)) for row in per_star["truth"]]
+        if len(set(truths)) != len(truths):
+            raise SystemExit(f"S/N {snr}: the runs share stars; merge runs of different stars (--first-star)")
+        result = {**parts[0], "per_star": per_star}
+        if all(part.get("nuts") for part in parts):
+            result["nuts"] = {key: [value for part in parts for value in part["nuts"][key]] for key in parts[0]["nuts"]}
+        merged["results"][snr] = result
+    return merged
+
+
+def nuts_summary(nuts: dict) -> dict:
+    gradients = np.array(nuts["gradient_evaluations_per_fit"], dtype=float)
+    return {"n_fits": len(gradients), "median_gradients": float(np.median(gradients)),
+            "gradients_q25": float(np.percentile(gradients, 25)), "gradients_q75": float(np.percentile(gradients, 75)),
+            "divergences": int(np.sum(nuts["divergences_per_fit"])), "max_r_hat": float(np.max(nuts["max_r_hat_per_fit"])),
+            "fits_min_ess_below_100": int(np.sum(np.array(nuts["min_ess_bulk_per_fit"]) < 100))}
 
 
 if __name__ == "__main__":

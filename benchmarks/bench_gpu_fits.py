@@ -1,0 +1,260 @@
+"""Fits on an accelerator: gradient cost per emulator, batched NUTS, and exact TransformerPayne posteriors.
+
+The steps, each its own process so that one killed by a time limit loses
+nothing the others measured (every step writes its JSON, and its draws as npz,
+as soon as it ends):
+
+``stars``   (any machine) the held-out observations: the first ``--n`` stars of
+            ``bench_calibration.py --split heldout-b --snr S --n-stars 100``
+            (same grid, seed and noise draws), saved as npz so that the device
+            and the CPU fit bit-identical spectra.
+``grad``    time of one batched value-and-gradient of the sampled log density
+            (the whole observation model, continuum marginalized) for each
+            emulator, at several numbers of lanes (chains x stars) per call.
+``nuts``    ``fit_stars(method="nuts")`` (its MAP, then batched NUTS) on a batch of
+            stars with one emulator (4 chains x (500 + 500) by default),
+            sampling the emulator itself (``sample_with="self"``); XLA
+            compilation is timed apart through ``jax.monitoring``, sampling by
+            the sampler's own clock.  Saves each star's draws (with
+            ``--emulator default`` these are exact TransformerPayne posteriors,
+            the reference for the CPU's ``sample_with="fast"``).
+
+    python benchmarks/bench_gpu_fits.py stars --grid ~/.cache/stellarfit/grids/ts_seed1_320.h5 --n 16 --out .gpu/stars_snr100.npz
+    python benchmarks/bench_gpu_fits.py grad --stars .gpu/stars_snr100.npz --out OUT
+    python benchmarks/bench_gpu_fits.py nuts --stars .gpu/stars_snr100.npz --emulator payne-default --n-stars 16 --out OUT
+    python benchmarks/bench_gpu_fits.py nuts --stars .gpu/stars_snr100.npz --emulator default --n-stars 2 --out OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def _header(step: str, args) -> dict:
+    import jax
+
+    return {"benchmark": f"bench_gpu_fits {step}", "device": str(jax.devices()[0]), "backend": jax.default_backend(),
+            "jax": jax.__version__, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "func")}}
+
+
+def _write(document: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(document, indent=1, default=float))
+    os.replace(tmp, path)
+    print(f"wrote {path}", flush=True)
+
+
+def load_stars(path):
+    """(spectra, truths (n, p), names) from a ``stars`` npz."""
+    from stellarfit.spectra import ObservedSpectrum
+
+    with np.load(path) as data:
+        spectra = [ObservedSpectrum.from_arrays(data["wavelength"], flux, ivar=ivar, resolution=float(data["resolution"]))
+                   for flux, ivar in zip(data["flux"], data["ivar"])]
+        return spectra, np.array(data["truth"]), [str(name) for name in data["names"]]
+
+
+# -- stars ----------------------------------------------------------------------------------
+def cmd_stars(args) -> None:
+    """The heldout-b observations of bench_calibration.py (seed, order and noise draws alike)."""
+    from stellarfit.forward import simulate_observation
+    from stellarfit.grids import SpectralGrid
+    from stellarfit.labels import default_label_spec
+    from stellarfit.wavelengths import log_lambda_grid
+
+    grid = SpectralGrid.read(os.path.expanduser(args.grid))
+    half = len(grid) // 2
+    rows = np.arange(half, len(grid))[: args.n_total]
+    wavelength = log_lambda_grid(5010.0, 5490.0, args.resolution, 2.5)
+    x = (wavelength - wavelength.mean()) / np.ptp(wavelength)
+    rng = np.random.default_rng(args.seed)
+    rvs = rng.uniform(-150.0, 150.0, rows.size)
+    vsinis = rng.uniform(0.0, 8.0, rows.size)
+    tilts = rng.uniform(-0.2, 0.2, rows.size)
+    flux, ivar, truth = [], [], []
+    for k, row in enumerate(rows[: args.n]):
+        spectrum = simulate_observation(grid.wavelength, grid.flux[row], 30_000.0, wavelength, args.resolution,
+                                        rv=rvs[k], vsini=vsinis[k], snr=args.snr, continuum=1000.0 * (1.0 + tilts[k] * x),
+                                        rng=rng)
+        flux.append(spectrum.flux)
+        ivar.append(spectrum.ivar)
+        truth.append(np.concatenate([grid.labels[row], [rvs[k], vsinis[k]]]))
+    names = list(default_label_spec().names) + ["rv", "vsini"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, wavelength=wavelength, flux=np.array(flux), ivar=np.array(ivar), truth=np.array(truth),
+             names=np.array(names), resolution=args.resolution, snr=args.snr, grid_rows=rows[: args.n],
+             provenance=f"bench_calibration.py --split heldout-b --snr {args.snr:g} --n-stars {args.n_total} "
+                        f"--seed {args.seed}: its first {args.n} stars ({os.path.basename(args.grid)})")
+    print(f"wrote {out}: {len(flux)} stars, {wavelength.size} pixels")
+
+
+# -- grad -----------------------------------------------------------------------------------
+def _problem(spectrum, emulator):
+    from stellarfit.inference.fit import _prepare
+
+    return _prepare(spectrum, emulator, priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0, vsini_max=100.0,
+                    continuum_degree=2).problem.with_continuum("marginalize")
+
+
+def cmd_grad(args) -> None:
+    """Milliseconds per batched value-and-gradient of the sampled density, per emulator and lane count."""
+    import jax
+    import jax.numpy as jnp
+
+    import stellarfit as sf
+
+    spectra, truth, names = load_stars(args.stars)
+    document = {**_header("grad", args), "runs": []}
+    out = Path(args.out) / f"grad_{args.tag}.json"
+    for name in args.emulators:
+        emulator = sf.load_emulator(name)
+        problem = _problem(spectra[0], emulator)
+        theta = np.clip(truth[0], problem.lower, problem.upper)
+        z0 = np.asarray(problem.to_unconstrained(jnp.asarray(theta, jnp.float32)))
+        z0 = np.where(np.isfinite(z0), z0, 0.0)
+        step = jax.jit(jax.vmap(jax.value_and_grad(problem.log_density_unconstrained)))
+        lanes_list = args.lanes_tp if getattr(emulator, "model_type", "") == "transformer_payne" else args.lanes
+        for lanes in lanes_list:
+            z = jnp.asarray(z0 + 0.01 * np.random.default_rng(lanes).normal(size=(lanes, z0.size)), jnp.float32)
+            start = time.perf_counter()
+            jax.block_until_ready(step(z))
+            compile_s = time.perf_counter() - start
+            times = []
+            deadline = time.perf_counter() + args.seconds
+            while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
+                start = time.perf_counter()
+                value, grad = jax.block_until_ready(step(z))
+                times.append(time.perf_counter() - start)
+            ms = 1e3 * float(np.median(times))
+            row = {"emulator": name, "model_type": getattr(emulator, "model_type", None), "lanes": lanes,
+                   "n_pixels_observed": int(spectra[0].wavelength.size), "ms_per_call": ms, "ms_per_gradient": ms / lanes,
+                   "first_call_s": compile_s, "repeats": len(times), "finite": bool(np.all(np.isfinite(np.asarray(grad))))}
+            document["runs"].append(row)
+            print(f"grad {name}: {lanes} lanes {ms:.2f} ms per call, {ms / lanes:.3f} ms per gradient "
+                  f"(first call {compile_s:.1f} s)", flush=True)
+            _write(document, out)
+
+
+# -- nuts -----------------------------------------------------------------------------------
+class _CompileClock:
+    """Seconds spent in XLA compilation (jax.monitoring's backend-compile events)."""
+
+    def __init__(self) -> None:
+        import jax
+
+        self.seconds = 0.0
+
+        def listener(event, duration, **kwargs):
+            if "compile" in event and "backend" in event:
+                self.seconds += duration
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
+
+
+def _star_row(k, result, truth, names) -> dict:
+    if isinstance(result, Exception):
+        return {"star": k, "error": f"{type(result).__name__}: {result}"}
+    d = result.diagnostics
+    row = {"star": k, "flags": result.flag_names, "reduced_chi2": result.reduced_chi2,
+           "gradients": int(d.get("gradient_evaluations", 0)) + int(d.get("gradient_evaluations_warmup", 0)),
+           "min_ess_bulk": float(min(d["ess_bulk"].values())), "max_r_hat": float(max(d["r_hat"].values())),
+           "divergences": int(d["divergences"]), "tree_depth_hits": int(d.get("tree_depth_hits", 0)),
+           "sampler_elapsed_s": d.get("sampler_elapsed_s"), "posterior": d.get("posterior")}
+    row["labels"] = {n: {"median": result.labels[n]["value"], "lower": result.labels[n]["lower"],
+                         "upper": result.labels[n]["upper"], "truth": float(truth[i])}
+                     for i, n in enumerate(names) if n in result.labels}
+    n_steps = result.sample_stats.get("n_steps") if getattr(result, "sample_stats", None) is not None else None
+    if n_steps is not None:
+        steps = np.asarray(n_steps)
+        row["draw_steps_per_chain_mean"] = float(steps.mean())
+        row["draw_steps_lockstep_mean"] = float(steps.max(axis=0).mean()) if steps.ndim == 2 else None
+    return row
+
+
+def cmd_nuts(args) -> None:
+    """Batched NUTS (fit_stars) on the first n stars with one emulator, sampling the emulator itself."""
+    import stellarfit as sf
+
+    clock = _CompileClock()
+    spectra, truth, names = load_stars(args.stars)
+    spectra, truth = spectra[: args.n_stars], truth[: args.n_stars]
+    emulator = sf.load_emulator(args.emulator)
+    tag = args.tag or args.emulator
+    out = Path(args.out)
+    document = {**_header("nuts", args), "emulator": args.emulator, "runs": []}
+    start = time.perf_counter()
+    results = sf.fit_stars(spectra, emulator, method="nuts", batch_size=args.n_stars, errors="collect", seed=0,
+                           num_warmup=args.num_warmup, num_samples=args.num_samples, num_chains=args.num_chains,
+                           max_tree_depth=args.max_tree_depth, sample_with="self")
+    nuts_s = time.perf_counter() - start
+    nuts_compile = clock.seconds
+    ok = [r for r in results if not isinstance(r, Exception)]
+    sampler_s = sum(r.diagnostics.get("sampler_elapsed_s") or 0.0 for r in ok)
+    document.update(seconds=nuts_s, compile_s=nuts_compile, sampler_s=sampler_s, n_ok=len(ok),
+                    seconds_per_star_excluding_compile=(nuts_s - nuts_compile) / len(spectra),
+                    stars=[_star_row(k, r, truth[k], names) for k, r in enumerate(results)])
+    if ok:
+        document["median_gradients"] = float(np.median([row["gradients"] for row in document["stars"] if "gradients" in row]))
+    _write(document, out / f"nuts_{tag}.json")
+    print(f"MAP + NUTS: {nuts_s:.1f} s for {len(spectra)} stars ({nuts_compile:.1f} s compiling, {sampler_s:.1f} s "
+          f"sampling), {len(ok)} ok", flush=True)
+    arrays = {f"samples_{k}": np.asarray(r.samples) for k, r in enumerate(results) if not isinstance(r, Exception)}
+    arrays.update({f"map_{k}": np.asarray([r.value(n) for n in r.names]) for k, r in enumerate(results)
+                   if not isinstance(r, Exception)})
+    np.savez_compressed(out / f"nuts_{tag}.npz", names=np.array(ok[0].names if ok else []), **arrays)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    stars = commands.add_parser("stars")
+    stars.add_argument("--grid", required=True)
+    stars.add_argument("--n", type=int, default=16)
+    stars.add_argument("--n-total", type=int, default=100, help="the --n-stars of the bench_calibration run reproduced")
+    stars.add_argument("--snr", type=float, default=100.0)
+    stars.add_argument("--resolution", type=float, default=22_500.0)
+    stars.add_argument("--seed", type=int, default=0)
+    stars.add_argument("--out", required=True)
+    stars.set_defaults(func=cmd_stars)
+    grad = commands.add_parser("grad")
+    grad.add_argument("--stars", required=True)
+    grad.add_argument("--emulators", nargs="+", default=["payne-default", "default-fast", "default"])
+    grad.add_argument("--lanes", type=int, nargs="+", default=[1, 4, 16, 64, 128, 512])
+    grad.add_argument("--lanes-tp", type=int, nargs="+", default=[1, 4, 8, 16, 64])
+    grad.add_argument("--seconds", type=float, default=2.0, help="time spent repeating each call")
+    grad.add_argument("--tag", default="device")
+    grad.add_argument("--out", required=True)
+    grad.set_defaults(func=cmd_grad)
+    nuts = commands.add_parser("nuts")
+    nuts.add_argument("--stars", required=True)
+    nuts.add_argument("--emulator", default="payne-default")
+    nuts.add_argument("--n-stars", type=int, default=16)
+    nuts.add_argument("--num-warmup", type=int, default=500)
+    nuts.add_argument("--num-samples", type=int, default=500)
+    nuts.add_argument("--num-chains", type=int, default=4)
+    nuts.add_argument("--max-tree-depth", type=int, default=8)
+    nuts.add_argument("--tag", default=None)
+    nuts.add_argument("--out", required=True)
+    nuts.set_defaults(func=cmd_nuts)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
