@@ -10,14 +10,29 @@ import pytest
 import stellarfit as sf
 from stellarfit.data import example_truth
 from stellarfit.inference.fit import _prepare
+from stellarfit.inference.likelihood import _SMOOTH
 from stellarfit.spectra import example_spectrum
 
 
-@pytest.fixture(scope="module")
-def problem():
+@pytest.fixture(scope="module", params=["logit", "probit", "probit-labels"])
+def problem(request):
+    """The example's FitProblem with each map from z to the boxes (FitProblem.with_transform)."""
     emulator = sf.load_emulator("payne-default")
-    return _prepare(example_spectrum(), emulator, priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0,
-                    vsini_max=100.0, continuum_degree=2).problem
+    problem = _prepare(example_spectrum(), emulator, priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0,
+                       vsini_max=100.0, continuum_degree=2).problem
+    return problem.with_transform(request.param)
+
+
+def test_transforms_differ_and_bad_names_are_refused(problem):
+    z = jnp.full(problem.n_parameters, -1.5, jnp.float32)
+    unit = np.asarray(problem._unit(z))
+    logistic, normal = 1.0 / (1.0 + np.exp(1.5)), 0.0668072
+    expected = {"logit": [logistic] * problem.n_parameters, "probit": [normal] * problem.n_parameters,
+                "probit-labels": [normal] * problem.n_labels + [logistic] * 2}[problem.transform]
+    np.testing.assert_allclose(unit, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="transform must be one of"):
+        problem.with_transform("tanh")
+    assert problem.with_continuum("marginalize").transform == problem.transform  # survives other copies
 
 
 def _members(problem):
@@ -54,7 +69,8 @@ def test_round_trip_inside_the_allowed_region(problem):
 def test_reference_depends_on_its_members_and_stays_inside_their_bounds(problem):
     alpha, members, h = _members(problem)
     rng = np.random.default_rng(1)
-    z = jnp.asarray(rng.normal(scale=2.5, size=(400, problem.n_parameters)), jnp.float32)
+    scale = 2.5 if problem.transform == "logit" else 1.4  # about the same spread of theta (logistic sd 1.8)
+    z = jnp.asarray(rng.normal(scale=scale, size=(400, problem.n_parameters)), jnp.float32)
     theta = np.asarray(jax.vmap(problem.to_theta)(z), float)
     x = theta[:, members]
     lo = np.maximum(float(problem.lower[alpha]), (x - h).max(axis=1))
@@ -63,7 +79,9 @@ def test_reference_depends_on_its_members_and_stays_inside_their_bounds(problem)
     assert 50 < feasible.sum() < 400
     offsets = np.abs(x - theta[:, [alpha]])[feasible]
     assert np.max(offsets - h) < 1e-4, np.max(offsets - h)  # softplus excess of the interval: < 1e-4 at 0.05 dex
-    assert np.all((theta[:, alpha] >= problem.lower[alpha] - 1e-6) & (theta[:, alpha] <= problem.upper[alpha] + 1e-6))
+    # the smooth max / min of the interval overshoot a hard one by at most _SMOOTH log(n + 1) (members at their extremes)
+    slack = _SMOOTH * np.log(len(members) + 1) + 1e-6
+    assert np.all((theta[:, alpha] >= problem.lower[alpha] - slack) & (theta[:, alpha] <= problem.upper[alpha] + slack))
     # the members do not depend on the reference's coordinate; the reference depends on the members'
     jacobian = np.asarray(jax.jacfwd(problem.to_theta)(z[0]))
     assert np.all(jacobian[members, alpha] == 0.0)

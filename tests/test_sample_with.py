@@ -99,14 +99,17 @@ def test_sample_with_resolution_and_errors(payne):
         _resolve_sample_with("fastest", payne, "nuts")
 
 
-def test_nuts_through_a_fast_path_takes_the_emulators_location(payne, spectrum, payne_map, fast_map):
+@pytest.mark.parametrize("z_transform", ["logit", "probit"])
+def test_nuts_through_a_fast_path_takes_the_emulators_location(payne, spectrum, payne_map, fast_map, z_transform):
     """payne-default naming default-fast as its fast path: the chains sample default-fast's
     posterior and the draws move to payne-default's mode, so the medians follow payne-default
-    where the two emulators disagree (vmic, [Si/Fe]: 1.4 and 1.7 sigma apart on this star)."""
+    where the two emulators disagree (vmic, [Si/Fe]: 1.4 and 1.7 sigma apart on this star),
+    in either coordinates z (the modes and the shift are taken in the coordinates sampled)."""
     emulator = payne.replace(metadata={**payne.metadata, "fast_path": "default-fast"})
-    result = fit_star(spectrum, emulator, "nuts", sample_with="fast", init=None, **SHORT)
+    result = fit_star(spectrum, emulator, "nuts", sample_with="fast", init=None, z_transform=z_transform, **SHORT)
     info = result.diagnostics["posterior"]
     assert info["sampled_with"] == "default-fast" and info["recentred_on"] == "mode in z"
+    assert info["z_transform"] == z_transform
     assert result.samples.shape == (2, 100, len(result.names))
     for name in ("vmic", "si_fe"):
         median = result.labels[name]["value"]
@@ -127,7 +130,7 @@ def test_batched_nuts_through_a_fast_path_and_sampling_itself(payne, spectrum):
     for name in ("teff", "fe_h", "si_fe"):
         assert batch[0].labels[name]["value"] == pytest.approx(one.labels[name]["value"], abs=0.5 * one.labels[name]["error"])
     selfish = fit_star(spectrum, emulator, "nuts", sample_with="self", init=None, **SHORT)
-    assert selfish.diagnostics["posterior"] == {"sampled_with": "self"}
+    assert selfish.diagnostics["posterior"] == {"sampled_with": "self", "z_transform": "logit"}
 
 
 @pytest.mark.slow

@@ -47,6 +47,15 @@ FLAGS = {"grid_edge": 1, "fit_failed": 2, "low_snr": 4, "high_chi2": 8, "not_con
 METHODS = ("map", "nuts", "blackjax")
 #: which emulator NUTS samples with (:func:`fit_star`'s ``sample_with``)
 SAMPLE_WITH = ("auto", "self", "fast")
+#: the NUTS methods' default map from z to the boxes (fit_star's z_transform; FitProblem.with_transform)
+NUTS_Z_TRANSFORM = "logit"
+
+
+def _check_z_transform(z_transform: str) -> None:
+    from stellarfit.inference.likelihood import TRANSFORMS
+
+    if z_transform not in TRANSFORMS:
+        raise ValueError(f"z_transform must be one of {TRANSFORMS}, got {z_transform!r}")
 
 
 @dataclasses.dataclass
@@ -251,6 +260,7 @@ def fit_star(
     init="auto",
     polish_steps: int | None = None,
     sample_with: str = "auto",
+    z_transform: str = NUTS_Z_TRANSFORM,
 ) -> FitResult:
     """Fit one :class:`~stellarfit.spectra.ObservedSpectrum` with an emulator.
 
@@ -304,6 +314,13 @@ def fit_star(
             (default): ``"fast"`` for a TransformerPayne with a fast path on a CPU (sampling
             it there takes hours: ~3 s per Jacobian), else ``"self"``.  What was done is in
             ``diagnostics["posterior"]``.
+        z_transform: the NUTS methods' map from the unconstrained coordinates z to each
+            parameter's box: "logit" (default; theta = lower + width sigmoid(z)), "probit"
+            (lower + width Phi(z), Phi the standard normal CDF: a parameter the data leave free
+            is a standard normal in z, not a logistic) or "probit-labels" (probit for the labels,
+            logistic for rv and vsini).  The posterior in theta is the same; the cost of sampling
+            it is not (docs/fitting.md, NUTS posteriors on held-out stars).  Recorded in
+            ``diagnostics["posterior"]``.
 
     Returns a :class:`FitResult`; for the NUTS methods ``result.samples`` holds
     the draws and ``result.diagnostics`` R-hat, bulk/tail ESS, divergences,
@@ -317,6 +334,7 @@ def fit_star(
         # fail on bad sampler settings before the (slow) MAP fit
         check_sampler_settings(None, num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
                                chain_method=chain_method)
+        _check_z_transform(z_transform)
     start_time = time.perf_counter()
     options = dict(priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
                    continuum_degree=continuum_degree, emulator_error=emulator_error)
@@ -341,9 +359,9 @@ def fit_star(
     if method != "map":
         sampling = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
                         max_tree_depth=max_tree_depth, target_accept=target_accept, mass_matrix=mass_matrix,
-                        chain_method=chain_method)
+                        chain_method=chain_method, z_transform=z_transform)
         if surrogate is not None:
-            sampling["surrogate"] = _surrogate_map(spectrum, surrogate, prepared, result.theta, options)
+            sampling["surrogate"] = _surrogate_map(spectrum, surrogate, prepared, result.theta, options, z_transform)
     return _finish(prepared, result, method, emulator, start_time, n_starts=n_starts if start_values is None else 1,
                    seed=seed, sampling=sampling, error_floor=error_floor, init_info=init_info)
 
@@ -375,7 +393,8 @@ class _Surrogate:
     target_mode: np.ndarray  # (p,) z-mode of the emulator's density
 
 
-def _surrogate_map(spectrum, surrogate: _FastPath, prepared: _Prepared, theta: np.ndarray, options: dict) -> _Surrogate:
+def _surrogate_map(spectrum, surrogate: _FastPath, prepared: _Prepared, theta: np.ndarray, options: dict,
+                   z_transform: str = "logit") -> _Surrogate:
     """The fast path's FitProblem on the same spectrum and boxes as ``prepared`` (its RV box is
     centred on the same rv), its MAP polished from ``theta`` (the emulator's MAP), and the modes in
     z of both densities (Gauss-Newton, :func:`~stellarfit.inference.nuts.unconstrained_laplace`)."""
@@ -389,8 +408,10 @@ def _surrogate_map(spectrum, surrogate: _FastPath, prepared: _Prepared, theta: n
     fast_map = polish_map(fast_problem, np.clip(theta, fast_problem.lower, fast_problem.upper), max_steps=20)
     if not np.all(np.isfinite(fast_map.theta)):
         raise RuntimeError(f"the fast path {surrogate.name!r} found no MAP near the emulator's; use sample_with='self'")
+    # the modes in the coordinates the chains sample (z_transform), where the draws are moved
+    fast_problem = fast_problem.with_transform(z_transform)
     fast_mode = unconstrained_laplace(fast_problem, fast_map.theta, gauss_newton=True).mode
-    target_mode = unconstrained_laplace(problem, theta, gauss_newton=True).mode
+    target_mode = unconstrained_laplace(problem.with_transform(z_transform), theta, gauss_newton=True).mode
     if not (np.all(np.isfinite(fast_mode)) and np.all(np.isfinite(target_mode))):
         raise RuntimeError("the modes of the densities in z are not finite; use sample_with='self'")
     return _Surrogate(surrogate.name, fast_problem, fast_map, fast_mode, target_mode)
@@ -530,6 +551,7 @@ def fit_stars(
     init="auto",
     polish_steps: int | None = None,
     sample_with: str = "auto",
+    z_transform: str = NUTS_Z_TRANSFORM,
 ) -> list:
     """Fits of many spectra, vectorized: spectra on the same pixels (same wavelengths and
     resolution) are fitted ``batch_size`` at a time in one ``vmap``-ed program (all starts of all
@@ -556,6 +578,7 @@ def fit_stars(
 
         check_sampler_settings(None, num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
                                chain_method="vectorized")
+        _check_z_transform(z_transform)
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
     surrogate = _resolve_sample_with(sample_with, emulator, method)
@@ -610,14 +633,14 @@ def fit_stars(
 
                 sampling = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
                                 max_tree_depth=max_tree_depth, target_accept=target_accept, mass_matrix=mass_matrix,
-                                chain_method="batched")
+                                chain_method="batched", z_transform=z_transform)
                 # stars whose MAP failed (non-finite) stay out of the batch and are recorded as failed below
                 good = [k for k, result in enumerate(results) if np.all(np.isfinite(result.theta))]
                 if surrogate is not None:  # the fast path's MAP of each star, to sample its posterior
                     for k in list(good):
                         try:
                             surrogates[k] = _surrogate_map(spectra[chunk[k]], surrogate, prepared[chunk[k]][0],
-                                                           results[k].theta, options)
+                                                           results[k].theta, options, z_transform)
                         except Exception as error:  # noqa: BLE001 - recorded per spectrum on request
                             if errors == "raise":
                                 raise
@@ -627,9 +650,9 @@ def fit_stars(
                     targets = [(surrogates[k].problem, surrogates[k].map.theta, None) if surrogate is not None
                                else (prepared[chunk[k]][0].problem, results[k].theta, results[k].covariance) for k in good]
                     sampled = sample_numpyro_batch(
-                        [problem.with_continuum("marginalize") for problem, _, _ in targets],
+                        [problem.with_continuum("marginalize").with_transform(z_transform) for problem, _, _ in targets],
                         [theta for _, theta, _ in targets], [covariance for _, _, covariance in targets],
-                        **{k: v for k, v in sampling.items() if k != "chain_method"})
+                        **{k: v for k, v in sampling.items() if k not in ("chain_method", "z_transform")})
                     for k, draws in zip(good, sampled):
                         batch_draws[k] = draws
             share = (time.perf_counter() - start_time) / len(chunk)
@@ -859,9 +882,10 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
     if method != "map":
         from stellarfit.inference.nuts import sample_blackjax, sample_numpyro, summarize_samples
 
-        sampling_problem = problem.with_continuum("marginalize")
         options = dict(sampling)
         chain_method = options.pop("chain_method")
+        z_transform = options.pop("z_transform", "logit")
+        sampling_problem = problem.with_continuum("marginalize").with_transform(z_transform)
         surrogate = options.pop("surrogate", None)
         num_chains, num_samples = options["num_chains"], options["num_samples"]
         start_theta, start_covariance = theta, result.covariance
@@ -878,12 +902,12 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
             draws = dataclasses.replace(draws, samples=recentred_posterior(surrogate.problem, draws.samples,
                                                                            surrogate.mode, surrogate.target_mode))
             posterior_info = {
-                "sampled_with": surrogate.name, "recentred_on": "mode in z",
+                "sampled_with": surrogate.name, "recentred_on": "mode in z", "z_transform": z_transform,
                 "shift_z": dict(zip(problem.names, map(float, surrogate.target_mode - surrogate.mode))),
                 "sampled_map": dict(zip(problem.names, map(float, surrogate.map.theta))),
             }
         else:
-            posterior_info = {"sampled_with": "self"}
+            posterior_info = {"sampled_with": "self", "z_transform": z_transform}
         samples = draws.samples
         covariance = np.cov(samples.reshape(-1, samples.shape[-1]), rowvar=False)
         for name, row in summarize_samples(samples, problem.names).items():

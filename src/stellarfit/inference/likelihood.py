@@ -91,6 +91,10 @@ def profile_with_modes(model, flux, ivar, design, error_basis, ridge: float = 1e
     return coefficients, continuum, chi2, logdet, amplitudes
 
 
+#: maps from the unconstrained z to each parameter's box (FitProblem.with_transform)
+TRANSFORMS = ("logit", "probit", "probit-labels")
+
+
 @dataclasses.dataclass(frozen=True)
 class GaussianPrior:
     """A Gaussian prior on one parameter, e.g. logg from asteroseismology."""
@@ -170,6 +174,7 @@ class FitProblem:
         self.label_spec = label_spec
         self.names: tuple[str, ...] = tuple(label_spec.names) + ("rv", "vsini")
         self.continuum = continuum
+        self.transform = "logit"
         self.n_labels = len(label_spec)
         self.n_parameters = len(self.names)
         self.flux = jnp.asarray(flux, dtype=jnp.float32)
@@ -209,18 +214,20 @@ class FitProblem:
         static = (
             self.forward_model, _Identity(self.label_spec), self.continuum, self._prior_names,
             tuple(int(v) for v in self._offset_reference), tuple(float(v) for v in self._offset_halfwidth),
+            self.transform,
         )
         return children, static
 
     @classmethod
     def tree_unflatten(cls, static, children):
         problem = object.__new__(cls)
-        forward_model, spec, continuum, prior_names, reference, halfwidth = static
+        forward_model, spec, continuum, prior_names, reference, halfwidth, transform = static
         (problem.flux, problem.ivar, problem.design, problem.lower, problem.upper,
          problem._prior_mean, problem._prior_sigma, problem.error_basis) = children
         problem.forward_model = forward_model
         problem.label_spec = spec.value
         problem.continuum = continuum
+        problem.transform = transform
         problem.names = tuple(spec.value.names) + ("rv", "vsini")
         problem.n_labels = len(spec.value)
         problem.n_parameters = len(problem.names)
@@ -241,6 +248,37 @@ class FitProblem:
             raise ValueError(f"continuum must be 'profile' or 'marginalize', got {continuum!r}")
         children, static = self.tree_flatten()
         return FitProblem.tree_unflatten((static[0], static[1], continuum) + static[3:], children)
+
+    def with_transform(self, transform: str) -> "FitProblem":
+        """The same problem with another map from z to each box: "logit" (theta = lower + width *
+        sigmoid(z)) or "probit" (lower + width * Phi(z), Phi the standard normal CDF)."""
+        if transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+        children, static = self.tree_flatten()
+        return FitProblem.tree_unflatten(static[:-1] + (transform,), children)
+
+    def _probit_mask(self) -> np.ndarray:
+        """(p,) True where the map is probit."""
+        mask = np.full(self.n_parameters, self.transform == "probit")
+        if self.transform == "probit-labels":
+            mask[: self.n_labels] = True
+        return mask
+
+    def _unit(self, z):
+        mask = self._probit_mask()
+        if not mask.any():
+            return jax.nn.sigmoid(z)
+        return jnp.where(mask, jax.scipy.special.ndtr(z), jax.nn.sigmoid(z))
+
+    def _z_of_unit(self, unit):
+        mask = self._probit_mask()
+        logit = jnp.log(unit) - jnp.log1p(-unit)
+        return logit if not mask.any() else jnp.where(mask, jax.scipy.special.ndtri(unit), logit)
+
+    def _log_unit_derivative(self, z):
+        mask = self._probit_mask()
+        logit = jax.nn.log_sigmoid(z) + jax.nn.log_sigmoid(-z)
+        return logit if not mask.any() else jnp.where(mask, -0.5 * z * z - 0.5 * np.log(2.0 * np.pi), logit)
 
     @property
     def n_good(self) -> int:
@@ -279,7 +317,7 @@ class FitProblem:
 
     def to_theta(self, z):
         """Unconstrained z (..., p) -> physical theta (..., p)."""
-        unit = jax.nn.sigmoid(z)
+        unit = self._unit(z)
         lower, upper = self._boxes()
         theta = lower + (upper - lower) * unit
         for k, members in self._groups().items():
@@ -297,7 +335,7 @@ class FitProblem:
             lo, span = self._reference_interval(theta, k, members)
             unit = unit.at[..., k].set((theta[..., k] - lo) / jnp.where(span > 0, span, 1.0))
         unit = jnp.clip(unit, 1e-6, 1.0 - 1e-6)
-        return jnp.log(unit) - jnp.log1p(-unit)
+        return self._z_of_unit(unit)
 
     def log_abs_det_jacobian(self, z):
         """log |d theta / d z| for the density in z (sum over parameters).
@@ -311,7 +349,9 @@ class FitProblem:
             for k, members in self._groups().items():
                 width = width.at[..., k].set(self._reference_interval(theta, k, members)[1])
         width = jnp.where(width > 0, width, 1.0)  # a fixed parameter (zero width) adds a constant
-        return jnp.sum(jnp.log(width) + jax.nn.log_sigmoid(z) + jax.nn.log_sigmoid(-z), axis=-1)
+        if not self._probit_mask().any():  # the sigmoid's terms added in this order (bit-identical to before)
+            return jnp.sum(jnp.log(width) + jax.nn.log_sigmoid(z) + jax.nn.log_sigmoid(-z), axis=-1)
+        return jnp.sum(jnp.log(width) + self._log_unit_derivative(z), axis=-1)
 
     # -- densities -----------------------------------------------------------------
     @full_precision
