@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# One device call of benchmarks/bench_gpu_fits.py (about 8 minutes): gradient costs of the three shipped
-# emulators, batched NUTS with payne-default, then exact TransformerPayne NUTS on as many held-out stars as
-# the time left allows. Run from the repository root; $OUT receives the JSON and the draws.
-# The 2026-11-26 session (one H200, 15 minutes of device time) ran an earlier order of these steps, before
-# products were forced to full float32 (stellarfit._precision): see benchmarks/results/gpu_fits_h200.md.
+# One device call of benchmarks/bench_gpu_fits.py (about 8 minutes): the TransformerPayne's gradient cost
+# at full float32 precision, then exact TransformerPayne NUTS on as many held-out stars as the time left
+# allows (the reference for sample_with="fast"); PAYNE_STARS > 0 adds batched payne-default NUTS first.
+# Run from the repository root; $OUT receives the JSON and the draws.
+# History (benchmarks/results/gpu_fits_h200.md): the first 2026-11-26 session ran grad and payne-default
+# NUTS with TF32 products; the second ran this script's earlier order (grad of all three emulators, 150 s,
+# which ended before the TransformerPayne; payne-default NUTS on 16 stars, which did not finish in 200 s)
+# and then payne-default NUTS on 8 stars at full precision (176 s). payne-default is measured, so the
+# TransformerPayne now goes first.
 # Needs: .gpu/stars_snr100.npz (bench_gpu_fits.py stars ...) and .whl/ (wheels of the packages the device
 # lacks: astropy, pyerfa, astropy-iers-data, arviz-base, arviz-stats, xarray-einstats, blackjax, numpyro).
 set -u
@@ -18,14 +22,21 @@ nvidia-smi -L
 python3 -c "import jax, numpyro, flax; print('jax', jax.__version__, 'numpyro', numpyro.__version__, 'flax', flax.__version__, jax.devices())"
 bench="python3 benchmarks/bench_gpu_fits.py"
 stars=.gpu/stars_snr100.npz
-timeout 150 $bench grad --stars $stars --out "$OUT" --seconds 1 --lanes 1 16 128 512 --lanes-tp 1 4 8
-timeout ${PAYNE_S:-200} $bench nuts --stars $stars --emulator payne-default --n-stars ${PAYNE_STARS:-16} --out "$OUT"
+# each lane count compiles its own program (7-16 s on an H200)
+timeout 120 $bench grad --stars $stars --out "$OUT" --seconds 1 --emulators default --lanes-tp 1 4 8 16 --tag tp
+if [ "${PAYNE_STARS:-0}" -gt 0 ]; then
+  # 8 stars took 176 s on an H200 (96 s of it compiling)
+  timeout ${PAYNE_S:-200} $bench nuts --stars $stars --emulator payne-default --n-stars "$PAYNE_STARS" --out "$OUT"
+fi
 # TransformerPayne NUTS: the most stars (4, 2 or 1) whose estimated sampling fits the time left
 # (estimate: 1,000 iterations x 45 lockstep leapfrog steps x the measured batched gradient; ~100 s of MAP
 # and compilation on top)
-read -r n_tp warmup samples < <(python3 - "$OUT/grad_device.json" $(( $(left) - 100 )) <<'EOF'
+read -r n_tp warmup samples < <(python3 - "$OUT/grad_tp.json" $(( $(left) - 100 )) <<'EOF'
 import json, sys
-runs = [r for r in json.load(open(sys.argv[1]))["runs"] if r["model_type"] == "transformer_payne"]
+try:
+    runs = [r for r in json.load(open(sys.argv[1]))["runs"] if r["model_type"] == "transformer_payne"]
+except (OSError, ValueError, KeyError):
+    runs = []
 budget = float(sys.argv[2])
 ms = {r["lanes"]: r["ms_per_call"] for r in runs}
 choice = None
