@@ -17,12 +17,16 @@ as soon as it ends):
             compilation is timed apart through ``jax.monitoring``, sampling by
             the sampler's own clock.  Saves each star's draws (with
             ``--emulator default`` these are exact TransformerPayne posteriors,
-            the reference for the CPU's ``sample_with="fast"``).
+            the reference for the CPU's ``sample_with="fast"``).  With
+            ``--sample-with fast`` and the TransformerPayne: the practical
+            batched path instead (the TransformerPayne's MAPs, then NUTS with
+            ``default-fast`` moved to them).
 
     python benchmarks/bench_gpu_fits.py stars --grid ~/.cache/stellarfit/grids/ts_seed1_320.h5 --n 16 --out .gpu/stars_snr100.npz
     python benchmarks/bench_gpu_fits.py grad --stars .gpu/stars_snr100.npz --out OUT
     python benchmarks/bench_gpu_fits.py nuts --stars .gpu/stars_snr100.npz --emulator payne-default --n-stars 16 --out OUT
     python benchmarks/bench_gpu_fits.py nuts --stars .gpu/stars_snr100.npz --emulator default --n-stars 2 --out OUT
+    python benchmarks/bench_gpu_fits.py nuts --stars .gpu/stars_snr100.npz --emulator default --sample-with fast --n-stars 8 --out OUT
 """
 
 from __future__ import annotations
@@ -188,20 +192,21 @@ def _star_row(k, result, truth, names) -> dict:
 
 
 def cmd_nuts(args) -> None:
-    """Batched NUTS (fit_stars) on the first n stars with one emulator, sampling the emulator itself."""
+    """Batched NUTS (fit_stars) on the first n stars with one emulator, sampling the emulator itself
+    (``--sample-with self``) or its fast path."""
     import stellarfit as sf
 
     clock = _CompileClock()
     spectra, truth, names = load_stars(args.stars)
     spectra, truth = spectra[: args.n_stars], truth[: args.n_stars]
     emulator = sf.load_emulator(args.emulator)
-    tag = args.tag or args.emulator
+    tag = args.tag or (args.emulator if args.sample_with == "self" else f"{args.emulator}_{args.sample_with}")
     out = Path(args.out)
     document = {**_header("nuts", args), "emulator": args.emulator, "runs": []}
     start = time.perf_counter()
     results = sf.fit_stars(spectra, emulator, method="nuts", batch_size=args.n_stars, errors="collect", seed=0,
                            num_warmup=args.num_warmup, num_samples=args.num_samples, num_chains=args.num_chains,
-                           max_tree_depth=args.max_tree_depth, sample_with="self")
+                           max_tree_depth=args.max_tree_depth, sample_with=args.sample_with)
     nuts_s = time.perf_counter() - start
     nuts_compile = clock.seconds
     ok = [r for r in results if not isinstance(r, Exception)]
@@ -249,6 +254,9 @@ def main() -> None:
     nuts.add_argument("--num-samples", type=int, default=500)
     nuts.add_argument("--num-chains", type=int, default=4)
     nuts.add_argument("--max-tree-depth", type=int, default=8)
+    nuts.add_argument("--sample-with", default="self", choices=["self", "fast"],
+                      help="fit_stars' sample_with: the emulator itself, or (TransformerPayne) its distilled Payne "
+                           "moved to the TransformerPayne's MAPs")
     nuts.add_argument("--tag", default=None)
     nuts.add_argument("--out", required=True)
     nuts.set_defaults(func=cmd_nuts)

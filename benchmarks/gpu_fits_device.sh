@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call of benchmarks/bench_gpu_fits.py (about 8 minutes): the TransformerPayne's gradient cost
-# at full float32 precision, then exact TransformerPayne NUTS on as many held-out stars as the time left
-# allows (the reference for sample_with="fast"); PAYNE_STARS > 0 adds batched payne-default NUTS first.
+# at full float32 precision, batched NUTS through its fast path (sample_with="fast") on 8 held-out stars,
+# then exact TransformerPayne NUTS on as many stars as the time left allows (the reference for the fast
+# path); PAYNE_STARS > 0 adds batched payne-default NUTS before the exact step.
 # Run from the repository root; $OUT receives the JSON and the draws.
 # History (benchmarks/results/gpu_fits_h200.md): the first 2026-11-26 session ran grad and payne-default
 # NUTS with TF32 products; the second ran this script's earlier order (grad of all three emulators, 150 s,
@@ -23,7 +24,10 @@ python3 -c "import jax, numpyro, flax; print('jax', jax.__version__, 'numpyro', 
 bench="python3 benchmarks/bench_gpu_fits.py"
 stars=.gpu/stars_snr100.npz
 # each lane count compiles its own program (7-16 s on an H200)
-timeout 120 $bench grad --stars $stars --out "$OUT" --seconds 1 --emulators default --lanes-tp 1 4 8 16 --tag tp
+timeout 100 $bench grad --stars $stars --out "$OUT" --seconds 1 --emulators default --lanes-tp 1 4 8 16 --tag tp
+# the practical TransformerPayne posterior, batched: its MAPs, then NUTS with default-fast moved to them
+# (payne-default's batched NUTS of 8 stars took 176 s on an H200, 96 s of it compiling)
+timeout ${FAST_S:-220} $bench nuts --stars $stars --emulator default --sample-with fast --n-stars ${FAST_STARS:-8} --out "$OUT"
 if [ "${PAYNE_STARS:-0}" -gt 0 ]; then
   # 8 stars took 176 s on an H200 (96 s of it compiling)
   timeout ${PAYNE_S:-200} $bench nuts --stars $stars --emulator payne-default --n-stars "$PAYNE_STARS" --out "$OUT"
