@@ -5,7 +5,10 @@ The floors come from `benchmarks/bench_calibration.py --split validation --no-er
 `--split heldout-a` (the first half of an independent grid; heldout-b stays for checking):
 for each label, floor = sqrt(max(scatter^2 - median statistical error^2, 0)) at the
 highest S/N of that run, where the emulator's own systematic error dominates.
-`fit_star` adds the floors in quadrature to the reported errors (``error_floor=True``).
+The same is done for the nuisance parameters rv and vsini (the emulator's line profiles are
+not exact, so vsini absorbs part of its error; an rv floor is 0 where the fits' errors already
+cover the scatter).  `fit_star` adds the floors in quadrature to the reported errors
+(``error_floor=True``).
 
     python scripts/set_error_floor.py benchmarks/results/calibration_payne-default_validation_nofloor.json payne-default
     python scripts/set_error_floor.py benchmarks/results/calibration_default_heldout-a_nofloor_from_default-fast.json default
@@ -40,7 +43,7 @@ def main() -> None:
     path = shipped_emulator_path(args.name)
     emulator = load_emulator(path)
     floors = {}
-    for name in emulator.label_names:
+    for name in (*emulator.label_names, "rv", "vsini"):
         row = parameters[name]
         floors[name] = float(np.sqrt(max(row["scatter"] ** 2 - row["median_error_statistical"] ** 2, 0.0)))
     # edit the metadata in emulator.json only (the arrays stay byte-identical)
@@ -59,7 +62,7 @@ def main() -> None:
              f"`scripts/set_error_floor.py`): " + ", ".join(f"{k} {v:.3g}" for k, v in floors.items())]
     provenance = Path(path) / "PROVENANCE.md"
     text = provenance.read_text()
-    text = "\n".join(line for line in text.splitlines() if not line.startswith("- Label error floors")) + "\n"
+    text = "\n".join(line for line in text.splitlines() if not line.startswith(lines[0].split(";")[0])) + "\n"
     provenance.write_text(text + "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -141,7 +141,8 @@ def test_emulator_pixel_error_inflates_errors_not_crb(emulator, tmp_path):
 
 
 def test_label_error_floor_added_in_quadrature(emulator):
-    floored = emulator.replace(metadata={**emulator.metadata, "label_error_floor": {"temp": 0.05, "metal": 0.0}})
+    floored = emulator.replace(metadata={**emulator.metadata,
+                                         "label_error_floor": {"temp": 0.05, "metal": 0.0, "vsini": 2.0}})
     spectrum = observe(emulator, [0.4, 0.2, -0.3], 30.0, snr=200.0, seed=7)
     options = dict(n_starts=2, adam_steps=100, rv_range=(-300.0, 300.0), vsini_max=20.0)
     with_floor = fit_star(spectrum, floored, **options)
@@ -153,6 +154,12 @@ def test_label_error_floor_added_in_quadrature(emulator):
     assert row["upper"] - row["lower"] == pytest.approx(2 * row["error"])
     assert "error_statistical" not in without.labels["temp"]
     assert with_floor.labels["shift"]["error"] == pytest.approx(without.labels["shift"]["error"])  # no floor given
+    # vsini (a nuisance parameter) takes its floor the same way, but its interval stops at 0: the truth is 0
+    # here, so value - hypot(value - lower, 2 km/s) would be negative
+    row, plain = with_floor.labels["vsini"], without.labels["vsini"]
+    assert row["error"] == pytest.approx(np.hypot(plain["error"], 2.0))
+    assert plain["value"] - np.hypot(plain["value"] - plain["lower"], 2.0) < 0 and row["lower"] == 0.0
+    assert row["upper"] == pytest.approx(plain["value"] + np.hypot(plain["upper"] - plain["value"], 2.0))
 
 
 @pytest.mark.slow  # ~50 s: run by .ci/run's slow step

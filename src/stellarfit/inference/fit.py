@@ -286,11 +286,12 @@ def fit_star(
             every pixel, so that errors and posteriors include the emulator's
             imperfection (The Payne's fits do the same with a model-error mask).
             ``crb`` stays the bound from the observational noise alone.
-        error_floor: when the emulator records per-label error floors
-            (``emulator.metadata["label_error_floor"]``, measured by injection
-            tests on held-out realistic spectra; see docs/fitting.md), add them in
-            quadrature to each label's error and widen lower/upper accordingly;
-            the error without the floor is kept as ``error_statistical``.
+        error_floor: when the emulator records error floors per label and for
+            rv and vsini (``emulator.metadata["label_error_floor"]``, measured by
+            injection tests on held-out realistic spectra; see docs/fitting.md), add
+            them in quadrature to each parameter's error and widen lower/upper
+            accordingly (vsini's lower end stays >= 0); the error without the
+            floor is kept as ``error_statistical``.
         init: where the MAP starts.  ``None``: the multi-start search (RV search, then
             ``n_starts`` starts, Adam and Levenberg-Marquardt from each).  A previous
             :class:`FitResult` (its MAP), a mapping name -> value (labels missing from it start
@@ -929,6 +930,8 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
             row["error"] = float(np.hypot(statistical, floor))
             row["lower"] = float(row["value"] - np.hypot(row["value"] - row["lower"], floor))
             row["upper"] = float(row["value"] + np.hypot(row["upper"] - row["value"], floor))
+            if name == "vsini":  # a floor widens the interval, but vsini stays >= 0
+                row["lower"] = max(row["lower"], 0.0)
     n_pixels = problem.n_good
     dof = max(n_pixels - theta.size - coefficients.size, 1)
     snr = float(np.median((np.abs(flux) * np.sqrt(ivar))[ivar > 0]))
