@@ -78,9 +78,12 @@ def test_fit_star_with_vsini_max_zero_reports_zero_error():
     wavelength, clean = normalized(-40.0)
     flux, ivar = noisy(50.0 * clean, 200.0, seed=4)
     spectrum = ObservedSpectrum.from_arrays(wavelength, flux, ivar=ivar, resolution=RESOLUTION)
-    result = fit_star(spectrum, ToyEmulator(), n_starts=2, adam_steps=100, rv_range=(-100.0, 100.0), vsini_max=0.0)
+    emulator = ToyEmulator()
+    emulator.metadata = {**ToyEmulator.metadata, "label_error_floor": {"vsini": 0.4, "rv": 0.01}}  # held fixed: no floor
+    result = fit_star(spectrum, emulator, n_starts=2, adam_steps=100, rv_range=(-100.0, 100.0), vsini_max=0.0)
     row = result.labels["vsini"]
     assert row["value"] == 0.0 and row["error"] == 0.0 and row["crb"] == 0.0
+    assert result.labels["rv"]["error"] == pytest.approx(np.hypot(result.labels["rv"]["error_statistical"], 0.01))
     assert row["lower"] == row["upper"] == 0.0
     for name, value in zip(TOY_SPEC.names, TRUTH):
         assert np.isfinite(result.labels[name]["crb"]) and result.labels[name]["crb"] > 0

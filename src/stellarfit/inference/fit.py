@@ -923,7 +923,8 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
         )
     floors = (getattr(emulator, "metadata", {}) or {}).get("label_error_floor") if error_floor else None
     for name, floor in (floors or {}).items():
-        if name in labels and floor and np.isfinite(labels[name]["error"]):
+        # a parameter held fixed (error 0, e.g. vsini with vsini_max=0) gets no floor
+        if name in labels and floor and np.isfinite(labels[name]["error"]) and labels[name]["error"] > 0:
             row = labels[name]
             statistical = row["error"]
             row["error_statistical"] = statistical
