@@ -114,11 +114,53 @@ def test_constant_per_pixel_resolution_is_the_scalar_model():
     wobble = 22_500.0 * (1.0 + 0.009 * np.sin(np.arange(observed.size) / 50.0))
     nearly = line_model(observed, wobble, rv_range=(-50.0, 50.0))
     assert not nearly.resolution_varies
-    # the anchor path, forced on a tiny variation, reproduces the scalar model
+    # the anchor path, forced on a tiny variation, reproduces the scalar model: anchors at this spectrum's
+    # own min and max R ("span") to float32 accuracy; the default ladder's two rungs around 22,500 (10% apart
+    # in variance) within the error of its linear blend (the brute-force bound of the tests above)
     tiny = 22_500.0 * (1.0 + 1e-4 * np.sin(np.arange(observed.size) / 50.0))
-    forced = line_model(observed, tiny, rv_range=(-50.0, 50.0), lsf_tolerance=0.0)
+    forced = line_model(observed, tiny, rv_range=(-50.0, 50.0), lsf_tolerance=0.0, lsf_anchors="span")
     assert forced.resolution_varies and forced.instrument_kernel.shape[0] == 2
     np.testing.assert_allclose(np.asarray(jax.jit(forced)(labels, 12.0, 4.0)), expected, atol=1e-4)
+    ladder = line_model(observed, tiny, rv_range=(-50.0, 50.0), lsf_tolerance=0.0)
+    assert ladder.resolution_varies and ladder.instrument_kernel.shape[0] == 2 and ladder.lsf_rungs is not None
+    assert ladder.lsf_anchor_resolution.max() > 22_500.0 * (1 + 1e-4) and ladder.lsf_anchor_resolution.min() < 22_500.0 * (1 - 1e-4)
+    np.testing.assert_allclose(np.asarray(jax.jit(ladder)(labels, 12.0, 4.0)), expected, atol=5e-4)
+
+
+def test_ladder_models_on_the_same_pixels_share_programs():
+    """Two spectra on the same pixels whose R(lambda) differ a little need the same ladder rungs: the second
+    model's ``shared`` is the first, FitProblems of both have one tree structure (one compiled fit, and they
+    stack into one batch), and each is evaluated with its own per-pixel LSF, which matches its own model."""
+    from stellarfit.inference import FitProblem
+    from stellarfit.inference.fit import forward_model_for
+    from stellarfit.inference.map import estimate_rv
+    from stellarfit import Label, LabelSpec
+    from stellarfit.forward import continuum_design_matrix
+
+    observed, resolution = one_arm()
+    other = resolution * (1.0 + 0.01 * np.sin(np.arange(observed.size) / 80.0))
+    emulator = LineEmulator()
+    first = forward_model_for(emulator, observed, resolution, rv_range=(-100.0, 100.0))
+    second = forward_model_for(emulator, observed, other, rv_range=(-100.0, 100.0))
+    assert first.lsf_rungs == second.lsf_rungs and first.shared is first and second.shared is first
+    assert not np.array_equal(np.asarray(second.lsf_data()[1]), np.asarray(first.lsf_data()[1]))
+    spec = LabelSpec([Label("depth", "", 0.0, 2.0)])
+    design = continuum_design_matrix(observed, np.zeros(observed.size, int), 1)
+    flux, ivar = np.ones(observed.size), np.full(observed.size, 1e4)
+    problems = [FitProblem(model, spec, flux, ivar, design) for model in (first, second)]
+    assert jax.tree_util.tree_structure(problems[0]) == jax.tree_util.tree_structure(problems[1])
+    labels = jnp.array([1.0])
+    for problem, model in zip(problems, (first, second)):
+        theta = jnp.concatenate([labels, jnp.array([37.0, 3.0])])
+        np.testing.assert_array_equal(np.asarray(jax.jit(lambda p, t: p.model_normalized(t))(problem, theta)),
+                                      np.asarray(jax.jit(model)(labels, 37.0, 3.0)))
+    # the RV search runs the shared program with each spectrum's own LSF part
+    truth = np.asarray(jax.jit(second)(labels, 20.0, 0.0))
+    rv, _, _ = estimate_rv(second, np.asarray(labels), truth, ivar, design)
+    assert abs(rv - 20.0) < 0.5
+    # a spectrum whose R needs other rungs gets its own model
+    sharper = forward_model_for(emulator, observed, resolution * 1.3, rv_range=(-100.0, 100.0))
+    assert sharper.lsf_rungs != first.lsf_rungs and sharper.shared is sharper
 
 
 def test_gradients_through_varying_lsf():
@@ -190,6 +232,7 @@ def two_arm_observation():
 
 
 def test_forward_models_cached_per_resolution_array_and_rv_scan():
+    from stellarfit import Label, LabelSpec
     from stellarfit.forward import continuum_design_matrix
     from stellarfit.inference import estimate_rv, forward_model_for
 

@@ -69,6 +69,18 @@ is K inverse FFTs of the native slice instead of one (rotation, anchor LSF and
 spline prefilter share one FFT convolution per anchor) and two interpolations
 per pixel instead of one (see docs/fitting.md for timings).
 
+Shared programs for per-pixel LSFs.  By default (``lsf_anchors="ladder"``) the
+anchor variances are rungs of one fixed geometric ladder, sigma^2 = v0 (1 +
+``lsf_anchor_step``)^j for integers j (v0: R = 10^6), from the rung at or below
+the sharpest pixel to the one at or above the broadest: the anchor kernels then
+depend on the wavelengths and on that stretch of rungs only, not on the exact
+per-pixel R, and each pixel's place between its two rungs (:meth:`lsf_data`) is
+data.  Spectra on the same pixels whose R(lambda) differ a little (BOSS fibres,
+DESI exposures) share one such model (``shared``) and so one compiled fit, and
+can be fitted in one batch; ``FitProblem`` carries the per-pixel part as a leaf.
+``lsf_anchors="span"`` spans each spectrum's own range exactly instead (anchors
+at its min and max R; no sharing).
+
 The continuum is separate (:mod:`stellarfit.forward._continuum`): a polynomial
 per arm multiplying this model, linear in its coefficients, so it can be
 profiled or marginalized analytically.
@@ -149,12 +161,25 @@ class ObservationOutsideEmulatorError(ValueError):
     """The observed wavelengths or resolution cannot be modelled by this emulator."""
 
 
-def _anchor_lsf(resolution, native_resolution, velocity_step, pixel, anchor_step):
+#: variance (km/s)^2 of rung 0 of the anchor ladder (lsf_anchors="ladder"): R = 10^6
+_LADDER_VARIANCE = (SPEED_OF_LIGHT_KMS * FWHM_TO_SIGMA / 1e6) ** 2
+
+
+def _ladder_rungs(variance: np.ndarray, anchor_step: float) -> tuple[int, int]:
+    """The stretch of ladder rungs (first, last) bracketing ``variance``: at least two rungs."""
+    position = np.log(np.asarray(variance, dtype=np.float64) / _LADDER_VARIANCE) / np.log1p(anchor_step)
+    first = int(np.floor(position.min() + 1e-9))
+    last = max(int(np.ceil(position.max() - 1e-9)), first + 1)
+    return first, last
+
+
+def _anchor_lsf(resolution, native_resolution, velocity_step, pixel, anchor_step, ladder: bool = False):
     """Anchor kernels for a per-pixel resolving power and each pixel's place between them.
 
     The anchors are K resolving powers from max(R) down to min(R) spaced evenly in
     ln(sigma^2) (sigma = c / (2.3548 R), the LSF width in velocity), adjacent variances
-    differing by at most ``anchor_step``.  Each anchor kernel is the differential Gaussian
+    differing by at most ``anchor_step``; with ``ladder``, the rungs of the fixed ladder
+    (ratio 1 + ``anchor_step``) that bracket them.  Each anchor kernel is the differential Gaussian
     from the native R to the anchor's R, convolved with the observed-pixel top-hat ``pixel``.
 
     Returns (kernels (K, k) float64, anchor R (K,), lower anchor index (n,) int,
@@ -162,11 +187,17 @@ def _anchor_lsf(resolution, native_resolution, velocity_step, pixel, anchor_step
     """
     variance = (SPEED_OF_LIGHT_KMS * FWHM_TO_SIGMA / resolution) ** 2  # (n,) [km^2/s^2]
     native_variance = (SPEED_OF_LIGHT_KMS * FWHM_TO_SIGMA / native_resolution) ** 2
-    low, high = float(variance.min()), float(variance.max())
-    n_anchors = max(2, int(np.ceil(np.log(high / low) / np.log1p(anchor_step) - 1e-9)) + 1)
-    anchors = low * (high / low) ** np.linspace(0.0, 1.0, n_anchors)
-    anchors[0], anchors[-1] = low, high
-    position = np.log(variance / low) / np.log(high / low) * (n_anchors - 1)
+    if ladder:  # rungs of the fixed ladder (see the module docstring)
+        first, last = _ladder_rungs(variance, anchor_step)
+        n_anchors = last - first + 1
+        anchors = _LADDER_VARIANCE * (1.0 + anchor_step) ** np.arange(first, last + 1, dtype=np.float64)
+        position = np.log(variance / anchors[0]) / np.log1p(anchor_step)
+    else:
+        low, high = float(variance.min()), float(variance.max())
+        n_anchors = max(2, int(np.ceil(np.log(high / low) / np.log1p(anchor_step) - 1e-9)) + 1)
+        anchors = low * (high / low) ** np.linspace(0.0, 1.0, n_anchors)
+        anchors[0], anchors[-1] = low, high
+        position = np.log(variance / low) / np.log(high / low) * (n_anchors - 1)
     lower = np.clip(np.floor(position).astype(np.int64), 0, n_anchors - 2)
     weight = np.clip((variance - anchors[lower]) / (anchors[lower + 1] - anchors[lower]), 0.0, 1.0)
     kernels = []
@@ -198,6 +229,9 @@ class ForwardModel:
         limb_darkening: linear limb-darkening coefficient of the rotation profile.
         lsf_tolerance: per-pixel R with max / min <= 1 + this use one LSF at the median R.
         lsf_anchor_step: largest relative step in LSF variance between adjacent anchor LSFs.
+        lsf_anchors: ``"ladder"`` (anchors on a fixed ladder, so spectra on the same pixels share
+            one model; see the module docstring) or ``"span"`` (anchors at this spectrum's own
+            min and max R).
         interpolation: the Doppler-shift interpolator on the native pixels: ``"spline"``
             (interpolating quintic B-spline, default) or ``"keys"`` (Keys cubic convolution;
             biases the RV by up to +-30 m/s, see the module docstring).
@@ -221,6 +255,7 @@ class ForwardModel:
         limb_darkening: float = 0.6,
         lsf_tolerance: float = LSF_TOLERANCE,
         lsf_anchor_step: float = LSF_ANCHOR_STEP,
+        lsf_anchors: str = "ladder",
         interpolation: str = "spline",
     ):
         native = np.asarray(native_wavelength, dtype=np.float64)
@@ -238,6 +273,13 @@ class ForwardModel:
             raise ValueError(f"lsf_tolerance must be >= 0, got {lsf_tolerance}")
         if not 0 < lsf_anchor_step <= 1:
             raise ValueError(f"lsf_anchor_step must be in (0, 1], got {lsf_anchor_step}")
+        if lsf_anchors not in ("ladder", "span"):
+            raise ValueError(f"lsf_anchors must be 'ladder' or 'span', got {lsf_anchors!r}")
+        #: the model that owns this one's compiled programs: itself, or (anchor ladder) the first model
+        #: made on the same pixels and rungs (set by stellarfit.inference.forward_model_for)
+        self.shared = self
+        #: (first, last) ladder rungs of the anchor LSFs, or None (one LSF, or lsf_anchors="span")
+        self.lsf_rungs = None
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}, got {interpolation!r}")
         self.interpolation = interpolation
@@ -276,8 +318,10 @@ class ForwardModel:
         else:
             self.observed_resolution = per_pixel
             kernels, anchors, lower, weight = _anchor_lsf(
-                per_pixel, native_resolution, self.velocity_step, pixel, lsf_anchor_step
+                per_pixel, native_resolution, self.velocity_step, pixel, lsf_anchor_step, ladder=lsf_anchors == "ladder"
             )
+            if lsf_anchors == "ladder":
+                self.lsf_rungs = _ladder_rungs((SPEED_OF_LIGHT_KMS * FWHM_TO_SIGMA / per_pixel) ** 2, lsf_anchor_step)
             self.lsf_anchor_resolution = anchors
             self.instrument_kernel = jnp.asarray(kernels)
             self._anchor_lower = jnp.asarray(lower, dtype=jnp.int32)
@@ -479,6 +523,14 @@ class ForwardModel:
         """Emulator flux on the native slice, (n_native,)."""
         return self._flux_fn(labels, self._native_wavelength_jax)
 
+    def lsf_data(self):
+        """The per-pixel part of a varying LSF, (lower anchor (n_obs,) int32, weight of the upper one
+        (n_obs,)), or None for one LSF: what :meth:`__call__` takes as ``lsf`` to evaluate this
+        spectrum with the programs of ``shared`` (same pixels, same anchor rungs)."""
+        if self.lsf_anchor_resolution is None:
+            return None
+        return (self._anchor_lower, self._anchor_weight)
+
     @property
     def resolution_varies(self) -> bool:
         """True when the LSF varies from pixel to pixel (anchor LSFs), False for one LSF."""
@@ -509,24 +561,27 @@ class ForwardModel:
         return jnp.fft.irfft(spectrum * rotation, size)[half : half + n].astype(dtype)
 
     @full_precision
-    def shift_to_observed(self, broadened, rv):
+    def shift_to_observed(self, broadened, rv, lsf=None):
         """Doppler shift and interpolation (``self.interpolation``) onto the observed pixels, (n_obs,).
 
-        ``broadened``: the output of :meth:`broaden`, (n_native,) or (K, n_native).
+        ``broadened``: the output of :meth:`broaden`, (n_native,) or (K, n_native).  ``lsf``: as in
+        :meth:`__call__`.
         """
-        return self._interpolate(broadened, rv, prefiltered=False)
+        return self._interpolate(broadened, rv, prefiltered=False, lsf=lsf)
 
-    def _interpolate(self, broadened, rv, *, prefiltered: bool):
-        """``broadened`` (or, with ``prefiltered``, its spline coefficients) at the observed pixels' rest positions."""
+    def _interpolate(self, broadened, rv, *, prefiltered: bool, lsf=None):
+        """``broadened`` (or, with ``prefiltered``, its spline coefficients) at the observed pixels' rest positions.
+        ``lsf``: (lower, weight) of the pixels' anchors instead of this model's own (:meth:`lsf_data`)."""
         position = self._base_position.astype(broadened.dtype) - log_doppler_factor(rv) / self.log_step
+        if self.lsf_anchor_resolution is not None:
+            lower, weight = (self._anchor_lower, self._anchor_weight) if lsf is None else lsf
         if self.interpolation == "spline":
             if self.lsf_anchor_resolution is None:
                 return spline_interpolate(broadened, position, prefiltered=prefiltered)
-            return spline_interpolate_between(broadened, position, self._anchor_lower, self._anchor_weight,
-                                              prefiltered=prefiltered)
+            return spline_interpolate_between(broadened, position, lower, weight, prefiltered=prefiltered)
         if self.lsf_anchor_resolution is None:
             return cubic_interpolate(broadened, position)
-        return cubic_interpolate_between(broadened, position, self._anchor_lower, self._anchor_weight)
+        return cubic_interpolate_between(broadened, position, lower, weight)
 
     def _padded(self, flux, xp=jnp):
         """(..., n_native) flux -> (..., n_fft): ``h`` copies of the first value, the flux, ``h`` copies
@@ -655,7 +710,7 @@ class ForwardModel:
         return per_tile.reshape(-1)[self._sample_index]
 
     @full_precision
-    def __call__(self, labels, rv=0.0, vsini=0.0):
+    def __call__(self, labels, rv=0.0, vsini=0.0, lsf=None):
         """Normalized model flux at the observed pixels, (n_obs,), for labels (n_labels,).
 
         Equal to ``shift_to_observed(broaden(rest_frame(labels), vsini), rv)`` up to the interpolation
@@ -664,13 +719,17 @@ class ForwardModel:
         band-limited shift) and the observed pixels are read at fixed positions with constant
         weights: exact for band-limited spectra on the native grid, at the cost of the spline at
         moving positions (which per-pixel LSFs keep; see ``benchmarks/bench_rv_interpolation.py``).
+        ``lsf``: another spectrum's :meth:`lsf_data` on the same pixels and anchor rungs (a varying LSF).
         """
         if self._readout is None:
             rest, rest_spectrum = self.rest_frame(labels), None
         else:  # the emulator's linear last layer, already in Fourier space (set_linear_readout)
             rest, rest_spectrum = None, self._rest_spectrum(labels)
+        if lsf is not None and self.lsf_anchor_resolution is None:
+            raise ValueError("lsf data given to a model with one LSF")
         if not self._fixed_sampling:
-            return self._interpolate(self._broaden_fused(rest, vsini, rest_spectrum=rest_spectrum), rv, prefiltered=True)
+            return self._interpolate(self._broaden_fused(rest, vsini, rest_spectrum=rest_spectrum), rv, prefiltered=True,
+                                     lsf=lsf)
         dtype = jnp.real(rest_spectrum).dtype if rest is None else rest.dtype
         shift = jnp.asarray(log_doppler_factor(rv) / self.log_step, dtype)
         return self._sample_fixed(self._broaden_fused(rest, vsini, shift, rest_spectrum=rest_spectrum))

@@ -97,6 +97,7 @@ def _label_spec(emulator, spec):
 
 
 def _problem_in_worker(emulator_key: str, source: tuple, children: tuple, static: tuple):
+    import jax
     import jax.numpy as jnp
 
     from stellarfit import _workers
@@ -105,9 +106,9 @@ def _problem_in_worker(emulator_key: str, source: tuple, children: tuple, static
 
     emulator = _workers.shared(emulator_key)
     wavelength, resolution, options = source
-    model = forward_model_for(emulator, wavelength, resolution, **options)
+    model = forward_model_for(emulator, wavelength, resolution, **options).shared
     spec, *rest = static
-    children = tuple(None if c is None else jnp.asarray(c) for c in children)
+    children = tuple(jax.tree.map(jnp.asarray, c) for c in children)
     return FitProblem.tree_unflatten((model, _Identity(_label_spec(emulator, spec)), *rest), children)
 
 
@@ -139,7 +140,7 @@ def run_chains(sampler: str, problem, keys, w_init, center, factor, inverse_mass
     emulator, wavelength, resolution, model_options = problem.forward_model.source
     key, files = _emulator_files(emulator)
     children, static = problem.tree_flatten()
-    children = tuple(None if c is None else np.asarray(c) for c in children)
+    children = tuple(jax.tree.map(np.asarray, c) for c in children)  # the per-pixel LSF part is a (lower, weight) pair
     static = (static[1].value, *static[2:])  # the forward model is rebuilt in the worker; the label spec travels
     keys, w_init = np.asarray(jax.random.key_data(keys) if _typed_key(keys) else keys), np.asarray(w_init)
     center, factor, inverse_mass = (np.asarray(a) for a in (center, factor, inverse_mass))

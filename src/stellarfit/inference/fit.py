@@ -191,6 +191,8 @@ def _finite_or_none(value):
 
 _FORWARD_MODEL_CACHE: "collections.OrderedDict[tuple, tuple[Any, ForwardModel]]" = collections.OrderedDict()
 _FORWARD_MODEL_CACHE_SIZE = 16
+#: (emulator, wavelengths, anchor rungs, options) -> the model whose programs varying-LSF spectra share
+_SHARED_LSF_MODELS: "collections.OrderedDict[tuple, tuple[Any, ForwardModel]]" = collections.OrderedDict()
 
 
 def forward_model_for(emulator, wavelength: np.ndarray, resolution, **options) -> ForwardModel:
@@ -199,7 +201,10 @@ def forward_model_for(emulator, wavelength: np.ndarray, resolution, **options) -
     Models are cached by (emulator, observed wavelengths, resolution, options):
     spectra on the same pixels share one forward model, so every jitted
     function of it (RV search, MAP, Hessian, Fisher) compiles once and is
-    reused for the next spectrum.
+    reused for the next spectrum.  With a per-pixel resolution on the anchor
+    ladder (the default), spectra on the same pixels whose R(lambda) needs the
+    same ladder rungs also share compiled programs: the model's ``shared`` is the
+    first such model, which their FitProblems evaluate with their own ``lsf_data``.
     """
     if emulator.native_resolution is None:
         raise ValueError("the emulator does not record its native resolution; it cannot be broadened to an observation")
@@ -212,6 +217,18 @@ def forward_model_for(emulator, wavelength: np.ndarray, resolution, **options) -
         _FORWARD_MODEL_CACHE.move_to_end(key)
         return cached[1]
     model = ForwardModel.from_emulator(emulator, wavelength, resolution, **options)
+    if model.lsf_rungs is not None:
+        # a varying LSF on the anchor ladder: spectra on these pixels with the same rungs share the
+        # first such model's programs (FitProblem evaluates it with each spectrum's lsf_data)
+        shared_key = key[:3] + (model.lsf_rungs, key[4])
+        shared = _SHARED_LSF_MODELS.get(shared_key)
+        if shared is not None and shared[0] is emulator:
+            _SHARED_LSF_MODELS.move_to_end(shared_key)
+            model.shared = shared[1]
+        else:
+            _SHARED_LSF_MODELS[shared_key] = (emulator, model)
+            while len(_SHARED_LSF_MODELS) > _FORWARD_MODEL_CACHE_SIZE:
+                _SHARED_LSF_MODELS.popitem(last=False)
     _FORWARD_MODEL_CACHE[key] = (emulator, model)
     while len(_FORWARD_MODEL_CACHE) > _FORWARD_MODEL_CACHE_SIZE:
         _FORWARD_MODEL_CACHE.popitem(last=False)

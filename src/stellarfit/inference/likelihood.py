@@ -170,7 +170,10 @@ class FitProblem:
             raise ValueError("flux and ivar must have the observed wavelengths' shape")
         if not np.any(ivar > 0):
             raise ValueError("no usable pixel: every pixel is masked, has zero ivar or lies outside the emulator")
-        self.forward_model = forward_model
+        # the model whose programs this problem uses (for a varying LSF on the anchor ladder, possibly
+        # another spectrum's on the same pixels) and this spectrum's per-pixel LSF part, a leaf
+        self.forward_model = forward_model.shared
+        self.lsf = forward_model.lsf_data()
         self.label_spec = label_spec
         self.names: tuple[str, ...] = tuple(label_spec.names) + ("rv", "vsini")
         self.continuum = continuum
@@ -210,7 +213,7 @@ class FitProblem:
     # -- pytree ----------------------------------------------------------------------
     def tree_flatten(self):
         children = (self.flux, self.ivar, self.design, self.lower, self.upper, self._prior_mean, self._prior_sigma,
-                    self.error_basis)
+                    self.error_basis, self.lsf)
         static = (
             self.forward_model, _Identity(self.label_spec), self.continuum, self._prior_names,
             tuple(int(v) for v in self._offset_reference), tuple(float(v) for v in self._offset_halfwidth),
@@ -223,7 +226,7 @@ class FitProblem:
         problem = object.__new__(cls)
         forward_model, spec, continuum, prior_names, reference, halfwidth, transform = static
         (problem.flux, problem.ivar, problem.design, problem.lower, problem.upper,
-         problem._prior_mean, problem._prior_sigma, problem.error_basis) = children
+         problem._prior_mean, problem._prior_sigma, problem.error_basis, problem.lsf) = children
         problem.forward_model = forward_model
         problem.label_spec = spec.value
         problem.continuum = continuum
@@ -357,7 +360,7 @@ class FitProblem:
     @full_precision
     def model_normalized(self, theta):
         """Normalized model at the observed pixels (n_obs,) for theta (p,)."""
-        return self.forward_model(theta[: self.n_labels], theta[self.n_labels], theta[self.n_labels + 1])
+        return self.forward_model(theta[: self.n_labels], theta[self.n_labels], theta[self.n_labels + 1], lsf=self.lsf)
 
     @full_precision
     def continuum_fit(self, theta):

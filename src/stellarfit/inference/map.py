@@ -98,13 +98,13 @@ class MapResult:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _rv_chi2_scan(forward_model, template_labels, flux, ivar, design, grid, vsini):
+def _rv_chi2_scan(forward_model, template_labels, flux, ivar, design, grid, vsini, lsf):
     from stellarfit.forward import profile_continuum
 
     broadened = forward_model.broaden(forward_model.rest_frame(template_labels), vsini)
 
     def chi2_at(rv):
-        model = forward_model.shift_to_observed(broadened, rv)
+        model = forward_model.shift_to_observed(broadened, rv, lsf=lsf)
         return profile_continuum(model, flux, ivar, design)[2]
 
     return jax.lax.map(chi2_at, grid, batch_size=64)
@@ -118,10 +118,11 @@ def estimate_rv(forward_model, template_labels, flux, ivar, design, *, step_kms:
     low, high = forward_model.rv_range
     step = step_kms or max(forward_model.velocity_step, 1.0)
     grid = np.arange(low, high + 0.5 * step, step)
+    # the shared model's program with this spectrum's per-pixel LSF part (ForwardModel.lsf_data)
     chi2 = np.array(_rv_chi2_scan(
-        forward_model, jnp.asarray(template_labels, jnp.float32), jnp.asarray(flux, jnp.float32),
+        forward_model.shared, jnp.asarray(template_labels, jnp.float32), jnp.asarray(flux, jnp.float32),
         jnp.asarray(np.where(forward_model.covered, ivar, 0.0), jnp.float32), jnp.asarray(design, jnp.float32),
-        jnp.asarray(grid, jnp.float32), jnp.float32(vsini),
+        jnp.asarray(grid, jnp.float32), jnp.float32(vsini), forward_model.lsf_data(),
     ))
     best = int(np.argmin(chi2))
     # parabolic refinement around the minimum
