@@ -90,13 +90,21 @@ def main() -> None:
 def merge_runs(documents: list[dict], paths: list[str]) -> dict:
     """One document whose per-star arrays (and NUTS diagnostics) are those of all ``documents``, per S/N."""
     first = documents[0]
-    ignore = {"first_star", "out"}
+    ignore = {"first_star", "out", "snr"}
     for document, path in zip(documents[1:], paths[1:]):
         a = {k: v for k, v in first["settings"].items() if k not in ignore}
         b = {k: v for k, v in document["settings"].items() if k not in ignore}
         if a != b or document["emulator"] != first["emulator"]:
             differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             raise SystemExit(f"{path} was made with other settings than {paths[0]} ({differ or 'emulator'})")
+        # the noise of each S/N is drawn after that of the S/N listed before it: the runs' noise at an
+        # S/N agrees when their --snr lists agree up to it ([30, 100] and [30] at S/N 30, not at 100)
+        for snr in set(first["results"]) & set(document["results"]):
+            lists = [[float(v) for v in d["settings"]["snr"]] for d in (first, document)]
+            prefixes = [values[: values.index(float(snr)) + 1] for values in lists]
+            if prefixes[0] != prefixes[1]:
+                raise SystemExit(f"{path} drew its S/N {snr} noise after other S/N than {paths[0]} "
+                                 f"(--snr {lists[1]} against {lists[0]})")
     merged = {**first, "results": {}}
     for snr in first["results"]:
         parts = [document["results"][snr] for document in documents if snr in document["results"]]
