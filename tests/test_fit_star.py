@@ -190,3 +190,36 @@ def test_fit_stars_nuts_samples_every_star_in_one_batch(emulator):
     assert results[0].labels["rv"]["value"] != pytest.approx(results[1].labels["rv"]["value"], abs=10.0)
     with pytest.raises(ValueError, match="blackjax"):
         fit_stars(spectra, emulator, method="blackjax", **options)
+
+
+def test_fit_stars_batches_spectra_whose_per_pixel_resolution_differs(emulator, monkeypatch):
+    """Spectra on the same pixels with different R(lambda) (as BOSS fibres have) share one forward
+    model's programs through the anchor ladder, so fit_stars fits them in one vmapped batch; each fit
+    uses its own LSF (the same MAP as fitting that spectrum alone)."""
+    from stellarfit.inference import fit_stars
+    from stellarfit.inference import map as map_module
+
+    base = observe(emulator, [0.4, 0.2, -0.3], 30.0, snr=300.0, seed=11)
+    x = np.linspace(-1.0, 1.0, base.wavelength.size)
+    # R(lambda) differing by +-0.2% (one stretch of ladder rungs) and one 20% sharper (other rungs)
+    spectra = [base.replace(resolution=15_000.0 * (1.0 + 0.15 * x) * scale) for scale in (1.0, 1.002, 0.998, 1.2)]
+    batches = []
+    original = map_module.fit_map_batch
+
+    def recording(problems, *args, **kwargs):
+        batches.append(len(problems))
+        return original(problems, *args, **kwargs)
+
+    monkeypatch.setattr("stellarfit.inference.map.fit_map_batch", recording)
+    options = dict(n_starts=2, adam_steps=100, rv_range=(-300.0, 300.0), vsini_max=20.0)
+    together = fit_stars(spectra, emulator, batch_size=4, **options)
+    models = [forward_model_for(emulator, s.wavelength, s.resolution, rv_range=(-300.0, 300.0), vsini_max=20.0)
+              for s in spectra]
+    assert len({m.lsf_rungs for m in models[:3]}) == 1 and models[3].lsf_rungs != models[0].lsf_rungs
+    assert len({id(m.shared) for m in models[:3]}) == 1 and len({id(m) for m in models}) == 4
+    assert models[3].shared is models[3]
+    assert sorted(batches) == [1, 3]  # one batch of the three on the same rungs, one of the sharper spectrum
+    alone = fit_star(spectra[1], emulator, **options)
+    for name in (*emulator.label_names, "rv"):
+        assert together[1].labels[name]["value"] == pytest.approx(alone.labels[name]["value"],
+                                                                  abs=0.05 * alone.labels[name]["error"]), name
