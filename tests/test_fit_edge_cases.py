@@ -93,6 +93,58 @@ def test_fit_star_with_vsini_max_zero_reports_zero_error():
     assert result.flag_names == []
 
 
+def test_covariance_is_proper():
+    from stellarfit.inference.map import covariance_is_proper
+
+    widths = np.ones(3)
+    good = np.array([[4.0, 1.0, 0.0], [1.0, 2.0, 0.3], [0.0, 0.3, 1.0]])
+    assert covariance_is_proper(good, widths)
+    indefinite = np.array([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # positive diagonal, eigenvalue -1
+    assert not covariance_is_proper(indefinite, widths)
+    negative = good.copy()
+    negative[2, 2] = -0.5
+    assert not covariance_is_proper(negative, widths)
+    # an unconstrained parameter (NaN row) or a fixed one (zero width, zero row) leaves the rest to judge
+    unconstrained = good.copy()
+    unconstrained[2, :] = unconstrained[:, 2] = np.nan
+    assert covariance_is_proper(unconstrained, widths)
+    fixed = good.copy()
+    fixed[2, :] = fixed[:, 2] = 0.0
+    assert covariance_is_proper(fixed, np.array([1.0, 1.0, 0.0]))
+    assert not covariance_is_proper(None, widths)
+
+
+def test_indefinite_hessian_at_the_map_falls_back_to_gauss_newton(monkeypatch):
+    """A MAP pressed against a box is no stationary point and its Hessian can be indefinite: the
+    negative variances of its inverse once read as errors of exactly 0.  fit_star then takes
+    the Gauss-Newton covariance J^T W J, which is positive definite."""
+    from stellarfit.inference import fit_star
+    from stellarfit.inference import map as map_module
+
+    wavelength, clean = normalized(10.0)
+    flux, ivar = noisy(50.0 * clean, 200.0, seed=5)
+    spectrum = ObservedSpectrum.from_arrays(wavelength, flux, ivar=ivar, resolution=RESOLUTION)
+    options = dict(n_starts=2, adam_steps=100, rv_range=(-100.0, 100.0), vsini_max=20.0)
+    honest = fit_star(spectrum, ToyEmulator(), **options)
+    assert honest.diagnostics["laplace"] == "hessian"
+    laplace = map_module.laplace_covariance
+
+    def indefinite(problem, theta):
+        covariance = laplace(problem, theta)
+        sigma = np.sqrt(np.diag(covariance))
+        covariance[0, 1] = covariance[1, 0] = 2.0 * sigma[0] * sigma[1]  # |correlation| 2: not a covariance
+        return covariance
+
+    monkeypatch.setattr(map_module, "laplace_covariance", indefinite)
+    result = fit_star(spectrum, ToyEmulator(), **options)
+    assert result.diagnostics["laplace"] == "gauss-newton-indefinite-hessian"
+    for name in TOY_SPEC.names + ("rv", "vsini"):
+        row, reference = result.labels[name], honest.labels[name]
+        assert row["value"] == pytest.approx(reference["value"], rel=1e-6, abs=1e-6)
+        # at a good MAP Gauss-Newton is the Hessian less the residual-weighted curvature: close
+        assert row["error"] > 0 and row["error"] == pytest.approx(reference["error"], rel=0.15), (name, row, reference)
+
+
 # -- 2. the convergence flag ---------------------------------------------------------------------
 
 

@@ -97,6 +97,61 @@ def test_second_spectrum_on_same_pixels_compiles_nothing(emulator):
     assert result.labels["rv"]["value"] == pytest.approx(-90.0, abs=2.0)
 
 
+def observe_on_lattice(emulator, truth, rv, lo, hi, snr=300.0, seed=0):
+    """A spectrum on the pixels lo..hi [A] of one wide log-lambda lattice (4,800-5,300 A, past the
+    emulator's 5,000-5,100 A): lines where the emulator models them, bare continuum elsewhere."""
+    lattice = log_lambda_grid(4800.0, 5300.0, 20_000.0, 3.0)
+    wavelength = lattice[np.searchsorted(lattice, lo) : np.searchsorted(lattice, hi)]
+    # the fits' vsini_max: a larger one would widen the kernels' margins and shrink the covered pixels
+    model = forward_model_for(emulator, wavelength, 20_000.0, rv_range=(rv - 1, rv + 1), vsini_max=20.0)
+    normalized = np.where(model.covered, np.asarray(model(np.asarray(truth, np.float32), rv, 0.0), np.float64), 1.0)
+    continuum = 50.0 * (1 + 0.05 * (wavelength - 5050.0) / 250.0)
+    rng = np.random.default_rng(seed)
+    flux = continuum * normalized + rng.normal(size=wavelength.size) * continuum / snr
+    return ObservedSpectrum.from_arrays(wavelength, flux, sigma=continuum / snr, resolution=20_000.0)
+
+
+def test_spectra_on_one_lattice_with_other_ends_share_the_compiled_fit(emulator):
+    """Survey spectra (BOSS, LAMOST) sit on one log-lambda lattice but start and end at other pixels:
+    fit_star cuts each to the pixels the emulator reaches, so they become the same pixels and the
+    second fit compiles nothing; the result holds the cut pixels."""
+    from stellarfit.forward import doppler_factor
+    from stellarfit.inference import fit_stars, modelled_pixels
+    from stellarfit.inference import fit as fit_module
+    from stellarfit.inference import map as map_module
+
+    truth = [0.45, -0.15, 0.25]
+    first = observe_on_lattice(emulator, truth, 35.0, 4_960.0, 5_160.0, seed=3)
+    second = observe_on_lattice(emulator, truth, -70.0, 4_900.0, 5_250.0, seed=4)
+    assert first.wavelength.size != second.wavelength.size and first.wavelength[0] != second.wavelength[0]
+    options = dict(n_starts=4, adam_steps=150, rv_range=(-300.0, 300.0), vsini_max=20.0)
+    functions = (map_module._optimize_starts, map_module._hessian_scaled, map_module._rv_chi2_scan,
+                 fit_module._full_model_jacobian)
+    one = fit_star(first, emulator, **options)
+    compiled = [f._cache_size() for f in functions]
+    two = fit_star(second, emulator, **options)
+    assert [f._cache_size() for f in functions] == compiled
+    # both results hold the same cut pixels: the emulator's 5000-5100 A widened by +-300 km/s
+    np.testing.assert_array_equal(one.wavelength, two.wavelength)
+    lower, upper = emulator.wavelength[0] * float(doppler_factor(-300.0)), emulator.wavelength[-1] * float(doppler_factor(300.0))
+    assert one.wavelength.size < first.wavelength.size
+    assert lower <= one.wavelength.min() < lower * (1 + 1e-4) and upper * (1 - 1e-4) < one.wavelength.max() <= upper
+    for result in (one, two):
+        assert result.flux.shape == result.ivar.shape == result.model_flux.shape == result.wavelength.shape
+    for result, rv in ((one, 35.0), (two, -70.0)):
+        assert result.labels["rv"]["value"] == pytest.approx(rv, abs=1.0)
+        for name, value in zip(emulator.label_names, truth):
+            assert abs(result.labels[name]["value"] - value) < max(4 * result.labels[name]["error"], 0.03), (name, result.labels[name])
+    # fit_stars puts them in one vmapped batch (one group): the same fits
+    batch = fit_stars([first, second], emulator, batch_size=2, **options)
+    for single, batched in zip((one, two), batch):
+        np.testing.assert_array_equal(single.wavelength, batched.wavelength)
+        assert batched.labels["rv"]["value"] == pytest.approx(single.labels["rv"]["value"], abs=0.5)
+    # a spectrum already inside the reach comes back unchanged
+    inside = observe(emulator, truth, 0.0, snr=100.0)
+    assert modelled_pixels(inside, emulator, (-300.0, 300.0)) is inside
+
+
 def test_fit_stars_batch_matches_fit_star_and_collects_failures(emulator):
     from stellarfit.inference import fit_stars
 

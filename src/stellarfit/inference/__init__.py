@@ -9,6 +9,7 @@ from stellarfit.inference.fisher import FisherResult as FisherResult
 from stellarfit.inference.fit import FitResult as FitResult
 from stellarfit.inference.fit import fit_star as fit_star
 from stellarfit.inference.fit import forward_model_for as forward_model_for
+from stellarfit.inference.fit import modelled_pixels as modelled_pixels
 from stellarfit.inference.fit import fit_stars as fit_stars
 from stellarfit.inference.likelihood import FitProblem as FitProblem
 from stellarfit.inference.likelihood import GaussianPrior as GaussianPrior
@@ -43,6 +44,7 @@ __all__ = [
     "stack_problems",
     "fit_star",
     "forward_model_for",
+    "modelled_pixels",
     "numpyro_model",
     "sample_blackjax",
     "sample_numpyro",

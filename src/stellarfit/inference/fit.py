@@ -36,9 +36,18 @@ import numpy as np
 from stellarfit.forward import ForwardModel, continuum_design_matrix
 from stellarfit.inference.fisher import cramer_rao_from_fisher, fisher_matrix
 from stellarfit.inference.likelihood import FitProblem, GaussianPrior
-from stellarfit.inference.map import box_centre, default_starts, estimate_rv, fit_map, polish_map, polish_map_batch
+from stellarfit.inference.map import (
+    box_centre,
+    covariance_is_proper,
+    default_starts,
+    estimate_rv,
+    fit_map,
+    gauss_newton_covariance,
+    polish_map,
+    polish_map_batch,
+)
 
-__all__ = ["FitResult", "fit_star", "fit_stars", "forward_model_for", "recentred_posterior", "FLAGS", "SAMPLE_WITH"]
+__all__ = ["FitResult", "fit_star", "fit_stars", "forward_model_for", "modelled_pixels", "recentred_posterior", "FLAGS", "SAMPLE_WITH"]
 
 #: flag name -> bit
 FLAGS = {"grid_edge": 1, "fit_failed": 2, "low_snr": 4, "high_chi2": 8, "not_converged": 16, "rv_edge": 32, "sampler_warning": 64}
@@ -735,12 +744,39 @@ class _Prepared:
     ivar: np.ndarray
 
 
+def modelled_pixels(spectrum, emulator, rv_range: tuple[float, float] = (-1000.0, 1000.0)):
+    """``spectrum`` cut to the pixels the emulator can reach at some RV in ``rv_range``:
+    rest wavelengths inside the emulator's native range (the rest carry no information for it).
+
+    What ``fit_star`` and ``fit_stars`` fit, and what their FitResult holds.  Spectra on one
+    wavelength lattice with different first and last pixels (BOSS coadds, LAMOST: log10 steps
+    of 1e-4 from per-spectrum starts) become the same pixels after the cut, so they share one
+    forward model and its compiled programs (docs/fitting.md, "Spectra on one wavelength
+    lattice").  A spectrum with fewer than two such pixels is returned whole, for the forward
+    model to report it as outside the emulator.
+    """
+    if not hasattr(spectrum, "select"):
+        return spectrum
+    from stellarfit.forward import doppler_factor
+
+    native = np.asarray(emulator.wavelength, dtype=np.float64)
+    rv_min, rv_max = (float(v) for v in rv_range)
+    lower = native[0] * float(doppler_factor(rv_min)) * (1.0 - 1e-9)
+    upper = native[-1] * float(doppler_factor(rv_max)) * (1.0 + 1e-9)
+    wavelength = np.asarray(spectrum.wavelength, dtype=np.float64)
+    keep = (wavelength >= lower) & (wavelength <= upper)
+    if keep.all() or keep.sum() < 2:
+        return spectrum
+    return spectrum.select(lower, upper)
+
+
 def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, continuum_degree, emulator_error=True,
              start: dict[str, float] | None = None) -> _Prepared:
     """Pixels, continuum design, RV search and the FitProblem of one spectrum.
 
     ``start`` (name -> value, from ``init``): its rv replaces the RV search and its labels the
     box-centre template that puts the emulator's error into flux units."""
+    spectrum = modelled_pixels(spectrum, emulator, rv_range)
     resolution = spectrum.require_resolution() if hasattr(spectrum, "require_resolution") else spectrum.resolution
     wavelength = np.asarray(spectrum.wavelength, dtype=np.float64)
     good = ~np.asarray(spectrum.mask) & (np.asarray(spectrum.ivar) > 0)
@@ -876,6 +912,12 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
         covariance_gn[np.isinf(gauss_newton.sigma[:n_theta]), :] = np.nan
         result = dataclasses.replace(result, covariance=covariance_gn)
         laplace = "gauss-newton"
+    elif not covariance_is_proper(result.covariance, problem.box_widths()):
+        # a MAP pressed against a box edge (or an [alpha/Fe]-relative abundance against the interval
+        # its reference leaves it) is no stationary point: the Hessian there can be indefinite, and
+        # its inverse gave negative variances, which read as errors of 0; J^T W J cannot
+        result = dataclasses.replace(result, covariance=gauss_newton_covariance(problem, theta))
+        laplace = "gauss-newton-indefinite-hessian"
     # a vsini consistent with 0 is far from Gaussian (the model changes as vsini^2): hold it at the MAP
     # for the other parameters' errors and bounds instead of letting its linearized coupling inflate them
     vsini_index = problem.names.index("vsini") if "vsini" in problem.names else None

@@ -412,7 +412,11 @@ class FitProblem:
         """Whitened residuals at z: sqrt(ivar) (flux - continuum * model) with the continuum profiled,
         then (value - mean) / sigma for each Gaussian prior; half their sum of squares is
         :meth:`objective_unconstrained` (profiled continuum).  For Levenberg-Marquardt."""
-        theta = self.to_theta(z)
+        return self.residuals(self.to_theta(z))
+
+    @full_precision
+    def residuals(self, theta):
+        """:meth:`residuals_unconstrained` at physical ``theta`` (for Gauss-Newton curvature in theta)."""
         model = self.model_normalized(theta)
         if self.error_basis is None:
             _, continuum, _, _ = profile_continuum(model, self.flux, self.ivar, self.design)

@@ -56,7 +56,8 @@ CONVERGENCE_TAIL_STEPS = 10
 _PROBE_FRACTIONS = tuple(0.5**k for k in range(13))
 
 __all__ = ["MapResult", "estimate_rv", "fit_map", "fit_map_batch", "polish_map", "polish_map_batch", "stack_problems",
-           "default_starts", "laplace_covariance", "fixed_parameters"]
+           "default_starts", "laplace_covariance", "gauss_newton_covariance", "covariance_is_proper",
+           "fixed_parameters"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -436,6 +437,49 @@ def _check_steps(adam_steps, polish_steps) -> None:
     for name, value in (("adam_steps", adam_steps), ("polish_steps", polish_steps)):
         if not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+@jax.jit
+def _gauss_newton_hessian_scaled(problem: FitProblem, origin, widths):
+    """J^T J of the whitened residuals (:meth:`FitProblem.residuals`: noise, error modes, Gaussian
+    priors; the continuum profiled) in u, theta = origin + u * widths, at u = 0."""
+    jacobian = jax.jacfwd(lambda u: problem.residuals(origin + u * widths))(jnp.zeros_like(origin))
+    return jacobian.T @ jacobian
+
+
+def gauss_newton_covariance(problem: FitProblem, theta: np.ndarray) -> np.ndarray:
+    """Inverse Gauss-Newton Hessian J^T J of the negative log posterior in physical theta.
+
+    Positive semi-definite by construction (a direction the data and priors do not constrain
+    gets NaN), so it stands in for :func:`laplace_covariance` where the full Hessian at a MAP is
+    not positive definite: a MAP pressed against a box (or against the interval an
+    [alpha/Fe]-relative abundance leaves its reference) is not a stationary point, and the
+    Hessian there can have negative eigenvalues.  It omits the residual-weighted curvature,
+    small when the fit is good.
+    """
+    widths = problem.box_widths()
+    origin = np.asarray(theta, dtype=np.float64)
+    dtype = jnp.result_type(float)
+    hessian_scaled = _gauss_newton_hessian_scaled(problem, jnp.asarray(origin, dtype), jnp.asarray(widths, dtype))
+    return _invert_hessian(np.asarray(hessian_scaled, dtype=np.float64), widths)
+
+
+def covariance_is_proper(covariance: np.ndarray | None, widths: np.ndarray) -> bool:
+    """True when the free parameters' (box width > 0) finite block of ``covariance`` is positive
+    definite: no negative or zero variance, no negative eigenvalue."""
+    if covariance is None:
+        return False
+    covariance = np.asarray(covariance, dtype=np.float64)
+    variance = np.diag(covariance)
+    free = np.asarray(widths) > 0
+    known = free & np.isfinite(variance)
+    if not known.any():
+        return False
+    block = covariance[np.ix_(known, known)]
+    if not np.all(np.isfinite(block)) or np.any(np.diag(block) <= 0):
+        return False
+    scale = 1.0 / np.sqrt(np.diag(block))
+    return bool(np.linalg.eigvalsh(block * np.outer(scale, scale)).min() > 1e-10)
 
 
 def laplace_covariance(problem: FitProblem, theta: np.ndarray) -> np.ndarray:
