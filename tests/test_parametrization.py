@@ -131,3 +131,24 @@ def test_fixed_reference_stays_fixed(problem):
     np.testing.assert_allclose(theta[:, alpha], 0.1, atol=1e-7)
     assert np.all(np.abs(theta[:, members] - 0.1) <= h + 1e-6)
     assert np.all(np.isfinite(np.asarray(jax.vmap(fixed.log_abs_det_jacobian)(jnp.zeros((3, fixed.n_parameters))))))
+
+
+def test_near_edges_sees_the_label_boxes_and_the_intervals_relative_to_alpha(problem):
+    """The grid_edge flag's test: a label box edge, or an [alpha/Fe]-relative abundance +-h from its
+    reference (the edge of the emulator's training grid, inside the abundance's own box)."""
+    spec = problem.label_spec
+    alpha, members, h = _members(problem)
+    theta = 0.5 * (np.asarray(problem.lower, float) + np.asarray(problem.upper, float))
+    theta[alpha] = 0.2
+    theta[members] = 0.2
+    assert not problem.near_edges(theta).any()
+    at_box = theta.copy()
+    at_box[spec.index("teff")] = problem.lower[spec.index("teff")]
+    assert problem.near_edges(at_box).tolist() == [i == spec.index("teff") for i in range(theta.size)]
+    pressed = theta.copy()
+    pressed[members[1]] = 0.2 + h[1]  # Si 0.4 dex above [alpha/Fe]: inside its own box, at the grid's edge
+    assert problem.lower[members[1]] < pressed[members[1]] < problem.upper[members[1]]
+    assert problem.near_edges(pressed).tolist() == [i == members[1] for i in range(theta.size)]
+    inside = theta.copy()
+    inside[members[1]] = 0.2 + 0.9 * h[1]
+    assert not problem.near_edges(inside).any()

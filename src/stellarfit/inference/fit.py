@@ -996,8 +996,8 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
     dof = max(n_pixels - theta.size - coefficients.size, 1)
     snr = float(np.median((np.abs(flux) * np.sqrt(ivar))[ivar > 0]))
     flags = 0
-    width = problem.upper - problem.lower
-    near_edge = (theta - problem.lower < 0.005 * width) | (problem.upper - theta < 0.005 * width)
+    # label boxes, and the +-h interval of a label bounded relative to another (the grid's edge too)
+    near_edge = problem.near_edges(theta)
     if np.any(near_edge[: len(spec)]):
         flags |= FLAGS["grid_edge"]
     if near_edge[len(spec)]:

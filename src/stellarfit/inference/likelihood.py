@@ -305,6 +305,23 @@ class FitProblem:
             upper = upper.at[members].set(jnp.minimum(upper[members], upper[k] + h))
         return lower, upper
 
+    def near_edges(self, theta, tolerance: float = 0.005) -> np.ndarray:
+        """(p,) bool, host values: parameters within ``tolerance`` of their box's width from an
+        edge -- the label box, or for a label bounded relative to another (``offset_from``, e.g. an
+        [alpha/Fe]-relative abundance) the +-h interval around its reference, which is also the
+        edge of the emulator's training grid."""
+        theta = np.asarray(theta, dtype=np.float64)
+        lower, upper = np.asarray(self.lower, np.float64), np.asarray(self.upper, np.float64)
+        width = upper - lower
+        near = (theta - lower < tolerance * width) | (upper - theta < tolerance * width)
+        for i in np.flatnonzero(self._offset_reference != -2):
+            k, h = int(self._offset_reference[i]), float(self._offset_halfwidth[i])
+            if h <= 0:
+                continue
+            offset = theta[i] - (theta[k] if k >= 0 else 0.0)
+            near[i] |= bool(h - abs(offset) < tolerance * 2.0 * h)
+        return near
+
     def _reference_interval(self, theta, k, members):
         """(lo, width) (...,) of reference column k given its members' values in theta."""
         h = jnp.asarray(self._offset_halfwidth[members], theta.dtype)
