@@ -152,6 +152,18 @@ def test_spectra_on_one_lattice_with_other_ends_share_the_compiled_fit(emulator)
     assert modelled_pixels(inside, emulator, (-300.0, 300.0)) is inside
 
 
+def test_wavelengths_equal_to_rounding_share_a_forward_model(emulator):
+    """The same lattice point computed from another file's first pixel differs in the last bits:
+    such pixels share the model (and its compiled programs); a real shift of the pixels does not."""
+    wavelength = log_lambda_grid(5008.0, 5090.0, 20_000.0, 3.0)
+    options = dict(rv_range=(-300.0, 300.0), vsini_max=20.0)
+    model = forward_model_for(emulator, wavelength, 20_000.0, **options)
+    recomputed = 10.0 ** (np.log10(wavelength[0]) + np.log10(wavelength / wavelength[0]))
+    assert not np.array_equal(recomputed, wavelength) and np.allclose(recomputed, wavelength, rtol=1e-13, atol=0)
+    assert forward_model_for(emulator, recomputed, 20_000.0, **options) is model
+    assert forward_model_for(emulator, wavelength * (1.0 + 1e-7), 20_000.0, **options) is not model
+
+
 def test_fit_stars_batch_matches_fit_star_and_collects_failures(emulator):
     from stellarfit.inference import fit_stars
 

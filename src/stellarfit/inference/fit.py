@@ -204,11 +204,15 @@ _FORWARD_MODEL_CACHE_SIZE = 16
 _SHARED_LSF_MODELS: "collections.OrderedDict[tuple, tuple[Any, ForwardModel]]" = collections.OrderedDict()
 
 
+#: ln(lambda) quantum of forward_model_for's cache key: wavelengths that agree to it share a model
+_PIXEL_KEY_QUANTUM = 1e-10
+
+
 def forward_model_for(emulator, wavelength: np.ndarray, resolution, **options) -> ForwardModel:
     """A :class:`ForwardModel` whose rest-frame flux comes from ``emulator`` (on its native pixels only).
 
     Models are cached by (emulator, observed wavelengths, resolution, options):
-    spectra on the same pixels share one forward model, so every jitted
+    spectra on the same pixels (to 1e-10 in ln lambda) share one forward model, so every jitted
     function of it (RV search, MAP, Hessian, Fisher) compiles once and is
     reused for the next spectrum.  With a per-pixel resolution on the anchor
     ladder (the default), spectra on the same pixels whose R(lambda) needs the
@@ -219,7 +223,10 @@ def forward_model_for(emulator, wavelength: np.ndarray, resolution, **options) -
         raise ValueError("the emulator does not record its native resolution; it cannot be broadened to an observation")
     wavelength = np.ascontiguousarray(wavelength, dtype=np.float64)
     resolution_key = np.ascontiguousarray(np.asarray(resolution, dtype=np.float64))
-    key = (id(emulator), hashlib.sha1(wavelength.tobytes()).hexdigest(), wavelength.size,
+    # wavelengths equal to 1e-10 in ln(lambda) (3e-5 km/s) are the same pixels: the same lattice point
+    # computed from another file's first pixel (e.g. 10**(coeff0 + i coeff1)) can differ in the last bits
+    pixels = np.round(np.log(wavelength) / _PIXEL_KEY_QUANTUM).astype(np.int64) if np.all(wavelength > 0) else wavelength
+    key = (id(emulator), hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest(), wavelength.size,
            hashlib.sha1(resolution_key.tobytes()).hexdigest(), tuple(sorted((k, repr(v)) for k, v in options.items())))
     cached = _FORWARD_MODEL_CACHE.get(key)
     if cached is not None and cached[0] is emulator:
