@@ -40,6 +40,20 @@ def test_bounds_scale_as_one_over_snr(emulator, base):
     np.testing.assert_allclose(other.correlation, base.correlation, atol=1e-9)
 
 
+def test_pixels_outside_the_emulator_add_no_information(emulator, base):
+    """A planned spectrum wider than the emulator: the pixels it does not model are left out (its
+    edge value there once counted as information and tightened the bounds)."""
+    wide = log_lambda_grid(4900.0, 5200.0, 20_000.0, 3.0)
+    result = cramer_rao(emulator, LABELS, wavelength=wide, snr=100.0, resolution=20_000.0)
+    assert wide[0] < result.wavelength[0] and result.wavelength[-1] < wide[-1]
+    assert 5000.0 < result.wavelength[0] < 5002.0 and 5098.0 < result.wavelength[-1] < 5100.0
+    inside = cramer_rao(emulator, LABELS, wavelength=result.wavelength, snr=100.0, resolution=20_000.0)
+    np.testing.assert_allclose(result.sigma, inside.sigma, rtol=1e-9)
+    assert result.derivatives.shape[0] == result.model_flux.size == result.wavelength.size
+    with pytest.raises(ValueError, match="coverage"):
+        cramer_rao(emulator, LABELS, wavelength=log_lambda_grid(5400.0, 5500.0, 20_000.0, 3.0), resolution=20_000.0)
+
+
 def test_fisher_matches_fisher_matrix_and_marginalization_widens(emulator, base):
     from stellarfit.forward import continuum_design_matrix
     from stellarfit.inference import forward_model_for

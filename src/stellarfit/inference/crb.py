@@ -169,7 +169,9 @@ def cramer_rao(
     Args:
         emulator: a stellarfit emulator (``load_emulator(...)``).
         labels: {name: value} (labels not given take :func:`default_labels`) or an array in the emulator's label order.
-        wavelength: (n,) observed pixels [A, vacuum]; default :func:`planned_wavelength`.
+        wavelength: (n,) observed pixels [A, vacuum]; default :func:`planned_wavelength`.  Pixels the
+            emulator does not cover at ``rv`` (with the kernels' margins) are left out: the
+            result's ``wavelength`` holds those used.
         resolution: resolving power of the observation (default: the emulator's native R).
         snr: S/N per pixel of the continuum-normalized spectrum (sigma = 1/snr for every pixel).
         rv, vsini: radial velocity and projected rotation [km/s] of the star.
@@ -204,8 +206,16 @@ def cramer_rao(
         wavelength = planned_wavelength(emulator, resolution, window=window, rv=rv, vsini=vsini, sampling=sampling)
     wavelength = np.asarray(wavelength, dtype=np.float64)
     free_vsini = vsini > vsini_threshold
-    model = forward_model_for(emulator, wavelength, resolution, rv_range=(rv - 5.0, rv + 5.0),
-                              vsini_max=max(2.0 * vsini, 10.0))
+    model_options = dict(rv_range=(rv - 5.0, rv + 5.0), vsini_max=max(2.0 * vsini, 10.0))
+    model = forward_model_for(emulator, wavelength, resolution, **model_options)
+    if not np.all(model.covered):
+        # pixels the emulator does not model at this RV carry no information (the model there is
+        # its edge value, whose derivatives would count as spurious information): leave them out
+        wavelength = wavelength[model.covered]
+        if wavelength.size < 2:
+            raise ValueError(f"fewer than 2 of the wavelengths lie inside the emulator's coverage "
+                             f"({emulator.wavelength[0]:.1f}-{emulator.wavelength[-1]:.1f} A, rest frame) at rv {rv:g} km/s")
+        model = forward_model_for(emulator, wavelength, resolution, **model_options)
     design = continuum_design_matrix(wavelength, None, continuum_degree)
     n_labels = theta_labels.size
     coefficients = np.zeros(continuum_degree + 1)
