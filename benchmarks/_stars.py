@@ -50,3 +50,19 @@ def robust_sigma(values) -> float:
     values = np.asarray(values)
     values = values[np.isfinite(values)]
     return float(1.4826 * np.median(np.abs(values - np.median(values)))) if values.size else float("nan")
+
+
+def compile_counter() -> dict:
+    """{"seconds": ..., "programs": ...}: XLA backend compilation from now on, counted through
+    ``jax.monitoring`` (read it before and after a step to get that step's compilation)."""
+    import jax
+
+    counts = {"seconds": 0.0, "programs": 0}
+
+    def listener(event, duration, **kwargs):
+        if "compile" in event and "backend" in event:
+            counts["seconds"] += duration
+            counts["programs"] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    return counts

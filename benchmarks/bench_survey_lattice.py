@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _stars import document_header
+from _stars import compile_counter, document_header
 
 HERE = Path(__file__).resolve().parent
 
@@ -76,14 +76,7 @@ def main() -> None:
     from stellarfit.grids import SpectralGrid
     from stellarfit.inference import fit as fit_module
 
-    compiled = {"seconds": 0.0, "programs": 0}
-
-    def listener(event, duration, **kwargs):
-        if "compile" in event and "backend" in event:
-            compiled["seconds"] += duration
-            compiled["programs"] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    compiled = compile_counter()
     grid = SpectralGrid.read(args.grid)
     spectra, truths = make_spectra(grid, args.n, args.resolution, args.seed)
     emulator = sf.load_emulator(args.emulator)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _stars import compile_counter
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -47,14 +49,7 @@ def main() -> None:
     from stellarfit.inference import fit as fit_module
     from stellarfit.spectra import example_spectrum
 
-    compile_s = {"seconds": 0.0, "programs": 0}
-
-    def listener(event, duration, **kwargs):
-        if "compile" in event and "backend" in event:
-            compile_s["seconds"] += duration
-            compile_s["programs"] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    compile_s = compile_counter()
     example = example_spectrum()
     w = example.wavelength
     x = 2.0 * (w - w[0]) / (w[-1] - w[0]) - 1.0
