@@ -90,7 +90,9 @@ def main() -> None:
 def merge_runs(documents: list[dict], paths: list[str]) -> dict:
     """One document whose per-star arrays (and NUTS diagnostics) are those of all ``documents``, per S/N."""
     first = documents[0]
-    ignore = {"first_star", "out", "snr"}
+    # --n-stars may differ: a run of other n_stars draws other RVs, vsini and noise for a star, from the
+    # same distributions, so runs of other stars pool; a star (its labels) twice is refused below
+    ignore = {"first_star", "n_stars", "out", "snr"}
     for document, path in zip(documents[1:], paths[1:]):
         a = {k: v for k, v in first["settings"].items() if k not in ignore}
         b = {k: v for k, v in document["settings"].items() if k not in ignore}
@@ -111,7 +113,8 @@ def merge_runs(documents: list[dict], paths: list[str]) -> dict:
         per_star = {"names": parts[0]["per_star"]["names"]}
         for key in ("truth", "value", "error", "error_statistical", "crb"):
             per_star[key] = [row for part in parts for row in part["per_star"][key]]
-        truths = [tuple(np.round(row, 6)) for row in per_star["truth"]]
+        labels = [j for j, name in enumerate(per_star["names"]) if name not in ("rv", "vsini")]
+        truths = [tuple(np.round(np.asarray(row)[labels], 6)) for row in per_star["truth"]]
         if len(set(truths)) != len(truths):
             raise SystemExit(f"S/N {snr}: the runs share stars; merge runs of different stars (--first-star)")
         result = {**parts[0], "per_star": per_star}

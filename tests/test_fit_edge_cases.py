@@ -145,6 +145,40 @@ def test_indefinite_hessian_at_the_map_falls_back_to_gauss_newton(monkeypatch):
         assert row["error"] > 0 and row["error"] == pytest.approx(reference["error"], rel=0.15), (name, row, reference)
 
 
+
+def test_gauss_newton_from_the_crb_jacobian_equals_the_profiled_residuals_route():
+    """fit_star's Gauss-Newton covariance comes from the Jacobian the Cramér-Rao bounds use (theta
+    and the continuum coefficients, the continuum then marginalized); map.gauss_newton_covariance
+    differentiates the residuals with the continuum profiled.  For a continuum linear in its
+    coefficients the two are the same matrix, priors included."""
+    from stellarfit.inference import GaussianPrior
+    from stellarfit.inference.fit import _continuum_and_model, _full_model_jacobian, _gauss_newton_from_jacobian
+    from stellarfit.inference.map import gauss_newton_covariance
+
+    wavelength, clean = normalized(12.0, vsini=5.0)
+    continuum = 1e3 * (1.0 + 0.1 * (wavelength - 5250.0) / 80.0)
+    flux, ivar = noisy(continuum * clean, 80.0, seed=11)
+    model = ForwardModel(toy_flux, NATIVE, NATIVE_R, wavelength, RESOLUTION, rv_range=(-8.0, 32.0))
+    design = continuum_design_matrix(wavelength, degree=2)
+    problem = FitProblem(model, TOY_SPEC, flux, ivar, design, vsini_max=30.0,
+                         priors={TOY_SPEC.names[1]: GaussianPrior(3.7, 0.05)})
+    theta = np.array([*TRUTH + [30.0, -0.05, 0.1], 12.3, 5.5])  # near the truth, not at the optimum
+    theta_jax = jnp.asarray(theta, jnp.float32)
+    coefficients, _ = _continuum_and_model(problem, theta_jax)
+    jacobian = np.asarray(_full_model_jacobian(problem, jnp.concatenate([theta_jax, coefficients])), dtype=np.float64)
+    names = list(problem.names) + [f"continuum_{i}" for i in range(design.shape[1])]
+    prior_sigma = problem.prior_sigmas() + [None] * design.shape[1]
+    scales = np.concatenate([problem.box_widths(), np.maximum(np.abs(np.asarray(coefficients, np.float64)), 1e-30)])
+    from_jacobian = _gauss_newton_from_jacobian(problem, jacobian, names, prior_sigma, scales)
+    from_residuals = gauss_newton_covariance(problem, theta)
+    sigma = np.sqrt(np.diag(from_residuals))
+    assert np.all(np.isfinite(sigma) & (sigma > 0))
+    np.testing.assert_allclose(np.sqrt(np.diag(from_jacobian)), sigma, rtol=2e-3)
+    np.testing.assert_allclose(from_jacobian / np.outer(sigma, sigma), from_residuals / np.outer(sigma, sigma), atol=2e-3)
+    # the prior is in both: logg's error is below its prior width and far below the free fit's
+    assert sigma[1] < 0.05
+
+
 # -- 2. the convergence flag ---------------------------------------------------------------------
 
 

@@ -882,6 +882,24 @@ def _hold_vsini_near_zero(covariance, theta, index):
     return held
 
 
+def _gauss_newton_from_jacobian(problem: FitProblem, jacobian: np.ndarray, names, prior_sigma, scales) -> np.ndarray:
+    """The Gauss-Newton covariance of theta, J^T W J with the fit's weights W (noise plus emulator
+    pixel error) from the Jacobian in theta and the continuum coefficients that the Cramér-Rao bounds
+    use, the continuum marginalized and the priors added; an unconstrained direction gets NaN.
+
+    The same matrix as :func:`stellarfit.inference.map.gauss_newton_covariance` (which profiles
+    the continuum out of the residuals: for a continuum linear in its coefficients that is the
+    same Schur complement) for a problem without error modes, with no further program to compile.
+    """
+    fit_weights = np.asarray(problem.ivar, dtype=np.float64)
+    bound = cramer_rao_from_fisher(jacobian.T @ (jacobian * fit_weights[:, None]), names,
+                                   prior_sigma=prior_sigma, scales=scales)
+    n_theta = problem.n_parameters
+    covariance = np.array(bound.covariance[:n_theta, :n_theta])
+    covariance[np.isinf(bound.sigma[:n_theta]), :] = np.nan
+    return covariance
+
+
 def _finish(prepared: _Prepared, result, method: str, emulator, start_time: float, *, n_starts: int, seed: int,
             sampling: dict | None, error_floor: bool = True, draws=None, init_info: dict | None = None) -> FitResult:
     """Cramér-Rao bounds, optional NUTS, flags and the FitResult from a MAP result."""
@@ -902,28 +920,27 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
     scales = np.concatenate([problem.box_widths(), np.maximum(np.abs(coefficients), 1e-30)])
     crb = cramer_rao_from_fisher(fisher, names, prior_sigma=prior_sigma, scales=scales)
     laplace = "hessian"
-    if result.covariance is None and problem.error_basis is not None:  # error modes: not in J^T W J
+
+    def gauss_newton() -> np.ndarray:
+        if problem.error_basis is not None:  # error modes are not in W: the residuals hold them
+            return gauss_newton_covariance(problem, theta)
+        return _gauss_newton_from_jacobian(problem, jacobian, names, prior_sigma, scales)
+
+    if result.covariance is None and problem.error_basis is not None:  # error modes: the full Hessian
         from stellarfit.inference.map import laplace_covariance
 
         result = dataclasses.replace(result, covariance=laplace_covariance(problem, theta))
     elif result.covariance is None:
         # a MAP polished from an init (polish_map) has no Hessian: the Laplace covariance is the
-        # Gauss-Newton one, J^T W J with the fit's weights (noise plus emulator error) from the same
-        # Jacobian, the continuum marginalized and the priors added (exact for a model linear near
-        # the MAP; it omits the residual-weighted curvature, small when the fit is good)
-        fit_weights = np.asarray(problem.ivar, dtype=np.float64)
-        gauss_newton = cramer_rao_from_fisher(jacobian.T @ (jacobian * fit_weights[:, None]), names,
-                                              prior_sigma=prior_sigma, scales=scales)
-        n_theta = problem.n_parameters
-        covariance_gn = np.array(gauss_newton.covariance[:n_theta, :n_theta])
-        covariance_gn[np.isinf(gauss_newton.sigma[:n_theta]), :] = np.nan
-        result = dataclasses.replace(result, covariance=covariance_gn)
+        # Gauss-Newton one (exact for a model linear near the MAP; it omits the residual-weighted
+        # curvature, small when the fit is good)
+        result = dataclasses.replace(result, covariance=gauss_newton())
         laplace = "gauss-newton"
     elif not covariance_is_proper(result.covariance, problem.box_widths()):
         # a MAP pressed against a box edge (or an [alpha/Fe]-relative abundance against the interval
         # its reference leaves it) is no stationary point: the Hessian there can be indefinite, and
         # its inverse gave negative variances, which read as errors of 0; J^T W J cannot
-        result = dataclasses.replace(result, covariance=gauss_newton_covariance(problem, theta))
+        result = dataclasses.replace(result, covariance=gauss_newton())
         laplace = "gauss-newton-indefinite-hessian"
     # a vsini consistent with 0 is far from Gaussian (the model changes as vsini^2): hold it at the MAP
     # for the other parameters' errors and bounds instead of letting its linearized coupling inflate them
