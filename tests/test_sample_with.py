@@ -69,6 +69,42 @@ def test_gauss_newton_z_mode_agrees_with_the_newton_mode(problem, payne_map):
     assert np.all(np.abs(gauss_newton.mode - full.mode) < 0.2 * sigma)
     ratio = np.sqrt(np.diag(gauss_newton.covariance)) / sigma
     assert np.median(ratio) == pytest.approx(1.0, abs=0.1)
+    # the data's curvature (one Jacobian through the emulator each) is recomputed only after a
+    # shortened step; the other iterations take a gradient.  Recomputed at every iteration (the
+    # full Gauss-Newton iteration) it takes more Jacobians for the same mode
+    always = unconstrained_laplace(problem, theta, gauss_newton=True, curvature_refresh="always")
+    assert always.converged and gauss_newton.converged
+    assert always.curvature_evaluations == always.iterations
+    assert 1 <= gauss_newton.curvature_evaluations < always.curvature_evaluations, (gauss_newton, always)
+    assert np.all(np.abs(gauss_newton.mode - always.mode) < 0.1 * sigma)
+    with pytest.raises(ValueError, match="curvature_refresh"):
+        unconstrained_laplace(problem, theta, gauss_newton=True, curvature_refresh="never")
+
+
+def test_gauss_newton_hessian_from_the_curvature_in_theta_is_minus_jtj_in_z(problem, payne_map):
+    """The Gauss-Newton pieces in z: the value and gradient of the profiled density, and, with the
+    data's curvature from the same z, the Hessian -J^T J (J = dr/dz) plus the log Jacobian's
+    Hessian, computed here directly in z."""
+    import jax
+
+    from stellarfit.inference.nuts import _gauss_newton_chord, _residual_curvature
+
+    theta = _theta(payne_map)
+    for alpha_offset in (0.0, -0.15):  # the second moves [alpha/Fe] within its members' interval
+        start = theta.copy()
+        start[problem.names.index("alpha_fe")] += alpha_offset
+        z = problem.to_unconstrained(jnp.asarray(start, jnp.float32)) + 0.1
+        value, gradient, hessian = (np.asarray(v, np.float64) for v in
+                                    _gauss_newton_chord(problem, z, _residual_curvature(problem, z)))
+        r = problem.residuals_unconstrained(z)
+        jacobian = np.asarray(jax.jacfwd(problem.residuals_unconstrained)(z), np.float64)
+        expected_value = -0.5 * float(jnp.sum(r * r)) + float(problem.log_abs_det_jacobian(z))
+        expected_gradient = -jacobian.T @ np.asarray(r, np.float64) + np.asarray(jax.grad(problem.log_abs_det_jacobian)(z))
+        expected_hessian = -jacobian.T @ jacobian + np.asarray(jax.hessian(problem.log_abs_det_jacobian)(z), np.float64)
+        assert value == pytest.approx(expected_value, rel=1e-5)
+        scale = np.sqrt(np.abs(np.diag(expected_hessian)))
+        np.testing.assert_allclose(gradient / scale, expected_gradient / scale, atol=2e-3 * np.abs(expected_gradient / scale).max())
+        np.testing.assert_allclose(hessian / np.outer(scale, scale), expected_hessian / np.outer(scale, scale), atol=2e-3)
 
 
 def test_polish_leaves_a_start_pressed_against_a_box_edge(problem, payne_map):

@@ -245,6 +245,7 @@ class UnconstrainedLaplace(NamedTuple):
     log_density: float
     iterations: int
     converged: bool
+    curvature_evaluations: int = 0
 
 
 @jax.jit
@@ -266,21 +267,36 @@ def _gauss_newton_log_density(problem: FitProblem, z):
     return -0.5 * jnp.sum(r * r) + problem.log_abs_det_jacobian(z)
 
 
-@jax.jit
-def _gauss_newton_derivatives(problem: FitProblem, z):
-    """:func:`_gauss_newton_log_density`, its gradient and its Gauss-Newton Hessian -J^T J plus
-    the exact Hessian of the log Jacobian: one forward-mode Jacobian of the residuals (p
-    tangents through the emulator) instead of a full Hessian (about 4x cheaper)."""
-    r = problem.residuals_unconstrained(z)
-    jacobian = jax.jacfwd(problem.residuals_unconstrained)(z)
-    log_jacobian, log_jacobian_gradient = jax.value_and_grad(problem.log_abs_det_jacobian)(z)
-    value = -0.5 * jnp.sum(r * r) + log_jacobian
-    gradient = -jacobian.T @ r + log_jacobian_gradient
-    hessian = -jacobian.T @ jacobian + jax.hessian(problem.log_abs_det_jacobian)(z)
-    return value, gradient, hessian
-
-
 _gauss_newton_log_density_jit = jax.jit(_gauss_newton_log_density)
+
+
+def _unit_widths(problem: FitProblem):
+    """Box widths of theta for scaling its curvature (1 where a box has no width)."""
+    widths = jnp.asarray(problem.upper, jnp.float32) - jnp.asarray(problem.lower, jnp.float32)
+    return jnp.where(widths > 0, widths, 1.0)
+
+
+@jax.jit
+def _residual_curvature(problem: FitProblem, z):
+    """J^T J of the whitened residuals in u = theta / box width at theta(z): the data's and the
+    priors' Gauss-Newton curvature in (scaled) physical coordinates, one forward-mode Jacobian
+    through the emulator."""
+    widths = _unit_widths(problem)
+    theta = problem.to_theta(z)
+    jacobian = jax.jacfwd(lambda u: problem.residuals(theta + u * widths))(jnp.zeros_like(theta))
+    return jacobian.T @ jacobian
+
+
+@jax.jit
+def _gauss_newton_chord(problem: FitProblem, z, curvature):
+    """:func:`_gauss_newton_log_density`, its exact gradient (one reverse-mode pass through the
+    emulator) and the Gauss-Newton Hessian in z from a data curvature in u (:func:`_residual_curvature`)
+    computed earlier, mapped through the transform's Jacobian at this z: the same Hessian as
+    -J^T J (J = dr/dz) plus the log Jacobian's Hessian when ``curvature`` is from this z."""
+    value, gradient = jax.value_and_grad(lambda x: _gauss_newton_log_density(problem, x))(z)
+    transform = jax.jacfwd(problem.to_theta)(z) / _unit_widths(problem)[:, None]  # d u / d z
+    hessian = -transform.T @ curvature @ transform + jax.hessian(problem.log_abs_det_jacobian)(z)
+    return value, gradient, hessian
 
 
 #: smallest eigenvalue of minus the Hessian in z (variance at most 4: even a parameter the data do not
@@ -291,7 +307,8 @@ _MAX_NEWTON_STEP = 4.0
 
 
 def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_iterations: int = 12,
-                          tolerance: float = 0.05, gauss_newton: bool = False) -> UnconstrainedLaplace:
+                          tolerance: float = 0.05, gauss_newton: bool = False,
+                          curvature_refresh: str = "shortened") -> UnconstrainedLaplace:
     """Mode and Laplace covariance of the density the samplers draw from, in z.
 
     Damped Newton iterations on ``problem.log_density_unconstrained`` (log L + log prior
@@ -312,15 +329,30 @@ def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_ite
     and its width is of order 1 in z, whereas the mapped covariance diverges.
 
     ``gauss_newton=True``: the density with the continuum profiled, -|r|^2 / 2 + log |d theta / d z|
-    (r the whitened residuals), and its Gauss-Newton Hessian from one Jacobian of r -- for an
-    emulator whose Hessian is expensive (a TransformerPayne on a CPU: ~3 s per Jacobian, 11 s per
-    Hessian).
+    (r the whitened residuals), and its Gauss-Newton Hessian -J^T J (J = dr/dz) plus the log
+    Jacobian's exact Hessian -- for an emulator whose Hessian is expensive (a TransformerPayne on
+    a CPU: ~3 s per Jacobian of r, 11 s per Hessian).  The data's curvature J^T J is computed in
+    physical coordinates (one Jacobian of r) at the start and again only after a step that had to
+    be shortened; the other iterations reuse it with the transform's Jacobian at the new z, and
+    take the exact gradient (one reverse-mode pass, a fraction of a Jacobian's cost).  The
+    parameters move by fractions of their posterior widths near a MAP, where J^T J barely
+    changes, while the transform's Jacobian (which moves the mode of a parameter at a box edge
+    by widths) stays exact.  ``curvature_refresh="always"`` recomputes it at every iteration
+    (the full Gauss-Newton iteration).  ``curvature_evaluations`` counts the Jacobians of r.
     """
-    pieces, density = ((_gauss_newton_derivatives, _gauss_newton_log_density_jit) if gauss_newton
-                       else (_log_density_and_derivatives, _log_density))
+    if curvature_refresh not in ("shortened", "always"):
+        raise ValueError(f"curvature_refresh must be 'shortened' or 'always', got {curvature_refresh!r}")
+    density = _gauss_newton_log_density_jit if gauss_newton else _log_density
+    curvature, evaluations = None, 0
 
-    def derivatives(z):
-        return tuple(np.asarray(v, np.float64) for v in pieces(problem, jnp.asarray(z, jnp.float32)))
+    def derivatives(z, refresh: bool = True):
+        nonlocal curvature, evaluations
+        z = jnp.asarray(z, jnp.float32)
+        if not gauss_newton:
+            return tuple(np.asarray(v, np.float64) for v in _log_density_and_derivatives(problem, z))
+        if refresh or curvature is None:
+            curvature, evaluations = _residual_curvature(problem, z), evaluations + 1
+        return tuple(np.asarray(v, np.float64) for v in _gauss_newton_chord(problem, z, curvature))
 
     z = np.clip(np.asarray(problem.to_unconstrained(jnp.asarray(theta_map, jnp.float32)), np.float64), -8.0, 8.0)
     value, gradient, hessian = derivatives(z)
@@ -345,13 +377,13 @@ def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_ite
         if scale < 1.0 / 16.0:
             break  # no step improves the density: float32 round-off, or a kink of a piecewise-linear emulator
         z = z + scale * step
-        value, gradient, hessian = derivatives(z)
+        value, gradient, hessian = derivatives(z, refresh=scale < 1.0 or curvature_refresh == "always")
         if scale < 0.25:
             break  # steps cut short by kinks (a leaky-ReLU emulator is piecewise linear): close enough
     values, vectors = np.linalg.eigh(-0.5 * (hessian + hessian.T))
     covariance = (vectors / np.maximum(values, _CURVATURE_FLOOR)) @ vectors.T
     return UnconstrainedLaplace(mode=z, covariance=0.5 * (covariance + covariance.T), log_density=float(value),
-                                iterations=int(iteration), converged=bool(converged))
+                                iterations=int(iteration), converged=bool(converged), curvature_evaluations=evaluations)
 
 
 # -- diagnostics ------------------------------------------------------------------
