@@ -71,12 +71,16 @@ def test_gauss_newton_z_mode_agrees_with_the_newton_mode(problem, payne_map):
     assert np.median(ratio) == pytest.approx(1.0, abs=0.1)
     # the data's curvature (one Jacobian through the emulator each) is recomputed only after a
     # shortened step; the other iterations take a gradient.  Recomputed at every iteration (the
-    # full Gauss-Newton iteration) it takes more Jacobians for the same mode
+    # full Gauss-Newton iteration) it takes more Jacobians; both end near the mode that full
+    # iterations reach with a far smaller tolerance
     always = unconstrained_laplace(problem, theta, gauss_newton=True, curvature_refresh="always")
+    tight = unconstrained_laplace(problem, theta, gauss_newton=True, curvature_refresh="always", tolerance=1e-4,
+                                  max_iterations=30)
     assert always.converged and gauss_newton.converged
     assert always.curvature_evaluations == always.iterations
     assert 1 <= gauss_newton.curvature_evaluations < always.curvature_evaluations, (gauss_newton, always)
-    assert np.all(np.abs(gauss_newton.mode - always.mode) < 0.1 * sigma)
+    for result in (gauss_newton, always):
+        assert np.all(np.abs(result.mode - tight.mode) < 0.1 * sigma)
     with pytest.raises(ValueError, match="curvature_refresh"):
         unconstrained_laplace(problem, theta, gauss_newton=True, curvature_refresh="never")
 
