@@ -11,3 +11,9 @@ def test_unknown_attribute_is_an_error():
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         stellarfit.nope  # noqa: B018
+
+
+def test_fit_batch_is_fit_stars():
+    """The design's API sketch calls the batch entry point sf.fit_batch(spectra, emulator)."""
+    assert stellarfit.fit_batch is stellarfit.fit_stars
+    assert "fit_batch" in stellarfit.__all__

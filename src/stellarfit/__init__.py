@@ -38,6 +38,7 @@ _LAZY = {
     "read_spectrum": "stellarfit.spectra",
     "fit_star": "stellarfit.inference",
     "fit_stars": "stellarfit.inference",
+    "fit_batch": "stellarfit.inference",
     "example_spectrum": "stellarfit.spectra",
     "cramer_rao": "stellarfit.inference",
 }
@@ -67,6 +68,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from stellarfit.spectra import ObservedSpectrum as ObservedSpectrum
     from stellarfit.inference import cramer_rao as cramer_rao
     from stellarfit.inference import fit_star as fit_star
+    from stellarfit.inference import fit_batch as fit_batch
     from stellarfit.inference import fit_stars as fit_stars
     from stellarfit.spectra import example_spectrum as example_spectrum
     from stellarfit.spectra import read_spectrum as read_spectrum

@@ -10,6 +10,7 @@ from stellarfit.inference.fit import FitResult as FitResult
 from stellarfit.inference.fit import fit_star as fit_star
 from stellarfit.inference.fit import forward_model_for as forward_model_for
 from stellarfit.inference.fit import modelled_pixels as modelled_pixels
+from stellarfit.inference.fit import fit_batch as fit_batch
 from stellarfit.inference.fit import fit_stars as fit_stars
 from stellarfit.inference.likelihood import FitProblem as FitProblem
 from stellarfit.inference.likelihood import GaussianPrior as GaussianPrior
@@ -40,6 +41,7 @@ __all__ = [
     "fisher_matrix",
     "fit_map",
     "fit_map_batch",
+    "fit_batch",
     "fit_stars",
     "stack_problems",
     "fit_star",

@@ -711,6 +711,11 @@ def fit_stars(
     return out
 
 
+#: The batch entry point by the name of the design's API sketch (``sf.fit_batch(spectra, emulator)``):
+#: :func:`fit_stars` itself.
+fit_batch = fit_stars
+
+
 def _batch_inits(init, spectra, emulator, *, errors, progress, batch_size, n_starts, adam_steps, seed, error_floor,
                  **options):
     """Per-spectrum starts for :func:`fit_stars` (None, FitResult, mapping, array, or the exception of a
