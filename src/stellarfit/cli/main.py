@@ -390,6 +390,70 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- compare ------------------------------------------------------------------------
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from stellarfit.inference.compare import compare_emulators, comparison_table, observe_grid
+    from stellarfit.spectra import read_spectrum
+
+    if bool(args.grid) == bool(args.spectra):
+        raise UsageError("give spectrum files (or 'example') or --grid GRID.h5, not both and not neither")
+    if len(args.emulators) < 2:
+        raise UsageError(f"--emulators needs at least two emulators to compare, got {args.emulators}")
+    if len(set(args.emulators)) != len(args.emulators):
+        raise UsageError(f"--emulators names one emulator twice: {args.emulators}")
+    if args.out:
+        _check_writable(Path(args.out))
+    truths = names = None
+    if args.grid:
+        from stellarfit.grids import GridFormatError, SpectralGrid
+
+        if args.n <= 0:
+            raise UsageError(f"--n must be positive, got {args.n}")
+        try:
+            grid = SpectralGrid.read(args.grid)
+        except (GridFormatError, OSError, ValueError) as error:
+            raise UsageError(f"cannot read grid {args.grid}: {error}") from None
+        if args.first < 0 or args.first >= len(grid):
+            raise UsageError(f"--first must lie in [0, {len(grid)}) for {args.grid}, got {args.first}")
+        indices = np.arange(args.first, min(args.first + args.n, len(grid)))
+        try:
+            spectra, truths, names = observe_grid(grid, indices, snr=args.snr, resolution=args.resolution or 22_500.0,
+                                                  window=args.window, seed=args.seed)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        _log(f"observed {len(spectra)} spectra of {args.grid} (from row {args.first}) at S/N {args.snr:g}, "
+             f"R {args.resolution or 22_500.0:g}, with random RV, vsini and continuum")
+    else:
+        spectra = []
+        options = {"resolution": args.resolution} if args.resolution is not None else {}
+        for path in args.spectra:
+            if path == "example" and not os.path.exists(path):
+                from stellarfit.data import example_path
+
+                path = example_path("example")
+            try:
+                read = read_spectrum(path, format=args.format, **options)
+            except (ValueError, FileNotFoundError, TypeError) as error:
+                raise UsageError(str(error)) from None
+            spectra.extend(read if isinstance(read, list) else [read])
+    emulators = {name: _load_emulator_option(name) for name in args.emulators}
+    try:
+        document = compare_emulators(spectra, emulators, truths=truths, names=names, method=args.method,
+                                     progress=not args.no_progress, n_starts=args.starts, seed=args.seed)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.grid:
+        document.update(grid=str(args.grid), first=args.first, snr=args.snr, resolution=args.resolution or 22_500.0)
+    if args.out:
+        Path(args.out).write_text(json.dumps(document, indent=1))
+    if args.json:
+        print(json.dumps(document))
+    else:
+        print(comparison_table(document))
+    failed = all(result["n_fitted"] == 0 for result in document["results"].values())
+    return 1 if failed else 0
+
+
 # -- report -------------------------------------------------------------------------
 def _check_fit_outputs(args: argparse.Namespace) -> None:
     """`fit --save/--report`: writable paths, and matplotlib for the report."""
@@ -668,6 +732,34 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--report", default=None, metavar="REPORT.html", help="write the HTML fit report (needs matplotlib)")
     fit.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     fit.set_defaults(func=_cmd_fit)
+
+    compare = commands.add_parser("compare", help="fit the same spectra with several emulators and compare them",
+                                  description="Fit the same spectra with each emulator and print one row per parameter "
+                                              "with the emulators' entries side by side (A / B / ...): with --grid, spectra "
+                                              "of a grid observed at --snr and --resolution with known labels (bias, "
+                                              "scatter, median error and CRB, z width, truths inside the 68%% interval); "
+                                              "with spectrum files, the median errors and CRBs and how far the emulators' "
+                                              "values differ in units of their errors. Use grid spectra that no compared "
+                                              "emulator was trained on (e.g. a grid made with another --seed).")
+    compare.add_argument("spectra", nargs="*", help="spectrum files (any supported format) or 'example' (without --grid)")
+    compare.add_argument("--emulators", nargs="+", default=["default", "payne-default"],
+                         help="shipped emulator names or directories (default: default payne-default)")
+    compare.add_argument("--grid", default=None, help="instead of files: observe spectra of this grid (HDF5) with known labels")
+    compare.add_argument("--n", type=int, default=20, help="with --grid: number of spectra (default 20)")
+    compare.add_argument("--first", type=int, default=0, help="with --grid: first row (default 0)")
+    compare.add_argument("--snr", type=float, default=100.0, help="with --grid: S/N per pixel (default 100)")
+    compare.add_argument("--resolution", type=float, default=None,
+                         help="with --grid: observed resolving power (default 22500); with files: for files that do not give it")
+    compare.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"), default=None,
+                         help="with --grid: observed window [A, vacuum] (default: the grid's range less 10 A at each end)")
+    compare.add_argument("--method", choices=["map", "nuts"], default="map", help="map or nuts (default map)")
+    compare.add_argument("--format", default=None, help="spectrum format of the files (default: detected)")
+    compare.add_argument("--starts", type=int, default=8, help="MAP starting points (default 8)")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the fits and of --grid's RVs, vsini and noise (default 0)")
+    compare.add_argument("--out", default=None, help="write the JSON document here too")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    compare.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    compare.set_defaults(func=_cmd_compare)
 
     report = commands.add_parser("report", help="HTML report of a saved fit (spectrum, model, residuals, corner, traces, diagnostics)",
                                  description="Make the HTML report of a fit saved with `stellarfit fit SPECTRUM --save FIT.fits`: "

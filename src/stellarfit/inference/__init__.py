@@ -14,6 +14,8 @@ from stellarfit.inference.fit import fit_batch as fit_batch
 from stellarfit.inference.fit import fit_stars as fit_stars
 from stellarfit.inference.likelihood import FitProblem as FitProblem
 from stellarfit.inference.likelihood import GaussianPrior as GaussianPrior
+from stellarfit.inference.compare import compare_emulators as compare_emulators
+from stellarfit.inference.compare import observe_grid as observe_grid
 from stellarfit.inference.crb import cramer_rao as cramer_rao
 from stellarfit.inference.map import MapResult as MapResult
 from stellarfit.inference.map import estimate_rv as estimate_rv
@@ -41,7 +43,9 @@ __all__ = [
     "fisher_matrix",
     "fit_map",
     "fit_map_batch",
+    "compare_emulators",
     "fit_batch",
+    "observe_grid",
     "fit_stars",
     "stack_problems",
     "fit_star",
