@@ -92,7 +92,7 @@ def test_compare_emulators_without_truths_and_bad_input():
     document = compare_emulators(spectra, {"toy": TOY, "shifted": SHIFTED}, **OPTIONS)
     assert not document["with_truths"]
     row = document["results"]["toy"]["parameters"]["teff"]
-    assert set(row) == {"median_error", "median_crb", "n"}
+    assert set(row) == {"median_value", "median_error", "median_crb", "n"}
     assert document["pairs"]["toy vs shifted"]["fe_h"]["median_difference"] == pytest.approx(FE_SHIFT, abs=0.03)
     with pytest.raises(ValueError, match="truths must have shape"):
         compare_emulators(spectra, {"toy": TOY}, truths=np.zeros((3, 4)), names=names)

@@ -7,7 +7,7 @@ on one pixel grid share one compiled fit) and summarizes, per emulator and param
   :func:`observe_grid`): bias = median(fit - truth), scatter = 1.4826 MAD(fit - truth), the
   median reported error and Cramér-Rao bound, the robust width of z = (fit - truth) / error (1 for
   calibrated errors) and the fraction of truths inside the 68% and 95% intervals;
-- always: the median error and CRB, and for each pair of emulators the median and robust
+- always: the median value, error and CRB, and for each pair of emulators the median and robust
   scatter of their differences and the median of |difference| / (their errors in quadrature).
 
 A spectrum that an emulator cannot fit is recorded as that emulator's failure (its message in
@@ -103,7 +103,7 @@ def compare_emulators(spectra: Sequence, emulators: Mapping[str, object], *, tru
 
     Returns a JSON-ready document: ``emulators``, ``n_spectra``, ``method``, ``with_truths``,
     per emulator ``results[name]`` = {``n_fitted``, ``n_failed``, ``failures`` (index and message),
-    ``seconds``, ``parameters``: {parameter: {bias, scatter, median_error, median_crb, z_width,
+    ``seconds``, ``parameters``: {parameter: {median_value, bias, scatter, median_error, median_crb, z_width,
     inside_68, inside_95, n}}} (bias, scatter, z and the inside fractions only with truths) and
     ``values``/``errors`` per spectrum (None where the fit failed), and ``pairs`` ("A vs B") =
     {parameter: {median_difference, scatter_difference, median_abs_z, n}} over the spectra both fitted.
@@ -143,7 +143,8 @@ def compare_emulators(spectra: Sequence, emulators: Mapping[str, object], *, tru
         fitted[name] = {"parameters": parameters, "values": values, "errors": errors}
         rows = {}
         for j, parameter in enumerate(parameters):
-            row = {"median_error": _nanmedian(errors[ok, j]), "median_crb": _nanmedian(crbs[ok, j]), "n": len(ok)}
+            row = {"median_value": _nanmedian(values[ok, j]), "median_error": _nanmedian(errors[ok, j]),
+                   "median_crb": _nanmedian(crbs[ok, j]), "n": len(ok)}
             if truths is not None and parameter in names:
                 truth = truths[ok, list(names).index(parameter)]
                 delta = values[ok, j] - truth
@@ -188,10 +189,11 @@ def comparison_table(document: dict) -> str:
     names = document["emulators"]
     results = document["results"]
     parameters = list(dict.fromkeys(p for name in names for p in results[name]["parameters"]))
-    columns = (["bias", "scatter"] if document["with_truths"] else []) + ["median_error", "median_crb"] + (
+    columns = (["bias", "scatter"] if document["with_truths"] else ["median_value"]) + ["median_error", "median_crb"] + (
         ["z_width", "inside_68"] if document["with_truths"] else [])
     header = ["parameter", *columns]
-    lines = [" / ".join(names) + f" ({document['method']}, {document['n_spectra']} spectra; "
+    count = document["n_spectra"]
+    lines = [" / ".join(names) + f" ({document['method']}, {count} spectr{'um' if count == 1 else 'a'}; "
              + ", ".join(f"{name}: {results[name]['n_fitted']} fitted, {results[name]['seconds']:.0f} s" for name in names) + ")"]
     table = [header]
     for parameter in parameters:
@@ -206,6 +208,8 @@ def comparison_table(document: dict) -> str:
                     entries.append(f"{100 * value:.0f}%")
                 elif column == "z_width":
                     entries.append(f"{value:.2f}")
+                elif column == "median_value":
+                    entries.append(f"{value:.6g}")
                 else:
                     entries.append(f"{value:.3g}")
             cells.append(" / ".join(entries))
