@@ -337,10 +337,24 @@ def _check_init_option(text: str, emulator) -> None:
                          "use --init auto or none")
 
 
+def _read_spectrum_option(path: str, format, options: dict):
+    """A spectrum argument of `fit`/`compare`: a file (any reader format), or `example` for the shipped
+    example star.  Returns what read_spectrum returns (one spectrum or a list); bad files are usage errors."""
+    from stellarfit.spectra import read_spectrum
+
+    if path == "example" and not os.path.exists(path):
+        from stellarfit.data import example_path
+
+        path = example_path("example")
+    try:
+        return read_spectrum(path, format=format, **options)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise UsageError(str(error)) from None
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from stellarfit.forward import ObservationOutsideEmulatorError
     from stellarfit.inference import GaussianPrior, fit_star
-    from stellarfit.spectra import read_spectrum
 
     _check_fit_outputs(args)  # --save / --report: fail before the fit, not after it
     options = {}
@@ -348,15 +362,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         options["resolution"] = args.resolution
     if args.snr is not None:
         options["snr"] = args.snr
-    path = args.spectrum
-    if path == "example" and not os.path.exists(path):
-        from stellarfit.data import example_path
-
-        path = example_path("example")
-    try:
-        spectrum = read_spectrum(path, format=args.format, **options)
-    except (ValueError, FileNotFoundError, TypeError) as error:
-        raise UsageError(str(error)) from None
+    spectrum = _read_spectrum_option(args.spectrum, args.format, options)
     if isinstance(spectrum, list):
         if len(spectrum) != 1:
             raise UsageError(f"{args.spectrum} holds {len(spectrum)} spectra; `stellarfit fit` fits one (use `stellarfit batch`, or --format options to pick one)")
@@ -393,7 +399,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 # -- compare ------------------------------------------------------------------------
 def _cmd_compare(args: argparse.Namespace) -> int:
     from stellarfit.inference.compare import compare_emulators, comparison_table, observe_grid
-    from stellarfit.spectra import read_spectrum
 
     if bool(args.grid) == bool(args.spectra):
         raise UsageError("give spectrum files (or 'example') or --grid GRID.h5, not both and not neither")
@@ -427,14 +432,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         spectra = []
         options = {"resolution": args.resolution} if args.resolution is not None else {}
         for path in args.spectra:
-            if path == "example" and not os.path.exists(path):
-                from stellarfit.data import example_path
-
-                path = example_path("example")
-            try:
-                read = read_spectrum(path, format=args.format, **options)
-            except (ValueError, FileNotFoundError, TypeError) as error:
-                raise UsageError(str(error)) from None
+            read = _read_spectrum_option(path, args.format, options)
             spectra.extend(read if isinstance(read, list) else [read])
     emulators = {name: _load_emulator_option(name) for name in args.emulators}
     try:
