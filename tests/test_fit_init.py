@@ -92,6 +92,28 @@ def test_bad_init_is_a_clear_error(payne, spectrum, init, match):
         fit_star(spectrum, payne, init=init)
 
 
+def test_chord_iterations_reach_the_same_map_with_fewer_jacobians(payne, spectrum, multi_start):
+    """polish_map keeps the last Jacobian's curvature once the steps lower the objective by little
+    (chord=True, the default): from a start 1-1.25 sigma off in Teff, logg and [Fe/H] it ends where
+    plain Levenberg-Marquardt (a Jacobian every iteration) ends, with fewer Jacobians."""
+    prepared = _prepare(spectrum, payne, priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0, vsini_max=100.0,
+                        continuum_degree=2)
+    problem = prepared.problem
+    theta = np.array([multi_start.labels[name]["map"] for name in problem.names])
+    sigma = np.array([multi_start.labels[name]["error"] for name in problem.names])
+    start = theta.copy()
+    for name, offset in (("teff", 1.25), ("logg", -1.0), ("fe_h", 1.0)):
+        start[problem.names.index(name)] += offset * sigma[problem.names.index(name)]
+    plain = polish_map(problem, start, max_steps=20, chord=False)
+    chord = polish_map(problem, start, max_steps=20)
+    assert plain.converged and chord.converged
+    assert plain.jacobians == plain.iterations
+    assert 1 <= chord.jacobians < plain.jacobians
+    assert chord.jacobians < chord.iterations  # some iterations took only a gradient
+    assert abs(chord.log_posterior - plain.log_posterior) < 0.1
+    assert np.max(np.abs(chord.theta - plain.theta) / sigma) < 0.35
+
+
 def test_polish_map_checks_its_start(payne, spectrum):
     prepared = _prepare(spectrum, payne, priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0, vsini_max=100.0,
                         continuum_degree=2)

@@ -1060,6 +1060,7 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
             "init": init_info or {"source": "multi-start"},
             "laplace": laplace,
             "map_iterations": result.iterations,
+            "map_jacobians": result.jacobians,
             **{("sampler_" + k if k in ("seed", "elapsed_s") else k): v for k, v in sampler_diagnostics.items()},
         },
         wavelength=wavelength,

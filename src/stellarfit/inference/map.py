@@ -79,6 +79,8 @@ class MapResult:
         remaining_decrease: the largest decrease of -log posterior the convergence test found.
         convergence_tolerance: the threshold it was compared with (``CONVERGED_DECREASE``, or
             the float32 rounding level of the residuals where larger).
+        iterations: Levenberg-Marquardt iterations of :func:`polish_map`.
+        jacobians: the Jacobians those iterations took (fewer with ``chord``).
     """
 
     theta: np.ndarray
@@ -92,6 +94,7 @@ class MapResult:
     remaining_decrease: float = float("nan")
     convergence_tolerance: float = CONVERGED_DECREASE
     iterations: int | None = None
+    jacobians: int | None = None
 
     @property
     def sigma(self) -> np.ndarray:
@@ -356,68 +359,134 @@ def fit_map(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("max_steps",))
-def _polish_until(problem: FitProblem, z, *, max_steps: int):
+#: a Levenberg-Marquardt iteration of :func:`polish_map` that follows an accepted step which lowered
+#: -log posterior by less than this (nats) keeps the previous Jacobian's curvature (see :func:`_polish_until`)
+CHORD_DECREASE = 10.0
+
+
+def _linearize_curvature(problem: FitProblem, x):
+    """:func:`_linearize` (whitened residuals r, J^T r and J^T J in z) plus the data's curvature
+    J_u^T J_u in u = theta / box width, which stays valid while z moves a little (the transform's
+    part d u / d z is exact wherever it is evaluated: :func:`_chord_linearize`)."""
+    theta = problem.to_theta(x)
+    widths = _unit_widths(problem)
+    residual_u = lambda u: problem.residuals(theta + u * widths)  # noqa: E731
+    r = residual_u(jnp.zeros_like(theta))
+    jacobian_u = jax.jacfwd(residual_u)(jnp.zeros_like(theta))
+    transform = jnp.where(_free(problem)[None, :], jax.jacfwd(problem.to_theta)(x) / widths[:, None], 0.0)
+    jacobian = jacobian_u @ transform  # d r / d z
+    return r, jacobian.T @ r, jacobian.T @ jacobian, jacobian_u.T @ jacobian_u
+
+
+def _chord_linearize(problem: FitProblem, x, curvature):
+    """r, the exact J^T r (one reverse-mode pass: a fraction of a Jacobian's cost) and J^T J in z
+    from a curvature in u computed at an earlier iterate, mapped through d u / d z at this x."""
+    r, pullback = jax.vjp(problem.residuals_unconstrained, x)
+    free = _free(problem)
+    transform = jnp.where(free[None, :], jax.jacfwd(problem.to_theta)(x) / _unit_widths(problem)[:, None], 0.0)
+    return r, jnp.where(free, pullback(r)[0], 0.0), transform.T @ curvature @ transform
+
+
+def _unit_widths(problem: FitProblem):
+    """Box widths of theta for scaling its curvature (1 where a box has no width)."""
+    widths = jnp.asarray(problem.upper, jnp.float32) - jnp.asarray(problem.lower, jnp.float32)
+    return jnp.where(widths > 0, widths, 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("max_steps", "chord"))
+def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True):
     """Levenberg-Marquardt from a close start ``z``, stopping early once the objective fell by less
     than ``CONVERGED_DECREASE`` over the last two iterations (a rejected step counts 0: two
     rejections in a row mean the Gauss-Newton direction no longer lowers it), else after
-    ``max_steps``.  Returns (z, objective, decrease over the last two iterations, iterations)."""
-    residual = problem.residuals_unconstrained
+    ``max_steps``.  Returns (z, objective, decrease over the last two iterations, iterations,
+    Jacobians).
+
+    ``chord``: an iteration takes a Jacobian only at the start, after an accepted step that lowered
+    the objective by more than :data:`CHORD_DECREASE`, and after a rejected step made with an older
+    curvature.  Otherwise it keeps the data's curvature in u from the last Jacobian and takes the
+    exact gradient (a reverse-mode pass).  Near the optimum the steps are fractions of the
+    posterior's width and J^T J barely changes, while a TransformerPayne Jacobian on a CPU costs
+    ~5 gradients.  A step rejected with a fresh curvature is retried from the same curvature with
+    more damping (plain Levenberg-Marquardt would take the same Jacobian again).  Under ``vmap``
+    both branches would run, so batches use ``chord=False``.
+    """
+    p = z.shape[-1]
 
     def keep_going(carry):
-        _, _, _, k, last, previous = carry
+        k, last, previous = carry[3], carry[4], carry[5]
         return (k < max_steps) & ~((k >= 2) & (last + previous < CONVERGED_DECREASE))
 
     def step(carry):
-        x, damping, value, k, last, _ = carry
-        x, damping, value, decrease = _lm_step(problem, x, damping, value)
-        return x, damping, value, k + 1, decrease.astype(value.dtype), last
+        x, damping, value, k, last, _, curvature, need, jacobians = carry
+        if chord:
+            r, gradient, hessian, curvature = jax.lax.cond(
+                need, lambda x, c: _linearize_curvature(problem, x),
+                lambda x, c: (*_chord_linearize(problem, x, c), c), x, curvature)
+        else:
+            r, gradient, hessian = _linearize(problem, x)
+        fresh = need | (not chord)
+        step = _gauss_newton_step(gradient, hessian, damping)
+        candidate = x + jnp.clip(step, -MAX_LM_STEP, MAX_LM_STEP)
+        decrease = _decrease(r, problem.residuals_unconstrained(candidate))
+        better = jnp.all(jnp.isfinite(candidate)) & jnp.isfinite(decrease) & (decrease > 0)
+        x = jnp.where(better, candidate, x)
+        value = jnp.where(better, value - decrease, value)
+        # a step from an older curvature that failed is retried with this point's own, damping unchanged
+        grow = jnp.where(fresh, jnp.minimum(damping * 4.0, 1e8), damping)
+        damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), grow)
+        need = jnp.where(better, decrease > CHORD_DECREASE, ~fresh)
+        decrease = jnp.where(better, decrease, 0.0).astype(value.dtype)
+        return x, damping, value, k + 1, decrease, last, curvature, need, jacobians + fresh.astype(jnp.int32)
 
-    r = residual(z)
+    r = problem.residuals_unconstrained(z)
     value = 0.5 * jnp.sum(r * r)
     big = jnp.asarray(jnp.inf, value.dtype)
-    carry = (z, jnp.asarray(1e-2, z.dtype), value, jnp.asarray(0), big, big)
-    z, _, value, k, last, previous = jax.lax.while_loop(keep_going, step, carry)
-    return z, value, last + previous, k
+    carry = (z, jnp.asarray(1e-2, z.dtype), value, jnp.asarray(0), big, big, jnp.zeros((p, p), z.dtype),
+             jnp.asarray(True), jnp.asarray(0, jnp.int32))
+    z, _, value, k, last, previous, _, _, jacobians = jax.lax.while_loop(keep_going, step, carry)
+    return z, value, last + previous, k, jacobians
 
 
-def _polished(problem: FitProblem, z0, max_steps: int):
-    z, value, remaining, k = _polish_until(problem, z0, max_steps=max_steps)
+def _polished(problem: FitProblem, z0, max_steps: int, chord: bool = True):
+    z, value, remaining, k, jacobians = _polish_until(problem, z0, max_steps=max_steps, chord=chord)
     theta, chi2 = _theta_chi2(problem, z)
-    return theta, chi2, value, remaining, k
+    return theta, chi2, value, remaining, k, jacobians
 
 
-def _polish_result(problem: FitProblem, theta, chi2, value, remaining, steps) -> MapResult:
+def _polish_result(problem: FitProblem, theta, chi2, value, remaining, steps, jacobians=None) -> MapResult:
     return MapResult(
         theta=np.asarray(theta, dtype=np.float64), names=problem.names, log_posterior=-float(value), chi2=float(chi2),
         n_good=problem.n_good, covariance=None, all_objectives=np.asarray([value]),
         converged=bool(remaining < CONVERGED_DECREASE), remaining_decrease=float(remaining),
-        convergence_tolerance=CONVERGED_DECREASE, iterations=int(steps))
+        convergence_tolerance=CONVERGED_DECREASE, iterations=int(steps),
+        jacobians=None if jacobians is None else int(jacobians))
 
 
-def polish_map(problem: FitProblem, start: np.ndarray, *, max_steps: int = 8) -> MapResult:
+def polish_map(problem: FitProblem, start: np.ndarray, *, max_steps: int = 8, chord: bool = True) -> MapResult:
     """MAP by Levenberg-Marquardt from one close ``start`` (p,) (physical units), e.g. the MAP of a
     faster emulator: no multi-start, no Adam, no Hessian (``covariance`` is None).
 
     Stops once the last two iterations lowered -log posterior by less than
     :data:`CONVERGED_DECREASE` together (``converged``), or after ``max_steps`` iterations.  This
     is how a slow emulator (a TransformerPayne on a CPU, ~3 s per Jacobian) gets its MAP in a few
-    Jacobians.
+    Jacobians.  With ``chord`` (default) iterations near the optimum keep the last Jacobian's
+    curvature and take an exact gradient instead of a new Jacobian (:func:`_polish_until`);
+    ``jacobians`` counts the Jacobians taken, ``iterations`` the iterations.
     """
     start = np.asarray(start, dtype=np.float64)
     if start.shape != (problem.n_parameters,):
         raise ValueError(f"start must have shape ({problem.n_parameters},) ({problem.names}), got {start.shape}")
     _check_steps(0, max_steps)
     z0 = problem.to_unconstrained(jnp.asarray(start, jnp.float32))
-    return _polish_result(problem, *_polished_jit(problem, z0, max_steps=max_steps))
+    return _polish_result(problem, *_polished_jit(problem, z0, max_steps=max_steps, chord=bool(chord)))
 
 
-_polished_jit = jax.jit(_polished, static_argnames=("max_steps",))
+_polished_jit = jax.jit(_polished, static_argnames=("max_steps", "chord"))
 
 
 @functools.partial(jax.jit, static_argnames=("max_steps",))
 def _polished_batch(stacked: FitProblem, z0, *, max_steps: int):
-    return jax.vmap(lambda problem, z: _polished(problem, z, max_steps))(stacked, z0)
+    return jax.vmap(lambda problem, z: _polished(problem, z, max_steps, chord=False))(stacked, z0)
 
 
 def polish_map_batch(problems, starts: np.ndarray, *, max_steps: int = 8) -> list[MapResult]:
