@@ -85,6 +85,27 @@ def test_gauss_newton_z_mode_agrees_with_the_newton_mode(problem, payne_map):
         unconstrained_laplace(problem, theta, gauss_newton=True, curvature_refresh="never")
 
 
+def test_the_z_mode_search_starts_from_the_curvature_the_map_polish_ended_with(problem, payne_map):
+    """polish_map (chord) returns the data's curvature of its last Jacobian; unconstrained_laplace
+    started from it needs one Jacobian fewer and ends at the same mode."""
+    from stellarfit.inference.map import polish_map
+
+    theta = _theta(payne_map)
+    sigma = np.sqrt(np.diag(unconstrained_laplace(problem, theta).covariance))
+    polished = polish_map(problem, theta)
+    assert polished.curvature is not None and polished.curvature.shape == (theta.size, theta.size)
+    assert polish_map(problem, theta, chord=False).curvature is None
+    own = unconstrained_laplace(problem, polished.theta, gauss_newton=True)
+    given = unconstrained_laplace(problem, polished.theta, gauss_newton=True, curvature=polished.curvature)
+    assert given.converged and own.converged
+    assert given.curvature_evaluations < own.curvature_evaluations
+    assert np.all(np.abs(given.mode - own.mode) < 0.1 * sigma)
+    with pytest.raises(ValueError, match="curvature must be"):
+        unconstrained_laplace(problem, theta, gauss_newton=True, curvature=np.ones((3, 3)))
+    with pytest.raises(ValueError, match="curvature must be"):
+        unconstrained_laplace(problem, theta, curvature=polished.curvature)
+
+
 def test_gauss_newton_hessian_from_the_curvature_in_theta_is_minus_jtj_in_z(problem, payne_map):
     """The Gauss-Newton pieces in z: the value and gradient of the profiled density, and, with the
     data's curvature from the same z, the Hessian -J^T J (J = dr/dz) plus the log Jacobian's

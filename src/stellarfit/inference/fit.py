@@ -395,7 +395,8 @@ def fit_star(
                         max_tree_depth=max_tree_depth, target_accept=target_accept, mass_matrix=mass_matrix,
                         chain_method=chain_method, z_transform=z_transform)
         if surrogate is not None:
-            sampling["surrogate"] = _surrogate_map(spectrum, surrogate, prepared, result.theta, options, z_transform)
+            sampling["surrogate"] = _surrogate_map(spectrum, surrogate, prepared, result.theta, options, z_transform,
+                                                   curvature=getattr(result, "curvature", None))
     return _finish(prepared, result, method, emulator, start_time, n_starts=n_starts if start_values is None else 1,
                    seed=seed, sampling=sampling, error_floor=error_floor, init_info=init_info)
 
@@ -428,10 +429,12 @@ class _Surrogate:
 
 
 def _surrogate_map(spectrum, surrogate: _FastPath, prepared: _Prepared, theta: np.ndarray, options: dict,
-                   z_transform: str = "logit") -> _Surrogate:
+                   z_transform: str = "logit", curvature: np.ndarray | None = None) -> _Surrogate:
     """The fast path's FitProblem on the same spectrum and boxes as ``prepared`` (its RV box is
     centred on the same rv), its MAP polished from ``theta`` (the emulator's MAP), and the modes in
-    z of both densities (Gauss-Newton, :func:`~stellarfit.inference.nuts.unconstrained_laplace`)."""
+    z of both densities (Gauss-Newton, :func:`~stellarfit.inference.nuts.unconstrained_laplace`).
+    ``curvature``: the emulator's data curvature from its MAP's polish (``MapResult.curvature``),
+    where its mode search starts instead of taking a Jacobian."""
     from stellarfit.inference.nuts import unconstrained_laplace
 
     problem = prepared.problem
@@ -445,7 +448,8 @@ def _surrogate_map(spectrum, surrogate: _FastPath, prepared: _Prepared, theta: n
     # the modes in the coordinates the chains sample (z_transform), where the draws are moved
     fast_problem = fast_problem.with_transform(z_transform)
     fast_mode = unconstrained_laplace(fast_problem, fast_map.theta, gauss_newton=True).mode
-    target_mode = unconstrained_laplace(problem.with_transform(z_transform), theta, gauss_newton=True).mode
+    target_mode = unconstrained_laplace(problem.with_transform(z_transform), theta, gauss_newton=True,
+                                        curvature=curvature).mode
     if not (np.all(np.isfinite(fast_mode)) and np.all(np.isfinite(target_mode))):
         raise RuntimeError("the modes of the densities in z are not finite; use sample_with='self'")
     return _Surrogate(surrogate.name, fast_problem, fast_map, fast_mode, target_mode)

@@ -81,6 +81,9 @@ class MapResult:
             the float32 rounding level of the residuals where larger).
         iterations: Levenberg-Marquardt iterations of :func:`polish_map`.
         jacobians: the Jacobians those iterations took (fewer with ``chord``).
+        curvature: (p, p) the data's Gauss-Newton curvature J^T J in u = theta / box width from the
+            last of them (``chord``; None otherwise): a start for
+            :func:`~stellarfit.inference.nuts.unconstrained_laplace`'s ``curvature``.
     """
 
     theta: np.ndarray
@@ -95,6 +98,7 @@ class MapResult:
     convergence_tolerance: float = CONVERGED_DECREASE
     iterations: int | None = None
     jacobians: int | None = None
+    curvature: np.ndarray | None = None
 
     @property
     def sigma(self) -> np.ndarray:
@@ -443,23 +447,24 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True)
     big = jnp.asarray(jnp.inf, value.dtype)
     carry = (z, jnp.asarray(1e-2, z.dtype), value, jnp.asarray(0), big, big, jnp.zeros((p, p), z.dtype),
              jnp.asarray(True), jnp.asarray(0, jnp.int32))
-    z, _, value, k, last, previous, _, _, jacobians = jax.lax.while_loop(keep_going, step, carry)
-    return z, value, last + previous, k, jacobians
+    z, _, value, k, last, previous, curvature, _, jacobians = jax.lax.while_loop(keep_going, step, carry)
+    return z, value, last + previous, k, jacobians, curvature
 
 
 def _polished(problem: FitProblem, z0, max_steps: int, chord: bool = True):
-    z, value, remaining, k, jacobians = _polish_until(problem, z0, max_steps=max_steps, chord=chord)
+    z, value, remaining, k, jacobians, curvature = _polish_until(problem, z0, max_steps=max_steps, chord=chord)
     theta, chi2 = _theta_chi2(problem, z)
-    return theta, chi2, value, remaining, k, jacobians
+    return theta, chi2, value, remaining, k, jacobians, curvature
 
 
-def _polish_result(problem: FitProblem, theta, chi2, value, remaining, steps, jacobians=None) -> MapResult:
+def _polish_result(problem: FitProblem, theta, chi2, value, remaining, steps, jacobians=None, curvature=None) -> MapResult:
     return MapResult(
         theta=np.asarray(theta, dtype=np.float64), names=problem.names, log_posterior=-float(value), chi2=float(chi2),
         n_good=problem.n_good, covariance=None, all_objectives=np.asarray([value]),
         converged=bool(remaining < CONVERGED_DECREASE), remaining_decrease=float(remaining),
         convergence_tolerance=CONVERGED_DECREASE, iterations=int(steps),
-        jacobians=None if jacobians is None else int(jacobians))
+        jacobians=None if jacobians is None else int(jacobians),
+        curvature=None if curvature is None else np.asarray(curvature, np.float64))
 
 
 def polish_map(problem: FitProblem, start: np.ndarray, *, max_steps: int = 8, chord: bool = True) -> MapResult:
@@ -478,7 +483,8 @@ def polish_map(problem: FitProblem, start: np.ndarray, *, max_steps: int = 8, ch
         raise ValueError(f"start must have shape ({problem.n_parameters},) ({problem.names}), got {start.shape}")
     _check_steps(0, max_steps)
     z0 = problem.to_unconstrained(jnp.asarray(start, jnp.float32))
-    return _polish_result(problem, *_polished_jit(problem, z0, max_steps=max_steps, chord=bool(chord)))
+    *values, curvature = _polished_jit(problem, z0, max_steps=max_steps, chord=bool(chord))
+    return _polish_result(problem, *values, curvature=curvature if chord else None)
 
 
 _polished_jit = jax.jit(_polished, static_argnames=("max_steps", "chord"))
@@ -498,7 +504,7 @@ def polish_map_batch(problems, starts: np.ndarray, *, max_steps: int = 8) -> lis
     _check_steps(0, max_steps)
     stacked = stack_problems(problems)
     z0 = jnp.stack([problem.to_unconstrained(jnp.asarray(s, jnp.float32)) for problem, s in zip(problems, starts)])
-    arrays = [np.asarray(a) for a in _polished_batch(stacked, z0, max_steps=max_steps)]
+    arrays = [np.asarray(a) for a in _polished_batch(stacked, z0, max_steps=max_steps)[:-1]]  # no chord: no curvature
     return [_polish_result(problem, *(a[i] for a in arrays)) for i, problem in enumerate(problems)]
 
 

@@ -305,7 +305,7 @@ _MAX_NEWTON_STEP = 4.0
 
 def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_iterations: int = 12,
                           tolerance: float = 0.05, gauss_newton: bool = False,
-                          curvature_refresh: str = "shortened") -> UnconstrainedLaplace:
+                          curvature_refresh: str = "shortened", curvature: np.ndarray | None = None) -> UnconstrainedLaplace:
     """Mode and Laplace covariance of the density the samplers draw from, in z.
 
     Damped Newton iterations on ``problem.log_density_unconstrained`` (log L + log prior
@@ -338,11 +338,20 @@ def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_ite
     with a curvature from another z the Newton decrement is only an estimate, so they stop at a
     tenth of ``tolerance``.  ``curvature_refresh="always"`` recomputes the curvature at every
     iteration (the full Gauss-Newton iteration).  ``curvature_evaluations`` counts the Jacobians of r.
+    ``curvature`` (with ``gauss_newton=True``): a data curvature in u to start from instead of a
+    Jacobian at the start, treated like one from an earlier iterate -- the one the MAP's polish
+    ended with (``MapResult.curvature``; ``fit_star`` passes it for the TransformerPayne).
     """
     if curvature_refresh not in ("shortened", "always"):
         raise ValueError(f"curvature_refresh must be 'shortened' or 'always', got {curvature_refresh!r}")
+    if curvature is not None:
+        p = problem.n_parameters
+        curvature = np.asarray(curvature, np.float64)
+        if not gauss_newton or curvature.shape != (p, p) or not np.all(np.isfinite(curvature)):
+            raise ValueError(f"curvature must be a finite ({p}, {p}) Gauss-Newton curvature, with gauss_newton=True")
+        curvature = jnp.asarray(curvature, jnp.float32)
     density = _gauss_newton_log_density_jit if gauss_newton else _log_density
-    curvature, evaluations, fresh = None, 0, True
+    evaluations, fresh = 0, True
 
     def derivatives(z, refresh: bool = True):
         nonlocal curvature, evaluations, fresh
@@ -356,7 +365,7 @@ def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_ite
         return tuple(np.asarray(v, np.float64) for v in _gauss_newton_chord(problem, z, curvature))
 
     z = np.clip(np.asarray(problem.to_unconstrained(jnp.asarray(theta_map, jnp.float32)), np.float64), -8.0, 8.0)
-    value, gradient, hessian = derivatives(z)
+    value, gradient, hessian = derivatives(z, refresh=curvature is None)
     converged = False
     iteration = 0
     for iteration in range(1, max_iterations + 1):
