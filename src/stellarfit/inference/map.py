@@ -236,16 +236,21 @@ def _lm_step(problem: FitProblem, x, damping, value):
     damping adapts (/3 on success, x4 on failure).  Returns (x, damping, objective, decrease; 0 if
     the step was rejected)."""
     r, gradient, hessian = _linearize(problem, x)
+    x, value, decrease, better = _try_step(problem, x, value, r, gradient, hessian, damping)
+    damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), jnp.minimum(damping * 4.0, 1e8))
+    return x, damping, value, jnp.where(better, decrease, 0.0)
+
+
+def _try_step(problem: FitProblem, x, value, r, gradient, hessian, damping):
+    """The damped Gauss-Newton step from x, kept only if it lowers the objective.  Returns (x,
+    objective, decrease, whether the step was kept)."""
     # a parameter pressed against its box edge has a saturated sigmoid: almost no curvature in z, so
     # the Marquardt-scaled step along it is huge and would get every step rejected; cap it
     step = _gauss_newton_step(gradient, hessian, damping)
     candidate = x + jnp.clip(step, -MAX_LM_STEP, MAX_LM_STEP)
     decrease = _decrease(r, problem.residuals_unconstrained(candidate))
     better = jnp.all(jnp.isfinite(candidate)) & jnp.isfinite(decrease) & (decrease > 0)
-    x = jnp.where(better, candidate, x)
-    value = jnp.where(better, value - decrease, value)
-    damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), jnp.minimum(damping * 4.0, 1e8))
-    return x, damping, value, jnp.where(better, decrease, 0.0)
+    return jnp.where(better, candidate, x), jnp.where(better, value - decrease, value), decrease, better
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))
@@ -429,12 +434,7 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True)
         else:
             r, gradient, hessian = _linearize(problem, x)
         fresh = need | (not chord)
-        step = _gauss_newton_step(gradient, hessian, damping)
-        candidate = x + jnp.clip(step, -MAX_LM_STEP, MAX_LM_STEP)
-        decrease = _decrease(r, problem.residuals_unconstrained(candidate))
-        better = jnp.all(jnp.isfinite(candidate)) & jnp.isfinite(decrease) & (decrease > 0)
-        x = jnp.where(better, candidate, x)
-        value = jnp.where(better, value - decrease, value)
+        x, value, decrease, better = _try_step(problem, x, value, r, gradient, hessian, damping)
         # a step from an older curvature that failed is retried with this point's own, damping unchanged
         grow = jnp.where(fresh, jnp.minimum(damping * 4.0, 1e8), damping)
         damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), grow)
