@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--emulator", default="payne-default")
     parser.add_argument("--transforms", nargs="+", default=["probit"])
     parser.add_argument("--star-indices", type=int, nargs="+", default=None)
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="fit star k with seed k + this (the column is then named TRANSFORM/seed+OFFSET): "
+                             "a second seed measures how much of a difference is the sampler's own randomness")
     parser.add_argument("--reference", default=None, help="calibration JSON whose per-fit NUTS numbers are the logit column")
     parser.add_argument("--out", default=str(HERE / "results" / "z_transform_payne-default"))
     args = parser.parse_args()
@@ -54,18 +57,21 @@ def main() -> None:
         "platform": platform.platform(), "cpu_count": os.cpu_count(), "runs": []}
     done = {(run["star"], run["transform"]) for run in document["runs"]}
     emulator = sf.load_emulator(args.emulator)
-    for transform in args.transforms:
-        for k in indices:
+    for k in indices:
+        for z_transform in args.transforms:  # star by star, the transforms alternating
+            transform = z_transform if not args.seed_offset else f"{z_transform}/seed+{args.seed_offset}"
             if (k, transform) in done:
                 continue
             start = time.perf_counter()
-            result = sf.fit_star(spectra[k], emulator, "nuts", seed=k, error_floor=False, z_transform=transform)
+            result = sf.fit_star(spectra[k], emulator, "nuts", seed=k + args.seed_offset, error_floor=False,
+                                 z_transform=z_transform)
             d = result.diagnostics
             draws = np.asarray(result.samples).reshape(-1, len(result.names))
-            run = {"star": k, "transform": transform, "seconds": time.perf_counter() - start,
+            run = {"star": k, "transform": transform, "seed": k + args.seed_offset, "seconds": time.perf_counter() - start,
                    "gradients": int(d["gradient_evaluations"]) + int(d["gradient_evaluations_warmup"]),
                    "gradients_warmup": int(d["gradient_evaluations_warmup"]), "min_ess_bulk": float(min(d["ess_bulk"].values())),
                    "max_r_hat": float(max(d["r_hat"].values())), "divergences": int(d["divergences"]),
+                   "probit": d["posterior"].get("probit", []),
                    "median": np.median(draws, axis=0).tolist(),
                    "half_width": (0.5 * (np.percentile(draws, 84, axis=0) - np.percentile(draws, 16, axis=0))).tolist()}
             document["runs"].append(run)
