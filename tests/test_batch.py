@@ -225,6 +225,27 @@ def test_cli_batch_usage_errors(files, tmp_path, capsys):
     assert "cannot load emulator" in capsys.readouterr().err
     assert main(["batch", str(files), "--out", str(tmp_path / "no" / "c.fits")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["batch", str(files), "--out", str(tmp_path / "c.fits"), "--z-transform", "probit"]) == 2
+    assert "--z-transform applies to --method nuts or blackjax" in capsys.readouterr().err
+
+
+def test_cli_batch_passes_the_z_transform_to_the_fits(files, tmp_path, monkeypatch):
+    """`stellarfit batch --method nuts --z-transform probit` hands z_transform to every fit; without the
+    option the fits get none (fit_star's default, and journals of earlier runs still match)."""
+    from stellarfit.cli.main import main
+    from stellarfit.inference import batch
+
+    seen = []
+
+    def capture(inputs, emulator, out, **kwargs):
+        seen.append(kwargs["fit_options"])
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(batch, "fit_batch_files", capture)
+    for extra in (["--z-transform", "probit"], []):
+        assert main(["batch", str(files), "--out", str(tmp_path / "c.fits"), "--emulator", "payne-default",
+                     "--method", "nuts", *extra]) == 2
+    assert seen[0]["z_transform"] == "probit" and "z_transform" not in seen[1]
 
 
 def test_vectorized_batch_fits_and_records_failures(emulator, tmp_path):

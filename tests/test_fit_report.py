@@ -340,12 +340,16 @@ def test_cli_fit_nuts_settings_reach_the_sampler(tiny_emulator, tmp_path, capsys
     chain_method = "processes" if _workers.can_pin() and len(_workers.usable_cores()) >= 2 else "sequential"
     code = main(["fit", str(tmp_path / "star.fits"), "--emulator", str(tmp_path / "emu"), "--method", "nuts",
                  "--starts", "2", "--chains", "2", "--warmup", "30", "--samples", "20", "--target-accept", "0.7",
-                 "--chain-method", chain_method, "--json"])
+                 "--chain-method", chain_method, "--z-transform", "probit", "--json"])
     assert code == 0
     diagnostics = json.loads(capsys.readouterr().out)["diagnostics"]
     assert diagnostics["target_accept"] == 0.7 and diagnostics["chain_method"] == chain_method
+    assert diagnostics["posterior"]["z_transform"] == "probit"
     assert (diagnostics["num_chains"], diagnostics["num_warmup"], diagnostics["num_samples"]) == (2, 30, 20)
     with pytest.raises(SystemExit) as exit_info:  # argparse: an unknown choice is a usage error
         main(["fit", str(tmp_path / "star.fits"), "--emulator", str(tmp_path / "emu"), "--method", "nuts",
               "--chain-method", "threads"])
     assert exit_info.value.code == 2
+    capsys.readouterr()
+    assert main(["fit", str(tmp_path / "star.fits"), "--emulator", str(tmp_path / "emu"), "--z-transform", "probit"]) == 2
+    assert "--z-transform applies to --method nuts or blackjax" in capsys.readouterr().err

@@ -316,6 +316,20 @@ INIT_HELP = ("where each MAP starts: auto (default: from a fit with the emulator
              "multi-start search), fast (require the fast path), none (the multi-start search)")
 
 
+Z_TRANSFORM_HELP = ("NUTS: the map from the sampled coordinates to each parameter's box: logit (default), probit "
+                    "(about 0.86x the gradients on typical stars, but more fits with a low effective sample size on "
+                    "hard ones; see docs/fitting.md, 'A second seed') or probit-labels")
+
+
+def _z_transform_option(args: argparse.Namespace) -> dict:
+    """{"z_transform": ...} for a sampler given --z-transform, {} without it; a usage error with --method map."""
+    if args.z_transform is None:
+        return {}
+    if args.method == "map":
+        raise UsageError("--z-transform applies to --method nuts or blackjax (a MAP fit samples nothing)")
+    return {"z_transform": args.z_transform}
+
+
 SAMPLE_WITH_HELP = ("which emulator NUTS samples with: auto (default: for a TransformerPayne on a CPU, its fast path, "
                     "the draws moved to the TransformerPayne's mode; else the emulator itself), self, fast "
                     "(see docs/fitting.md, NUTS with the TransformerPayne on a CPU)")
@@ -367,6 +381,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         if len(spectrum) != 1:
             raise UsageError(f"{args.spectrum} holds {len(spectrum)} spectra; `stellarfit fit` fits one (use `stellarfit batch`, or --format options to pick one)")
         spectrum = spectrum[0]
+    z_transform = _z_transform_option(args)
     emulator = _load_emulator_option(args.emulator)
     _check_init_option(args.init, emulator)
     _check_sample_with_option(args.sample_with, emulator)
@@ -382,6 +397,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         sampler = {} if args.method == "map" else {"num_chains": args.chains, "num_warmup": args.warmup, "num_samples": args.samples,
                                                    "chain_method": args.chain_method, "target_accept": args.target_accept,
                                                    "sample_with": args.sample_with}
+        sampler.update(z_transform)
         result = fit_star(spectrum, emulator, method=args.method, priors=priors, n_starts=args.starts, seed=args.seed,
                           init=_init_option(args.init), **sampler)
     except (ObservationOutsideEmulatorError, KeyError) as error:
@@ -526,11 +542,12 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_writable(out)
+    z_transform = _z_transform_option(args)
     emulator = _load_emulator_option(args.emulator)
     _check_init_option(args.init, emulator)
     _check_sample_with_option(args.sample_with, emulator)
     fit_options = {"n_starts": args.starts, "seed": args.seed, "init": _init_option(args.init),
-                   "sample_with": args.sample_with}
+                   "sample_with": args.sample_with, **z_transform}
     try:
         summary = fit_batch_files(args.inputs, emulator, out, method=args.method, format=args.format, resolution=args.resolution,
                                   snr=args.snr, backend=args.backend, retry_failed=args.retry_failed,
@@ -713,6 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--target-accept", type=float, default=0.8,
                      help="NUTS target acceptance probability (default 0.8; lower: longer steps, fewer gradients, "
                           "more divergences, see docs/fitting.md)")
+    fit.add_argument("--z-transform", choices=["logit", "probit", "probit-labels"], default=None, help=Z_TRANSFORM_HELP)
     fit.add_argument("--chain-method", default="auto", choices=["auto", "sequential", "processes", "vectorized"],
                      help="how NUTS chains run: auto (default: worker processes pinned one per core on a multi-core "
                           "Linux CPU, else one after another; vectorized on a GPU), sequential, processes, vectorized")
@@ -803,6 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--starts", type=int, default=8, help="MAP starting points per spectrum (default 8)")
     batch.add_argument("--init", choices=["auto", "fast", "none"], default="auto", help=INIT_HELP)
     batch.add_argument("--sample-with", choices=["auto", "self", "fast"], default="auto", help=SAMPLE_WITH_HELP)
+    batch.add_argument("--z-transform", choices=["logit", "probit", "probit-labels"], default=None, help=Z_TRANSFORM_HELP)
     batch.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     batch.add_argument("--retry-failed", action="store_true", help="refit spectra that failed in an earlier run")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
