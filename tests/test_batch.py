@@ -284,3 +284,10 @@ def test_vectorize_settings_errors(files, tmp_path):
         fit_batch_files(files, STUB, tmp_path / "c.fits", fit_options={"num_warmup": 10}, vectorize=4, progress=False)
     with pytest.raises(ValueError, match="vectorize must be a positive integer"):
         fit_batch_files(files, STUB, tmp_path / "c.fits", vectorize=0, progress=False)
+
+
+def test_cli_z_transform_choices_are_the_problems_transforms():
+    from stellarfit.cli.main import Z_TRANSFORMS
+    from stellarfit.inference.likelihood import TRANSFORMS
+
+    assert Z_TRANSFORMS == TRANSFORMS

@@ -316,6 +316,8 @@ INIT_HELP = ("where each MAP starts: auto (default: from a fit with the emulator
              "multi-start search), fast (require the fast path), none (the multi-start search)")
 
 
+#: --z-transform's choices: stellarfit.inference.likelihood.TRANSFORMS (not imported here: it loads JAX)
+Z_TRANSFORMS = ("logit", "probit", "probit-labels")
 Z_TRANSFORM_HELP = ("NUTS: the map from the sampled coordinates to each parameter's box: logit (default), probit "
                     "(about 0.86x the gradients on typical stars, but more fits with a low effective sample size on "
                     "hard ones; see docs/fitting.md, 'A second seed') or probit-labels")
@@ -730,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--target-accept", type=float, default=0.8,
                      help="NUTS target acceptance probability (default 0.8; lower: longer steps, fewer gradients, "
                           "more divergences, see docs/fitting.md)")
-    fit.add_argument("--z-transform", choices=["logit", "probit", "probit-labels"], default=None, help=Z_TRANSFORM_HELP)
+    fit.add_argument("--z-transform", choices=Z_TRANSFORMS, default=None, help=Z_TRANSFORM_HELP)
     fit.add_argument("--chain-method", default="auto", choices=["auto", "sequential", "processes", "vectorized"],
                      help="how NUTS chains run: auto (default: worker processes pinned one per core on a multi-core "
                           "Linux CPU, else one after another; vectorized on a GPU), sequential, processes, vectorized")
@@ -821,7 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--starts", type=int, default=8, help="MAP starting points per spectrum (default 8)")
     batch.add_argument("--init", choices=["auto", "fast", "none"], default="auto", help=INIT_HELP)
     batch.add_argument("--sample-with", choices=["auto", "self", "fast"], default="auto", help=SAMPLE_WITH_HELP)
-    batch.add_argument("--z-transform", choices=["logit", "probit", "probit-labels"], default=None, help=Z_TRANSFORM_HELP)
+    batch.add_argument("--z-transform", choices=Z_TRANSFORMS, default=None, help=Z_TRANSFORM_HELP)
     batch.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     batch.add_argument("--retry-failed", action="store_true", help="refit spectra that failed in an earlier run")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
