@@ -51,6 +51,7 @@ def _header(step: str, args) -> dict:
 
     return {"benchmark": f"bench_gpu_fits {step}", "device": str(jax.devices()[0]), "backend": jax.default_backend(),
             "jax": jax.__version__, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "compilation_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "settings": {k: v for k, v in vars(args).items() if k not in ("out", "func")}}
 
@@ -198,9 +199,12 @@ def cmd_nuts(args) -> None:
 
     clock = _CompileClock()
     spectra, truth, names = load_stars(args.stars)
-    spectra, truth = spectra[: args.n_stars], truth[: args.n_stars]
+    first = args.first_star
+    spectra, truth = spectra[first : first + args.n_stars], truth[first : first + args.n_stars]
     emulator = sf.load_emulator(args.emulator)
     tag = args.tag or (args.emulator if args.sample_with == "self" else f"{args.emulator}_{args.sample_with}")
+    if first and not args.tag:
+        tag += f"_from{first}"
     out = Path(args.out)
     document = {**_header("nuts", args), "emulator": args.emulator, "runs": []}
     start = time.perf_counter()
@@ -213,14 +217,14 @@ def cmd_nuts(args) -> None:
     sampler_s = sum(r.diagnostics.get("sampler_elapsed_s") or 0.0 for r in ok)
     document.update(seconds=nuts_s, compile_s=nuts_compile, sampler_s=sampler_s, n_ok=len(ok),
                     seconds_per_star_excluding_compile=(nuts_s - nuts_compile) / len(spectra),
-                    stars=[_star_row(k, r, truth[k], names) for k, r in enumerate(results)])
+                    stars=[_star_row(first + k, r, truth[k], names) for k, r in enumerate(results)])
     if ok:
         document["median_gradients"] = float(np.median([row["gradients"] for row in document["stars"] if "gradients" in row]))
     _write(document, out / f"nuts_{tag}.json")
     print(f"MAP + NUTS: {nuts_s:.1f} s for {len(spectra)} stars ({nuts_compile:.1f} s compiling, {sampler_s:.1f} s "
           f"sampling), {len(ok)} ok", flush=True)
-    arrays = {f"samples_{k}": np.asarray(r.samples) for k, r in enumerate(results) if not isinstance(r, Exception)}
-    arrays.update({f"map_{k}": np.asarray([r.value(n) for n in r.names]) for k, r in enumerate(results)
+    arrays = {f"samples_{first + k}": np.asarray(r.samples) for k, r in enumerate(results) if not isinstance(r, Exception)}
+    arrays.update({f"map_{first + k}": np.asarray([r.value(n) for n in r.names]) for k, r in enumerate(results)
                    if not isinstance(r, Exception)})
     np.savez_compressed(out / f"nuts_{tag}.npz", names=np.array(ok[0].names if ok else []), **arrays)
 
@@ -250,6 +254,7 @@ def main() -> None:
     nuts.add_argument("--stars", required=True)
     nuts.add_argument("--emulator", default="payne-default")
     nuts.add_argument("--n-stars", type=int, default=16)
+    nuts.add_argument("--first-star", type=int, default=0, help="fit stars first .. first + n-stars - 1 of the file")
     nuts.add_argument("--num-warmup", type=int, default=500)
     nuts.add_argument("--num-samples", type=int, default=500)
     nuts.add_argument("--num-chains", type=int, default=4)
