@@ -6,11 +6,12 @@
 # TransformerPayne NUTS on as many stars as the time left allows (the reference for the fast path).
 # Run from the repository root; $OUT receives the JSON and the draws. A dry run on a CPU: PATH=$PWD/.venv/bin:$PATH
 # OUT=/tmp/dry LIMIT=400 FAST_STARS=1 TP_LANES=1 NUTS_ARGS="--num-warmup 20 --num-samples 20" bash benchmarks/gpu_fits_device.sh
-# History (benchmarks/results/gpu_fits_h200.md, gpu_fits_h100.md): the first 2026-11-26 session ran grad and payne-default
+# History (benchmarks/results/gpu_fits_h200.md): the first 2026-11-26 session ran grad and payne-default
 # NUTS with TF32 products; the second ran this script's earlier order (grad of all three emulators, 150 s,
 # which ended before the TransformerPayne; payne-default NUTS on 16 stars, which did not finish in 200 s)
 # and then payne-default NUTS on 8 stars at full precision (176 s). payne-default is measured, so the
-# TransformerPayne now goes first.
+# TransformerPayne now goes first. The third session (H200) ran this order: grad ended while compiling 16
+# lanes, the fast path on stars 0-7 did not finish in 230 s with an empty cache, stars 8-15 then did (130 s).
 # Needs: .gpu/stars_snr100.npz (bench_gpu_fits.py stars ...) and .whl/ (wheels of the packages the device
 # lacks: astropy, pyerfa, astropy-iers-data, arviz-base, arviz-stats, xarray-einstats, blackjax, numpyro).
 set -u

@@ -149,6 +149,17 @@ def test_polish_leaves_a_start_pressed_against_a_box_edge(problem, payne_map):
     assert result.theta[i] > problem.lower[i] + 0.05
 
 
+def test_sample_with_auto_takes_the_fast_path_on_a_gpu_too(monkeypatch):
+    """On an H200 exact TransformerPayne NUTS costs minutes per star and the fast path ~10 s
+    (benchmarks/results/gpu_fits_h200.md), so "auto" does not depend on the backend."""
+    import jax
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    chosen = _resolve_sample_with("auto", sf.load_emulator("default"), "nuts")
+    assert chosen is not None and chosen.name == "default-fast"
+    assert _resolve_sample_with("self", sf.load_emulator("default"), "nuts") is None
+
+
 def test_sample_with_resolution_and_errors(payne):
     assert _resolve_sample_with("auto", payne, "nuts") is None  # a Payne samples itself
     assert _resolve_sample_with("fast", sf.load_emulator("default"), "map") is None  # MAP samples nothing

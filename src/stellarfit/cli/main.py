@@ -332,9 +332,9 @@ def _z_transform_option(args: argparse.Namespace) -> dict:
     return {"z_transform": args.z_transform}
 
 
-SAMPLE_WITH_HELP = ("which emulator NUTS samples with: auto (default: for a TransformerPayne on a CPU, its fast path, "
+SAMPLE_WITH_HELP = ("which emulator NUTS samples with: auto (default: for a TransformerPayne, its fast path, "
                     "the draws moved to the TransformerPayne's mode; else the emulator itself), self, fast "
-                    "(see docs/fitting.md, NUTS with the TransformerPayne on a CPU)")
+                    "(see docs/fitting.md, NUTS with the TransformerPayne: sample_with)")
 
 
 def _check_sample_with_option(text: str, emulator) -> None:
