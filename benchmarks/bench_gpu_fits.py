@@ -11,6 +11,9 @@ as soon as it ends):
 ``grad``    time of one batched value-and-gradient of the sampled log density
             (the whole observation model, continuum marginalized) for each
             emulator, at several numbers of lanes (chains x stars) per call.
+``compare`` (any machine, usually the CPU) ``fit_star(method="nuts")`` one star at a time on
+            stars whose ``nuts`` draws came back from the device, same emulator and
+            ``sample_with``: medians and 68% half-widths of the two sets of draws.
 ``nuts``    ``fit_stars(method="nuts")`` (its MAP, then batched NUTS) on a batch of
             stars with one emulator (4 chains x (500 + 500) by default),
             sampling the emulator itself (``sample_with="self"``); XLA
@@ -27,6 +30,8 @@ as soon as it ends):
     python benchmarks/bench_gpu_fits.py nuts --stars .gpu/stars_snr100.npz --emulator payne-default --n-stars 16 --out OUT
     python benchmarks/bench_gpu_fits.py nuts --stars .gpu/stars_snr100.npz --emulator default --n-stars 2 --out OUT
     python benchmarks/bench_gpu_fits.py nuts --stars .gpu/stars_snr100.npz --emulator default --sample-with fast --n-stars 8 --out OUT
+    python benchmarks/bench_gpu_fits.py compare --stars .gpu/stars_snr100.npz --draws OUT/nuts_default_fast.npz \
+        --emulator default --sample-with fast --star-ids 0 1 2 3 --out benchmarks/results/FILE.json
 """
 
 from __future__ import annotations
@@ -229,6 +234,42 @@ def cmd_nuts(args) -> None:
     np.savez_compressed(out / f"nuts_{tag}.npz", names=np.array(ok[0].names if ok else []), **arrays)
 
 
+# -- compare --------------------------------------------------------------------------------
+def cmd_compare(args) -> None:
+    """fit_star here against the device's batched draws of the same stars (Monte-Carlo agreement)."""
+    import stellarfit as sf
+
+    spectra, truth, names = load_stars(args.stars)
+    emulator = sf.load_emulator(args.emulator)
+    document = {**_header("compare", args), "draws": os.path.basename(args.draws), "stars": []}
+    with np.load(args.draws) as device:
+        device_names = [str(n) for n in device["names"]]
+        device_draws = {k: np.array(device[f"samples_{k}"]) for k in args.star_ids}
+    for k in args.star_ids:
+        start = time.perf_counter()
+        result = sf.fit_star(spectra[k], emulator, method="nuts", sample_with=args.sample_with, seed=args.seed)
+        seconds = time.perf_counter() - start
+        if list(result.names) != device_names:
+            raise SystemExit(f"parameter names differ: {result.names} here, {device_names} in {args.draws}")
+        here = np.asarray(result.samples, dtype=np.float64).reshape(-1, len(device_names))
+        there = device_draws[k].reshape(-1, len(device_names))
+        lo, median, hi = np.percentile(here, [16, 50, 84], axis=0)
+        dlo, dmedian, dhi = np.percentile(there, [16, 50, 84], axis=0)
+        half = 0.5 * (hi - lo)
+        shift = (dmedian - median) / half
+        width = 0.5 * (dhi - dlo) / half
+        d = result.diagnostics
+        row = {"star": k, "seconds": seconds, "min_ess_bulk": float(min(d["ess_bulk"].values())),
+               "gradients": int(d.get("gradient_evaluations", 0)) + int(d.get("gradient_evaluations_warmup", 0)),
+               "median_shift_over_half_width": dict(zip(device_names, shift.tolist())),
+               "half_width_ratio_device_over_here": dict(zip(device_names, width.tolist()))}
+        document["stars"].append(row)
+        print(f"star {k}: {seconds:.1f} s here; |median shift| / half-width: median {np.median(np.abs(shift)):.2f}, "
+              f"max {np.max(np.abs(shift)):.2f} ({device_names[int(np.argmax(np.abs(shift)))]}); half-width ratio "
+              f"{width.min():.2f}-{width.max():.2f}", flush=True)
+        _write(document, Path(args.out))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +291,16 @@ def main() -> None:
     grad.add_argument("--tag", default="device")
     grad.add_argument("--out", required=True)
     grad.set_defaults(func=cmd_grad)
+    compare = commands.add_parser("compare")
+    compare.add_argument("--stars", required=True)
+    compare.add_argument("--draws", required=True, help="a nuts step's npz (samples_K per star K)")
+    compare.add_argument("--emulator", default="default")
+    compare.add_argument("--sample-with", default="fast", choices=["self", "fast"])
+    compare.add_argument("--star-ids", type=int, nargs="+", default=[0, 1, 2, 3])
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--out", required=True, help="the JSON file to write")
+    compare.set_defaults(func=cmd_compare)
+
     nuts = commands.add_parser("nuts")
     nuts.add_argument("--stars", required=True)
     nuts.add_argument("--emulator", default="payne-default")

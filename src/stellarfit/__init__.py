@@ -41,6 +41,7 @@ _LAZY = {
     "fit_batch": "stellarfit.inference",
     "example_spectrum": "stellarfit.spectra",
     "cramer_rao": "stellarfit.inference",
+    "enable_compilation_cache": "stellarfit._cache",
 }
 
 __all__ = ["Label", "LabelSpec", "default_label_spec", "__version__", *sorted(_LAZY)]

@@ -884,5 +884,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """The ``stellarfit`` program: :func:`main` with compiled programs kept between runs
+    (:func:`stellarfit.enable_compilation_cache`; ``STELLARFIT_COMPILATION_CACHE=off`` disables it)."""
+    from stellarfit._cache import enable_compilation_cache
+
+    try:
+        enable_compilation_cache()
+    except Exception as error:  # noqa: BLE001 - a run without the cache is still a run
+        _log(f"stellarfit: compiled programs will not be kept between runs ({type(error).__name__}: {error})")
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()
