@@ -48,6 +48,9 @@ def test_enable_compilation_cache_settings(tmp_path):
     chosen = _probe(STELLARFIT_CACHE=str(tmp_path / "cache"), STELLARFIT_COMPILATION_CACHE=str(tmp_path / "mine"))
     assert chosen["jax_dir"] == str(tmp_path / "mine")
 
+    on = _probe(STELLARFIT_CACHE=str(tmp_path / "cache"), STELLARFIT_COMPILATION_CACHE="on")
+    assert on["jax_dir"] == expected  # "on" is the default place, not a directory named "on"
+
     jax_own = _probe(STELLARFIT_CACHE=str(tmp_path / "cache"), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-own"))
     assert jax_own["jax_dir"] == str(tmp_path / "jax-own")  # JAX's own setting wins
 

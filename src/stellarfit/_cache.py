@@ -17,6 +17,7 @@ __all__ = ["cache_dir", "enable_compilation_cache"]
 #: the compilation cache's size limit (least recently used programs are deleted beyond it)
 COMPILATION_CACHE_MAX_BYTES = 2 * 2**30
 _OFF = ("0", "off", "no", "false")
+_ON = ("1", "on", "yes", "true")
 
 
 def cache_dir(*parts: str, create: bool = True) -> Path:
@@ -49,14 +50,16 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     yourself in scripts.  Results are the same with or without it.
 
     Where: ``path``, else ``$STELLARFIT_COMPILATION_CACHE`` (a directory; ``0``/``off``
-    disables the cache), else ``cache_dir("jax")``.  A ``$JAX_COMPILATION_CACHE_DIR`` already
+    disables the cache, ``1``/``on`` is the default place), else ``cache_dir("jax")``.  A ``$JAX_COMPILATION_CACHE_DIR`` already
     set wins (JAX's own setting).  Every program is kept (no minimum compile time), up to
     ``COMPILATION_CACHE_MAX_BYTES`` (2 GiB; least recently used deleted first, under a file lock
     so that worker processes can share it).  The settings also go to the environment, so worker
     processes started later use the same cache.  Returns the directory, or None when disabled.
     """
-    setting = os.environ.get("STELLARFIT_COMPILATION_CACHE", "")
-    if path is None and setting.strip().lower() in _OFF:
+    setting = os.environ.get("STELLARFIT_COMPILATION_CACHE", "").strip()
+    if setting.lower() in _ON:
+        setting = ""  # on, in the default place
+    if path is None and setting.lower() in _OFF:
         return None
     if path is None and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         directory = Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).expanduser()
