@@ -50,8 +50,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     yourself in scripts.  Results are the same with or without it.
 
     Where: ``path``, else ``$STELLARFIT_COMPILATION_CACHE`` (a directory; ``0``/``off``
-    disables the cache, ``1``/``on`` is the default place), else ``cache_dir("jax")``.  A ``$JAX_COMPILATION_CACHE_DIR`` already
-    set wins (JAX's own setting).  Every program is kept (no minimum compile time), up to
+    disables the cache, ``1``/``on`` is the default place), else ``cache_dir("jax")``.  A
+    ``$JAX_COMPILATION_CACHE_DIR`` already set wins (JAX's own setting).  Every program is kept (no minimum compile time), up to
     ``COMPILATION_CACHE_MAX_BYTES`` (2 GiB; least recently used deleted first, under a file lock
     so that worker processes can share it).  The settings also go to the environment, so worker
     processes started later use the same cache.  Returns the directory, or None when disabled.
@@ -66,17 +66,11 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     else:
         directory = Path(path or setting).expanduser() if (path or setting) else cache_dir("jax")
         directory.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "JAX_COMPILATION_CACHE_DIR": str(directory),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-        "JAX_COMPILATION_CACHE_MAX_SIZE": str(COMPILATION_CACHE_MAX_BYTES),
-    }
-    for name, value in settings.items():
-        if name == "JAX_COMPILATION_CACHE_DIR":
-            os.environ[name] = value
-        else:
-            os.environ.setdefault(name, value)
+    # in the environment too, for worker processes started later; the user's own values of the others win
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(directory)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(COMPILATION_CACHE_MAX_BYTES))
     import jax
 
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
