@@ -1,11 +1,45 @@
-"""Shared test settings: fixed seeds, float64 available for reference checks."""
+"""Shared test settings: fixed seeds, float64 available for reference checks, and one
+compilation cache for the whole run.
 
+Many test modules fit the same spectra with the same emulators, and each module drops
+JAX's compiled programs when it ends (below), so the suite used to compile the same
+fit programs again module after module, and again in every CLI subprocess.  JAX's
+persistent compilation cache, in a directory private to this run (deleted at its end),
+lets a later module or subprocess load a program an earlier one compiled.  A
+``JAX_COMPILATION_CACHE_DIR`` already in the environment is used instead and kept (warm
+reruns); ``STELLARFIT_TEST_COMPILATION_CACHE=off`` compiles everything afresh.  Tests that
+check the cache itself run their processes with their own settings
+(tests/test_compilation_cache.py).
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def _run_compilation_cache() -> None:
+    if os.environ.get("STELLARFIT_TEST_COMPILATION_CACHE", "").strip().lower() in ("0", "off", "no", "false"):
+        return
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        directory = tempfile.mkdtemp(prefix="stellarfit-test-jax-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = directory  # subprocesses (the CLI, worker processes) share it
+    # programs that compile in under a second are cheaper to compile than to keep
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+_run_compilation_cache()
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -44,7 +44,8 @@ def _spectra(n=6, seed=2):
     return spectra, np.array(truths), [*TOY_SPEC.names, "rv"]
 
 
-OPTIONS = dict(n_starts=2, adam_steps=100, rv_range=(-100.0, 100.0), vsini_max=20.0, batch_size=4)
+#: batch_size=1: one small program per emulator (65 s -> 42 s for the fixture; batching is checked in test_fit_star.py)
+OPTIONS = dict(n_starts=2, adam_steps=100, rv_range=(-100.0, 100.0), vsini_max=20.0, batch_size=1)
 #: one instance each, so that the tests share their compiled fits (forward models are cached per emulator)
 TOY, SHIFTED = ToyEmulator(), ShiftedToy()
 

@@ -1,7 +1,8 @@
 """The ``stellarfit`` program keeps its compiled XLA programs between runs (stellarfit._cache).
 
-Every check runs in a new process: the cache is a process-wide JAX setting, and this
-test process must not start writing programs to disk.
+Every check runs in a new process with its own settings: the cache is a process-wide JAX
+setting, and this test run has one of its own (tests/conftest.py), which these processes
+must not see.
 """
 
 import json

@@ -259,6 +259,7 @@ def test_fit_stars_nuts_samples_every_star_in_one_batch(emulator):
         fit_stars(spectra, emulator, method="blackjax", **options)
 
 
+@pytest.mark.slow  # one forward model per ladder is checked fast in test_forward_lsf.py
 def test_fit_stars_batches_spectra_whose_per_pixel_resolution_differs(emulator, monkeypatch):
     """Spectra on the same pixels with different R(lambda) (as BOSS fibres have) share one forward
     model's programs through the anchor ladder, so fit_stars fits them in one vmapped batch; each fit

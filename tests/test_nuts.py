@@ -159,7 +159,7 @@ def test_sampling_at_a_box_edge_vsini_zero():
     assert 0.5 * sigma_z < z_vsini.std() < 2.5 * sigma_z, (z_vsini.std(), sigma_z)
 
 
-@pytest.mark.parametrize("transform", ["probit", "probit-labels"])
+@pytest.mark.parametrize("transform", ["probit", pytest.param("probit-labels", marks=pytest.mark.slow)])
 def test_transforms_of_z_sample_the_same_posterior(transform):
     """The map from z to the boxes changes the coordinates NUTS moves in, not the posterior in theta:
     on the vsini = 0 toy (vsini piled against its edge) the logistic and the probit maps give the same
@@ -371,7 +371,7 @@ def test_numpyro_fit_star_second_spectrum_compiles_nothing(emulator):
     assert result.sample_stats["n_steps"].shape == (2, 10) and result.diagnostics["gradient_evaluations_warmup"] >= 20
 
 
-@pytest.mark.parametrize("method", ["nuts", "blackjax"])
+@pytest.mark.parametrize("method", ["nuts", pytest.param("blackjax", marks=pytest.mark.slow)])
 def test_chains_in_pinned_worker_processes_match_sequential(emulator, method):
     """chain_method="processes" deals the chains out to worker processes pinned one per core; each chain
     runs the same program with the same key and start as in "sequential", so the draws agree."""
@@ -508,6 +508,7 @@ def test_numpyro_batch_matches_one_star_at_a_time():
         sample_numpyro_batch(problems, [maps[0].theta], None, **options)
 
 
+@pytest.mark.slow  # Stan's windows ("laplace-windows", "dense", "diagonal"): not the default schedule
 def test_adaptation_windows_follow_stan_and_reach_both_samplers(monkeypatch):
     from blackjax.adaptation.staged_adaptation import build_schedule
     from numpyro.infer import hmc_util
@@ -568,7 +569,7 @@ def test_pooled_phases_and_metric():
     np.testing.assert_array_equal(pooled_inverse_mass(np.full((2, 5, 3), np.nan), 1e-3), 1e-3 * np.eye(3))
 
 
-@pytest.mark.parametrize("sampler", [sample_numpyro, sample_blackjax])
+@pytest.mark.parametrize("sampler", [sample_numpyro, pytest.param(sample_blackjax, marks=pytest.mark.slow)])
 def test_pooled_schedule_estimates_one_metric_from_all_chains(sampler, monkeypatch):
     """The default schedule runs the chains to the end of the collecting phase, estimates one dense metric
     from all their positions and continues every chain from where it stopped with that metric."""
@@ -589,8 +590,10 @@ def test_pooled_schedule_estimates_one_metric_from_all_chains(sampler, monkeypat
     # in the whitened coordinates the Laplace covariance is 1e-3 I: the pooled estimate is of that order
     assert 1e-4 < np.trace(metric) / 5 < 1e-2, np.diag(metric)
     assert result.samples.shape == (3, 40, 5) and np.all(np.isfinite(result.samples))
-    # every warm-up iteration of both phases is counted (at least one leapfrog step each)
+    # every warm-up iteration of both phases is counted (at least one leapfrog step each), and kept per iteration
     assert result.diagnostics["gradient_evaluations_warmup"] >= 3 * 60
+    assert result.warmup_n_steps.shape == (3, 60) and np.all(result.warmup_n_steps >= 1)
+    assert int(result.warmup_n_steps.sum()) == result.diagnostics["gradient_evaluations_warmup"]
     # the same posterior as each chain adapting its own metric, within Monte-Carlo error
     own = sampler(marginalized, TRUTH, covariance, num_warmup=60, num_samples=40, num_chains=3, seed=1,
                   chain_method="sequential", mass_matrix="laplace")

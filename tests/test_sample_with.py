@@ -171,7 +171,7 @@ def test_sample_with_resolution_and_errors(payne):
         _resolve_sample_with("fastest", payne, "nuts")
 
 
-@pytest.mark.parametrize("z_transform", ["logit", "probit"])
+@pytest.mark.parametrize("z_transform", ["logit", pytest.param("probit", marks=pytest.mark.slow)])
 def test_nuts_through_a_fast_path_takes_the_emulators_location(payne, spectrum, payne_map, fast_map, z_transform):
     """payne-default naming default-fast as its fast path: the chains sample default-fast's
     posterior and the draws move to payne-default's mode, so the medians follow payne-default

@@ -134,12 +134,15 @@ class SamplerResult:
             ``mean_acceptance``, ``elapsed_s``, ``backend`` and the settings.
         sample_stats: per-draw arrays (n_chains, n_draws): ``diverging``, ``n_steps``,
             ``tree_depth``, ``acceptance_rate``, ``lp`` (log density in z).
+        warmup_n_steps: (n_chains, num_warmup) leapfrog steps of each warm-up iteration (every
+            phase of the schedule, in order; see :func:`pooled_phases`), or None.
     """
 
     samples: np.ndarray
     names: tuple[str, ...]
     diagnostics: dict[str, Any]
     sample_stats: dict[str, np.ndarray]
+    warmup_n_steps: np.ndarray | None = None
 
     @property
     def n_chains(self) -> int:
@@ -464,7 +467,9 @@ def _finish(problem, z, stats, warmup_steps, step_size, settings, start_time, la
     )
     if laplace is not None:
         diagnostics.update(laplace_newton_iterations=laplace.iterations, laplace_converged=laplace.converged)
-    return SamplerResult(samples=samples, names=names, diagnostics=diagnostics, sample_stats=stats)
+    warmup = np.asarray(warmup_steps)
+    warmup = warmup.astype(np.int64) if warmup.ndim == 2 and warmup.shape[0] == samples.shape[0] else None
+    return SamplerResult(samples=samples, names=names, diagnostics=diagnostics, sample_stats=stats, warmup_n_steps=warmup)
 
 
 class _Start(NamedTuple):
