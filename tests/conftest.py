@@ -26,17 +26,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 def _run_compilation_cache() -> None:
     if os.environ.get("STELLARFIT_TEST_COMPILATION_CACHE", "").strip().lower() in ("0", "off", "no", "false"):
         return
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    from stellarfit import enable_compilation_cache
+
+    directory = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if not directory:
         directory = tempfile.mkdtemp(prefix="stellarfit-test-jax-")
         atexit.register(shutil.rmtree, directory, ignore_errors=True)
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = directory  # subprocesses (the CLI, worker processes) share it
     # programs that compile in under a second are cheaper to compile than to keep
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    enable_compilation_cache(directory)  # also in the environment: subprocesses (the CLI, worker processes) share it
 
 
 _run_compilation_cache()
