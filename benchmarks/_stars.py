@@ -66,3 +66,26 @@ def compile_counter() -> dict:
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     return counts
+
+
+def add_heldout_options(parser, out: str) -> None:
+    """Options of the benchmarks that fit held-out stars from a ``bench_gpu_fits.py stars`` npz."""
+    parser.add_argument("--stars", required=True, help="a bench_gpu_fits.py stars npz (the S/N-100 heldout-b set)")
+    parser.add_argument("--emulator", default="payne-default")
+    parser.add_argument("--star-indices", type=int, nargs="+", default=None, help="default: every star in the file")
+    parser.add_argument("--out", default=out)
+
+
+def heldout_run(args, benchmark: str):
+    """(spectra, star indices, JSON path, document) for a resumable held-out-star benchmark: the
+    document at ``args.out``.json if a run left one, else a new header."""
+    import json
+    from pathlib import Path
+
+    from bench_gpu_fits import load_stars
+
+    spectra, _, _ = load_stars(args.stars)
+    indices = args.star_indices if args.star_indices is not None else list(range(len(spectra)))
+    path = Path(args.out).with_suffix(".json")
+    document = json.loads(path.read_text()) if path.exists() else document_header(benchmark, args)
+    return spectra, indices, path, document

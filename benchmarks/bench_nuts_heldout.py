@@ -27,24 +27,17 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _stars import document_header  # noqa: E402
+from _stars import add_heldout_options, heldout_run  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stars", required=True)
-    parser.add_argument("--emulator", default="payne-default")
-    parser.add_argument("--star-indices", type=int, nargs="+", default=None)
-    parser.add_argument("--out", default=str(HERE / "results" / "nuts_heldout_payne-default"))
+    add_heldout_options(parser, str(HERE / "results" / "nuts_heldout_payne-default"))
     args = parser.parse_args()
 
     import stellarfit as sf
-    from bench_gpu_fits import load_stars
 
-    spectra, _, _ = load_stars(args.stars)
-    indices = args.star_indices if args.star_indices is not None else list(range(len(spectra)))
-    path = Path(args.out).with_suffix(".json")
-    document = json.loads(path.read_text()) if path.exists() else document_header("bench_nuts_heldout", args)
+    spectra, indices, path, document = heldout_run(args, "bench_nuts_heldout")
     done = {run["star"] for run in document["runs"]}
     emulator = sf.load_emulator(args.emulator)
     todo = [k for k in indices if k not in done]

@@ -29,7 +29,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _stars import document_header  # noqa: E402
+from _stars import add_heldout_options, heldout_run  # noqa: E402
 
 
 def phase_table(warmup: np.ndarray, draws: np.ndarray, num_warmup: int) -> dict:
@@ -49,14 +49,10 @@ def phase_table(warmup: np.ndarray, draws: np.ndarray, num_warmup: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stars", required=True)
-    parser.add_argument("--emulator", default="payne-default")
-    parser.add_argument("--star-indices", type=int, nargs="+", default=None)
-    parser.add_argument("--out", default=str(HERE / "results" / "warmup_phases_payne-default"))
+    add_heldout_options(parser, str(HERE / "results" / "warmup_phases_payne-default"))
     args = parser.parse_args()
 
     import stellarfit as sf
-    from bench_gpu_fits import load_stars
     from stellarfit.inference import nuts
 
     returned = []
@@ -68,11 +64,7 @@ def main() -> None:
 
     nuts.sample_numpyro = keeping
 
-    spectra, _, _ = load_stars(args.stars)
-    indices = args.star_indices if args.star_indices is not None else list(range(len(spectra)))
-    out = Path(args.out)
-    path = out.with_suffix(".json")
-    document = json.loads(path.read_text()) if path.exists() else document_header("bench_warmup_phases", args)
+    spectra, indices, path, document = heldout_run(args, "bench_warmup_phases")
     done = {run["star"] for run in document["runs"]}
     emulator = sf.load_emulator(args.emulator)
     for k in indices:
@@ -105,7 +97,7 @@ def main() -> None:
                          f"{s.get('rest_first_50', float('nan')):.1f} | {s.get('rest_after', float('nan')):.1f} | {s['draws']:.1f} | "
                          f"{excess:,.0f} / {total:,} ({100 * excess / total:.0f}%) | "
                          f"{min(r['step_size']):.2f}-{max(r['step_size']):.2f} | {r['min_ess_bulk']:.0f} |")
-        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        path.with_suffix(".md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
 
 
