@@ -263,10 +263,12 @@ def test_simulate_observation_matches_forward_model_and_noise_level():
         simulate_observation(native, line, 30_000.0, observed, 15_000.0, snr=0.0)
 
 
-@pytest.mark.parametrize("n_coefficients", [0, 1, 3, 6])
+@pytest.mark.parametrize("n_coefficients", [0, 1, 3, 4, 5, 6])
 def test_continuum_chi2_derivatives_match_differentiating_through_the_solve(n_coefficients):
     """continuum_chi2 takes its derivatives from the envelope theorem; they must equal autodiff through
-    profile_continuum's solve, first and second order, in every argument, and under vmap."""
+    profile_continuum's solve, first and second order, in every argument, and under vmap.  Up to 4
+    coefficients the products over pixels are written out (_SMALL_DESIGN), above as matrix products:
+    both are checked, and the values against NumPy's least squares."""
     from stellarfit.forward import continuum_chi2
 
     with jax.enable_x64(True):
@@ -291,6 +293,15 @@ def test_continuum_chi2_derivatives_match_differentiating_through_the_solve(n_co
             return chi2 + 0.7 * logdet
 
         np.testing.assert_allclose(envelope(*arrays), through_solve(*arrays), rtol=1e-12)
+        if n_coefficients:  # independently: weighted least squares and the normal matrix's log determinant
+            basis = design * model[:, None]
+            root = np.sqrt(ivar)
+            best = np.linalg.lstsq(basis * root[:, None], flux * root, rcond=None)[0]
+            chi2 = np.sum(ivar * (flux - basis @ best) ** 2)
+            logdet = np.linalg.slogdet(basis.T @ (basis * ivar[:, None]))[1]
+            coefficients, _, got_chi2, got_logdet = profile_continuum(*arrays)
+            np.testing.assert_allclose(coefficients, best, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose([got_chi2, got_logdet], [chi2, logdet], rtol=1e-9)
         for got, expected in zip(jax.grad(envelope, argnums=(0, 1, 2, 3))(*arrays),
                                  jax.grad(through_solve, argnums=(0, 1, 2, 3))(*arrays)):
             assert got.shape == expected.shape

@@ -100,7 +100,7 @@ def _bessel_ratio(x):
         -0.00249511 + y * (0.00113653 - y * 0.00020033)))))
     phase = large - 2.35619449 + y * (0.12499612 + y * (0.00005650 + y * (-0.00637879 + y * (
         0.00074348 + y * (0.00079824 - y * 0.00029166)))))
-    asymptotic = 2.0 * amplitude * jnp.cos(phase) / large**1.5
+    asymptotic = 2.0 * amplitude * jnp.cos(phase) / (large * jnp.sqrt(large))  # not large**1.5: pow is exp(1.5 log)
     return jnp.where(x <= 3.0, series, asymptotic)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 __all__ = ["continuum_design_matrix", "profile_continuum", "continuum_chi2"]
 
@@ -46,12 +47,52 @@ def continuum_design_matrix(wavelength: np.ndarray, arms: np.ndarray | None = No
     return design
 
 
+# Products over the pixels with a small continuum (k <= _SMALL_DESIGN coefficients: one arm of degree
+# <= 3) are written so that XLA's CPU backend runs them as fused loops or a matrix-vector product with
+# the pixels along rows: its matrix products with an inner or outer dimension of 2-4 pixels' columns,
+# and its library fusions of such reductions, cost 5-20x their arithmetic (the normal matrix and the
+# leverages of the likelihood's gradient took a tenth of a payne-default gradient; docs/fitting.md, Speed).
+_SMALL_DESIGN = 4
+
+
+def _weighted_gram(design, weight):
+    """sum_i weight_i B_ia B_ib, (k, k)."""
+    k = design.shape[-1]
+    if k > _SMALL_DESIGN:
+        return design.T @ (design * weight[:, None])
+    columns = design.T  # (k, n)
+    products = (columns[:, None, :] * columns[None, :, :]).reshape(k * k, -1)  # constant when the design is
+    return (products @ weight).reshape(k, k)
+
+
+def _times_design(design, matrix):
+    """B @ ``matrix`` for (k, m) ``matrix``: (n, m)."""
+    if design.shape[-1] > _SMALL_DESIGN:
+        return design @ matrix
+    columns = design.T
+    return sum(columns[a][:, None] * matrix[a][None, :] for a in range(design.shape[-1]))
+
+
+def _leverage(design, inverse):
+    """q_i = B_i^T A^-1 B_i for the symmetric (k, k) ``inverse``, (n,)."""
+    k = design.shape[-1]
+    if k > _SMALL_DESIGN:
+        return jnp.sum((design @ inverse) * design, axis=1)
+    columns = design.T
+    return sum(columns[a] * columns[b] * inverse[a, b] for a in range(k) for b in range(k))
+
+
 def _normal_matrix(model, ivar, design, ridge):
-    basis = design * model[:, None]
-    weighted = basis * ivar[:, None]
-    normal = basis.T @ weighted
+    """(A = (B m)^T W (B m) plus the ridge, B^T W m f's weights W m)."""
+    weight = ivar * model
+    normal = _weighted_gram(design, weight * model)
     scale = jnp.trace(normal) / normal.shape[0]
-    return normal + ridge * scale * jnp.eye(normal.shape[0], dtype=normal.dtype), weighted
+    return normal + ridge * scale * jnp.eye(normal.shape[0], dtype=normal.dtype), weight
+
+
+def _right_hand_side(design, weight, flux):
+    """(B m)^T W f = B^T (W m f), (k,)."""
+    return design.T @ (weight * flux)
 
 
 def profile_continuum(model, flux, ivar, design, ridge: float = 1e-10):
@@ -68,9 +109,9 @@ def profile_continuum(model, flux, ivar, design, ridge: float = 1e-10):
     if design.shape[-1] == 0:  # static shape: no continuum, the model is the flux model
         chi2 = jnp.sum(ivar * (flux - model) ** 2)
         return jnp.zeros((0,), chi2.dtype), jnp.ones_like(model), chi2, jnp.zeros((), chi2.dtype)
-    normal, weighted = _normal_matrix(model, ivar, design, ridge)
-    coefficients = jnp.linalg.solve(normal, weighted.T @ flux)
-    continuum = design @ coefficients
+    normal, weight = _normal_matrix(model, ivar, design, ridge)
+    coefficients = jnp.linalg.solve(normal, _right_hand_side(design, weight, flux))
+    continuum = _times_design(design, coefficients[:, None])[:, 0]
     residual = flux - continuum * model
     chi2 = jnp.sum(ivar * residual**2)
     _, logdet = jnp.linalg.slogdet(normal)
@@ -93,27 +134,49 @@ def continuum_chi2(model, flux, ivar, design):
     return chi2, logdet
 
 
-@continuum_chi2.defjvp
 def _continuum_chi2_jvp(primals, tangents):
     model, flux, ivar, design = primals
-    d_model, d_flux, d_ivar, d_design = tangents
+    # symbolic zeros: a likelihood differentiates the model only; flux, ivar and design are constants
+    # there, and their terms are left out instead of computed from zeros
+    d_model, d_flux, d_ivar, d_design = (None if type(t) is SymbolicZero else t for t in tangents)
     if design.shape[-1] == 0:
         residual = flux - model
         chi2 = jnp.sum(ivar * residual**2)
-        d_chi2 = jnp.sum(2.0 * ivar * residual * (d_flux - d_model) + residual**2 * d_ivar)
+        d_chi2 = jnp.zeros((), chi2.dtype)
+        if d_flux is not None or d_model is not None:
+            d_difference = (0.0 if d_flux is None else d_flux) - (0.0 if d_model is None else d_model)
+            d_chi2 = d_chi2 + jnp.sum(2.0 * ivar * residual * d_difference)
+        if d_ivar is not None:
+            d_chi2 = d_chi2 + jnp.sum(residual**2 * d_ivar)
         zero = jnp.zeros((), chi2.dtype)
         return (chi2, zero), (d_chi2, zero)
-    normal, weighted = _normal_matrix(model, ivar, design, 1e-10)
-    solved = jnp.linalg.solve(normal, jnp.concatenate([(weighted.T @ flux)[:, None], design.T], axis=1))  # (k, 1 + n)
-    coefficients, inverse_design = solved[:, 0], solved[:, 1:]
-    continuum = design @ coefficients
+    normal, weight = _normal_matrix(model, ivar, design, 1e-10)
+    # A^-1 itself (k x k) next to the coefficients: the leverages need B_i^T A^-1 B_i, not A^-1 B^T (k x n)
+    k = normal.shape[0]
+    solved = jnp.linalg.solve(normal, jnp.concatenate([_right_hand_side(design, weight, flux)[:, None],
+                                                      jnp.eye(k, dtype=normal.dtype)], axis=1))
+    coefficients, inverse = solved[:, 0], solved[:, 1:]
+    continuum = _times_design(design, coefficients[:, None])[:, 0]
     residual = flux - continuum * model
     chi2 = jnp.sum(ivar * residual**2)
     _, logdet = jnp.linalg.slogdet(normal)
     weighted_residual = 2.0 * ivar * residual
-    d_chi2 = jnp.sum(weighted_residual * (d_flux - continuum * d_model - model * (d_design @ coefficients))
-                     + residual**2 * d_ivar)
-    leverage = jnp.sum(design * inverse_design.T, axis=1)  # q_i = B_i^T A^-1 B_i
-    d_logdet = (jnp.sum(leverage * (model**2 * d_ivar + 2.0 * ivar * model * d_model))
-                + 2.0 * jnp.sum(ivar * model**2 * jnp.sum(inverse_design.T * d_design, axis=1)))
+    leverage = _leverage(design, inverse)  # q_i = B_i^T A^-1 B_i
+    d_chi2 = jnp.zeros((), chi2.dtype)
+    d_logdet = jnp.zeros((), chi2.dtype)
+    if d_model is not None:
+        d_chi2 = d_chi2 - jnp.sum(weighted_residual * continuum * d_model)
+        d_logdet = d_logdet + jnp.sum(leverage * 2.0 * ivar * model * d_model)
+    if d_flux is not None:
+        d_chi2 = d_chi2 + jnp.sum(weighted_residual * d_flux)
+    if d_ivar is not None:
+        d_chi2 = d_chi2 + jnp.sum(residual**2 * d_ivar)
+        d_logdet = d_logdet + jnp.sum(leverage * model**2 * d_ivar)
+    if d_design is not None:
+        d_chi2 = d_chi2 - jnp.sum(weighted_residual * model * (d_design @ coefficients))
+        design_inverse = _times_design(design, inverse)  # (n, k): row i is B_i^T A^-1
+        d_logdet = d_logdet + 2.0 * jnp.sum(ivar * model**2 * jnp.sum(design_inverse * d_design, axis=1))
     return (chi2, logdet), (d_chi2, d_logdet)
+
+
+continuum_chi2.defjvp(_continuum_chi2_jvp, symbolic_zeros=True)

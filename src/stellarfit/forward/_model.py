@@ -681,9 +681,13 @@ class ForwardModel:
         complex_dtype = jnp.result_type(dtype, jnp.complex64)
         bins = self._n_bins  # the transform's bins kept; irfft below zero-fills the rest
         rest_spectrum = rest_spectrum[..., :bins]
-        # rotation: the continuous profile's transform at each bin (analytic in vsini)
-        rotation = rotation_transfer(jnp.asarray(vsini, dtype), jnp.asarray(self._rotation_frequency[:bins], dtype),
-                                     self.limb_darkening)
+        # rotation: the continuous profile's transform at each bin (analytic in vsini).  Here and for the
+        # Doppler phase below, optimization_barrier makes XLA compute the per-bin factor once and keep it:
+        # otherwise its CPU backend fused the factor's sines, cosines and Bessel polynomials into each of the
+        # 4-6 loops that read it (the product, its adjoint, the derivatives in vsini and rv), and they took
+        # a quarter of a payne-default gradient (docs/fitting.md, Speed)
+        rotation = jax.lax.optimization_barrier(rotation_transfer(
+            jnp.asarray(vsini, dtype), jnp.asarray(self._rotation_frequency[:bins], dtype), self.limb_darkening))
         spectrum = (rest_spectrum * rotation)[None, :] * jnp.asarray(self._fused_static_fft[:, :bins]).astype(complex_dtype)
         if shift is not None:
             # delay by shift = k + f: the integer part's phase exactly (k m mod N in integers), the fraction's
@@ -693,7 +697,8 @@ class ForwardModel:
             frequency = np.arange(bins)
             cycles = (jnp.asarray(frequency, jnp.int32) * whole.astype(jnp.int32)) % size
             angle = -2.0 * np.pi * (cycles.astype(dtype) / size + jnp.asarray(frequency / size, dtype) * fraction)
-            spectrum = spectrum * jax.lax.complex(jnp.cos(angle), jnp.sin(angle)).astype(complex_dtype)
+            phase = jax.lax.optimization_barrier(jax.lax.complex(jnp.cos(angle), jnp.sin(angle)).astype(complex_dtype))
+            spectrum = spectrum * phase
             return jnp.fft.irfft(spectrum, size, axis=-1).astype(dtype)
         full = jnp.fft.irfft(spectrum, size, axis=-1)[:, 2 * half : 2 * half + n].astype(dtype)
         return full[0] if self.lsf_anchor_resolution is None else full
