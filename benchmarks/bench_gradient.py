@@ -77,9 +77,12 @@ def _profile(problem, z0, top: int) -> list[dict]:
     jax.block_until_ready(loop(z0))
     origin = {}
     for line in loop.lower(z0).compile().as_text().splitlines():
-        match = re.match(r"\s*(?:ROOT )?%([\w.-]+) = .*?op_name=\"([^\"]*)\"", line)
-        if match:
-            origin[match.group(1)] = match.group(2).replace("jit(loop)/while/body/", "")
+        match = re.match(r"\s*(?:ROOT )?%([\w.-]+) = (\S+) ([\w-]+)\(", line)
+        if not match or match.group(3) == "while":  # the loop itself contains everything
+            continue
+        name = re.search(r'op_name="([^"]*)"', line)
+        origin[match.group(1)] = (name.group(1).replace("jit(loop)/while/body/", "") if name
+                                  else f"{match.group(3)} -> {match.group(2)}")
     with tempfile.TemporaryDirectory() as directory:
         with jax.profiler.trace(directory, create_perfetto_trace=True):
             jax.block_until_ready(loop(z0))
