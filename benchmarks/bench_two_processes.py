@@ -6,8 +6,8 @@ marginalized, at the MAP in z) in a compiled loop of 1,000 gradients: in one pro
 core 0 alone, then in two processes started together on cores 0 and 1, alternating for
 ``--rounds`` rounds.  If the two slowed each other (shared cache or memory bandwidth: the
 Payne's Fourier-space read-out, 9.3 MB of float32, is read twice per gradient), the paired
-times would exceed the lone ones.  ``--variant float16`` stores that read-out matrix in float16
-(half the bytes; cast to float32 where used) to see whether memory traffic sets the cost.
+times would exceed the lone ones.  (A former ``--variant float16`` meant to halve the matrix's
+bytes measured the float32 program: XLA widened the float16 constant once, when compiling.)
 Linux only (``taskset``).
 
     python benchmarks/bench_two_processes.py --rounds 3
@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def _worker(theta_path: str, seconds: float, variant: str) -> None:
+def _worker(theta_path: str, seconds: float) -> None:
     import jax
     import jax.numpy as jnp
 
@@ -41,9 +41,6 @@ def _worker(theta_path: str, seconds: float, variant: str) -> None:
     spectrum = sf.example_spectrum()
     model = ForwardModel.from_emulator(emulator, spectrum.wavelength, float(spectrum.resolution), rv_range=(-1000.0, 1000.0),
                                        vsini_max=50.0)
-    if variant == "float16":
-        features_fn, matrix, offset = model._readout
-        model._readout = (features_fn, np.asarray(matrix, np.float16), offset)
     theta = np.load(theta_path)
     problem = FitProblem(model, emulator.label_spec, spectrum.flux, spectrum.ivar,
                          continuum_design_matrix(spectrum.wavelength, None, 2), vsini_max=50.0,
@@ -68,8 +65,8 @@ def _worker(theta_path: str, seconds: float, variant: str) -> None:
     print(json.dumps({"ms_per_gradient": 1e3 * float(np.median(times)) / 1_000, "loops": len(times)}))
 
 
-def _run(cores: list[int], theta_path: str, seconds: float, variant: str) -> list[float]:
-    command = [sys.executable, __file__, "--worker", theta_path, "--seconds", str(seconds), "--variant", variant]
+def _run(cores: list[int], theta_path: str, seconds: float) -> list[float]:
+    command = [sys.executable, __file__, "--worker", theta_path, "--seconds", str(seconds)]
     processes = [subprocess.Popen(["taskset", "-c", str(core), *command], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                   text=True) for core in cores]
     return [json.loads(p.communicate()[0].strip().splitlines()[-1])["ms_per_gradient"] for p in processes]
@@ -79,12 +76,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds per process, after compiling")
-    parser.add_argument("--variant", default="float32", choices=["float32", "float16"])
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE / "results" / "two_processes_payne-default.json"))
     args = parser.parse_args()
     if args.worker:
-        _worker(args.worker, args.seconds, args.variant)
+        _worker(args.worker, args.seconds)
         return
 
     import stellarfit as sf
@@ -92,11 +88,11 @@ def main() -> None:
     theta_path = str(Path(args.out).with_suffix(".theta.npy"))
     fit = sf.fit_star(sf.example_spectrum(), sf.load_emulator("payne-default"), "map")
     np.save(theta_path, np.array([fit.labels[name]["map"] for name in fit.names]))
-    document = {"benchmark": "bench_two_processes", "variant": args.variant, "cpu_count": os.cpu_count(),
+    document = {"benchmark": "bench_two_processes", "cpu_count": os.cpu_count(),
                 "load_average_before": list(os.getloadavg()), "seconds": args.seconds, "rounds": []}
     for round_ in range(args.rounds):
-        alone = _run([0], theta_path, args.seconds, args.variant)
-        pair = _run([0, 1], theta_path, args.seconds, args.variant)
+        alone = _run([0], theta_path, args.seconds)
+        pair = _run([0, 1], theta_path, args.seconds)
         row = {"round": round_, "alone_core0_ms": alone[0], "pair_core0_ms": pair[0], "pair_core1_ms": pair[1]}
         document["rounds"].append(row)
         print(json.dumps(row), flush=True)
@@ -107,7 +103,7 @@ def main() -> None:
                     load_average_after=list(os.getloadavg()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(document, indent=1))
-    print(f"{args.variant}: {alone:.3f} ms per gradient alone, {pair:.3f} ms in each of two pinned processes "
+    print(f"{alone:.3f} ms per gradient alone, {pair:.3f} ms in each of two pinned processes "
           f"(ratio {pair / alone:.2f})")
 
 
