@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,39 +29,10 @@ sys.path.insert(0, str(HERE))
 
 
 def _worker(theta_path: str, seconds: float) -> None:
-    import jax
-    import jax.numpy as jnp
+    from bench_gradient import time_gradients  # the same density and loop as bench_gradient.py
 
-    import stellarfit as sf
-    from stellarfit.forward import ForwardModel, continuum_design_matrix
-    from stellarfit.inference import FitProblem
-
-    emulator = sf.load_emulator("payne-default")
-    spectrum = sf.example_spectrum()
-    model = ForwardModel.from_emulator(emulator, spectrum.wavelength, float(spectrum.resolution), rv_range=(-1000.0, 1000.0),
-                                       vsini_max=50.0)
-    theta = np.load(theta_path)
-    problem = FitProblem(model, emulator.label_spec, spectrum.flux, spectrum.ivar,
-                         continuum_design_matrix(spectrum.wavelength, None, 2), vsini_max=50.0,
-                         rv_range=(theta[-2] - 50.0, theta[-2] + 50.0)).with_continuum("marginalize")
-    z0 = jnp.asarray(problem.to_unconstrained(jnp.asarray(theta, jnp.float32)))
-    gradient = jax.value_and_grad(lambda z: -problem.log_density_unconstrained(z))
-
-    @jax.jit
-    def loop(z):
-        def body(carry, _):
-            value, g = gradient(carry)
-            return carry - 1e-7 * g, value
-        return jax.lax.scan(body, z, None, length=1_000)
-
-    jax.block_until_ready(loop(z0))
-    times = []
-    end = time.time() + seconds
-    while time.time() < end:
-        start = time.perf_counter()
-        jax.block_until_ready(loop(z0))
-        times.append(time.perf_counter() - start)
-    print(json.dumps({"ms_per_gradient": 1e3 * float(np.median(times)) / 1_000, "loops": len(times)}))
+    out, _, _ = time_gradients(theta_path, seconds)
+    print(json.dumps(out))
 
 
 def _run(cores: list[int], theta_path: str, seconds: float) -> list[float]:
@@ -83,11 +53,10 @@ def main() -> None:
         _worker(args.worker, args.seconds)
         return
 
-    import stellarfit as sf
+    from bench_gradient import save_map_theta
 
     theta_path = str(Path(args.out).with_suffix(".theta.npy"))
-    fit = sf.fit_star(sf.example_spectrum(), sf.load_emulator("payne-default"), "map")
-    np.save(theta_path, np.array([fit.labels[name]["map"] for name in fit.names]))
+    save_map_theta(theta_path)
     document = {"benchmark": "bench_two_processes", "cpu_count": os.cpu_count(),
                 "load_average_before": list(os.getloadavg()), "seconds": args.seconds, "rounds": []}
     for round_ in range(args.rounds):
