@@ -186,6 +186,38 @@ def test_fit_stars_batch_matches_fit_star_and_collects_failures(emulator):
         fit_stars([broken], emulator, **options)
 
 
+@pytest.mark.slow  # ~40 s (a NUTS program compiled for one star): run by .ci/run's slow step
+def test_fit_stars_nuts_records_a_failed_batch_per_star(emulator, monkeypatch):
+    """When the batched sampler fails (one star's numerics), fit_stars(errors="collect") samples each
+    star on its own: the failing star gets its exception, the others their draws, nothing is lost."""
+    from stellarfit.inference import fit_stars
+    from stellarfit.inference import nuts
+
+    spectra = [observe(emulator, [0.4, 0.2, -0.3], rv, snr=300.0, seed=30 + i) for i, rv in enumerate([20.0, -40.0])]
+    real, calls = nuts.sample_numpyro_batch, []
+
+    def failing(problems, theta_maps, *args, **kwargs):
+        calls.append(len(problems))
+        if len(problems) > 1:
+            raise np.linalg.LinAlgError("Eigenvalues did not converge")
+        if len(calls) == 3:  # the second star, on its own
+            raise FloatingPointError("the second star's curvature is not finite")
+        return real(problems, theta_maps, *args, **kwargs)
+
+    monkeypatch.setattr(nuts, "sample_numpyro_batch", failing)
+    options = dict(n_starts=4, adam_steps=150, rv_range=(-300.0, 300.0), vsini_max=20.0, batch_size=2)
+    short = dict(num_warmup=60, num_samples=40, num_chains=1, max_tree_depth=5)
+    results = fit_stars(spectra, emulator, method="nuts", errors="collect", **short, **options)
+    assert calls == [2, 1, 1]
+    assert results[0].method == "nuts" and results[0].samples.shape[:2] == (1, 40)
+    assert results[0].labels["rv"]["value"] == pytest.approx(20.0, abs=1.0)
+    assert isinstance(results[1], FloatingPointError) and "second star" in str(results[1])
+    calls.clear()
+    with pytest.raises(np.linalg.LinAlgError):
+        fit_stars(spectra, emulator, method="nuts", **short, **options)
+    assert calls == [2]
+
+
 def test_emulator_pixel_error_inflates_errors_not_crb(emulator, tmp_path):
     from stellarfit.emulators import load_emulator
 

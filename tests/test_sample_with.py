@@ -85,6 +85,33 @@ def test_gauss_newton_z_mode_agrees_with_the_newton_mode(problem, payne_map):
         unconstrained_laplace(problem, theta, gauss_newton=True, curvature_refresh="never")
 
 
+def test_z_laplace_keeps_the_last_finite_curvature_and_reports_none(problem, payne_map, monkeypatch):
+    """Derivatives that turn non-finite during the Newton iterations (float32 overflow far into a box's
+    tail, say) leave the approximation at the last finite point; with none finite the covariance is NaN
+    and the chain starts fall back to the MAP (a batch on the GPU once failed here, in eigh)."""
+    from stellarfit.inference import nuts
+
+    theta = _theta(payne_map)
+    real, calls = nuts._log_density_and_derivatives, []
+
+    def flaky(problem, z, after=1):
+        value, gradient, hessian = real(problem, z)
+        calls.append(np.asarray(z, np.float64))
+        return value, gradient, hessian * (jnp.nan if len(calls) > after else 1.0)
+
+    monkeypatch.setattr(nuts, "_log_density_and_derivatives", flaky)
+    kept = unconstrained_laplace(problem, theta)
+    assert len(calls) >= 2, "the first Newton step was not taken: the test does not reach the non-finite curvature"
+    assert not kept.converged and np.all(np.isfinite(kept.covariance))
+    np.testing.assert_array_equal(kept.mode, calls[0])  # the start, where the curvature was finite
+    assert np.all(np.linalg.eigvalsh(kept.covariance) > 0)
+    monkeypatch.setattr(nuts, "_log_density_and_derivatives", lambda problem, z: flaky(problem, z, after=-1))
+    none = unconstrained_laplace(problem, theta)
+    assert np.all(np.isnan(none.covariance)) and not none.converged
+    start = nuts._prepare(problem, theta, None, 2, "laplace", 1.0, 0)
+    assert np.all(np.isfinite(start.center)) and np.all(np.isfinite(start.factor)) and np.all(np.isfinite(start.w_init))
+
+
 def test_the_z_mode_search_starts_from_the_curvature_the_map_polish_ended_with(problem, payne_map):
     """polish_map (chord) returns the data's curvature of its last Jacobian; unconstrained_laplace
     started from it needs one Jacobian fewer and ends at the same mode."""

@@ -668,8 +668,6 @@ def fit_stars(
                                            max_steps=INIT_POLISH_STEPS if polish_steps is None else polish_steps)
             sampling, batch_draws, surrogates = None, [None] * len(chunk), [None] * len(chunk)
             if method == "nuts":
-                from stellarfit.inference.nuts import sample_numpyro_batch
-
                 sampling = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
                                 max_tree_depth=max_tree_depth, target_accept=target_accept, mass_matrix=mass_matrix,
                                 chain_method="batched", z_transform=z_transform)
@@ -688,11 +686,7 @@ def fit_stars(
                 if good:
                     targets = [(surrogates[k].problem, surrogates[k].map.theta, None) if surrogate is not None
                                else (prepared[chunk[k]][0].problem, results[k].theta, results[k].covariance) for k in good]
-                    sampled = sample_numpyro_batch(
-                        [problem.with_continuum("marginalize").with_transform(z_transform) for problem, _, _ in targets],
-                        [theta for _, theta, _ in targets], [covariance for _, _, covariance in targets],
-                        **{k: v for k, v in sampling.items() if k not in ("chain_method", "z_transform")})
-                    for k, draws in zip(good, sampled):
+                    for k, draws in zip(good, _sample_batch(targets, sampling, z_transform, errors)):
                         batch_draws[k] = draws
             share = (time.perf_counter() - start_time) / len(chunk)
             for i, result, draws, fast_map in zip(chunk, results, batch_draws, surrogates):
@@ -713,6 +707,35 @@ def fit_stars(
                     out[i] = error
                 bar.update(1)
     bar.close()
+    return out
+
+
+def _sample_batch(targets, sampling: dict, z_transform: str, errors: str) -> list:
+    """Batched NUTS of :func:`fit_stars`' chunk: one SamplerResult per (problem, MAP, covariance) target.
+    If the batch fails (one star's numerics, say) and errors are collected, each star is sampled on its
+    own, so that one star's failure is recorded as its exception and costs the others nothing."""
+    from stellarfit.inference.nuts import sample_numpyro_batch
+
+    options = {k: v for k, v in sampling.items() if k not in ("chain_method", "z_transform")}
+
+    def run(group):
+        return sample_numpyro_batch(
+            [problem.with_continuum("marginalize").with_transform(z_transform) for problem, _, _ in group],
+            [theta for _, theta, _ in group], [covariance for _, _, covariance in group], **options)
+
+    try:
+        return run(targets)
+    except Exception as error:  # noqa: BLE001 - recorded per spectrum on request
+        if errors == "raise":
+            raise
+        if len(targets) == 1:
+            return [error]
+    out = []
+    for target in targets:
+        try:
+            out.extend(run([target]))
+        except Exception as error:  # noqa: BLE001
+            out.append(error)
     return out
 
 

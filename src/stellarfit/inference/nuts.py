@@ -369,11 +369,14 @@ def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_ite
 
     z = np.clip(np.asarray(problem.to_unconstrained(jnp.asarray(theta_map, jnp.float32)), np.float64), -8.0, 8.0)
     value, gradient, hessian = derivatives(z, refresh=curvature is None)
+    finite = lambda: bool(np.isfinite(value) and np.all(np.isfinite(gradient)) and np.all(np.isfinite(hessian)))  # noqa: E731
+    last_finite = (z, value, gradient, hessian) if finite() else None
     converged = False
     iteration = 0
     for iteration in range(1, max_iterations + 1):
-        if not (np.isfinite(value) and np.all(np.isfinite(gradient)) and np.all(np.isfinite(hessian))):
+        if not finite():
             break
+        last_finite = (z, value, gradient, hessian)
         values, vectors = np.linalg.eigh(-0.5 * (hessian + hessian.T))
         step = vectors @ ((vectors.T @ gradient) / np.maximum(values, _CURVATURE_FLOOR))
         decrement = 0.5 * float(gradient @ step)
@@ -395,6 +398,15 @@ def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_ite
         value, gradient, hessian = derivatives(z, refresh=scale < 1.0 or curvature_refresh == "always")
         if scale < 0.25:
             break  # steps cut short by kinks (a leaky-ReLU emulator is piecewise linear): close enough
+    if not finite():
+        if last_finite is None:  # no finite curvature anywhere: the caller falls back (a non-finite result)
+            nan = np.full((z.size, z.size), np.nan)
+            return UnconstrainedLaplace(mode=np.asarray(z, np.float64), covariance=nan, log_density=float(value),
+                                        iterations=int(iteration), converged=False, curvature_evaluations=evaluations)
+        # the derivatives went non-finite after a step (float32 overflow far into a box's tail, say):
+        # the last point with finite ones is the approximation
+        z, value, gradient, hessian = last_finite
+        converged = False
     values, vectors = np.linalg.eigh(-0.5 * (hessian + hessian.T))
     covariance = (vectors / np.maximum(values, _CURVATURE_FLOOR)) @ vectors.T
     return UnconstrainedLaplace(mode=z, covariance=0.5 * (covariance + covariance.T), log_density=float(value),
