@@ -12,6 +12,10 @@
 # and then payne-default NUTS on 8 stars at full precision (176 s). payne-default is measured, so the
 # TransformerPayne now goes first. The third session (H200) ran this order: grad ended while compiling 16
 # lanes, the fast path on stars 0-7 did not finish in 230 s with an empty cache, stars 8-15 then did (130 s).
+# The fourth (2026-11-27, GRAD_S=0 STARS=.gpu/stars_snr100_64.npz FAST_STARS=32): both 32-star batches raised
+# (a non-finite Hessian, fixed in af74074); 32 stars alone then did not finish in 405 s with an empty cache.
+# The working tree and carried paths must stay under 64 MiB: the 64-star file (5.3 MB) went with .whl/ less
+# blackjax (only the blackjax backend imports it).
 # Needs: .gpu/stars_snr100.npz (bench_gpu_fits.py stars ...) and .whl/ (wheels of the packages the device
 # lacks: astropy, pyerfa, astropy-iers-data, arviz-base, arviz-stats, xarray-einstats, blackjax, numpyro).
 set -u
