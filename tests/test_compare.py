@@ -61,6 +61,7 @@ def compared():
     return document, truths, names
 
 
+@pytest.mark.slow  # its fixture fits 14 spectra (45-75 s); the path without truths runs by default (below)
 def test_compare_emulators_with_truths_reports_each_emulators_bias_and_calibration(compared):
     document, truths, names = compared
     assert document["emulators"] == ["toy", "shifted"] and document["with_truths"] and document["n_spectra"] == 7

@@ -111,6 +111,7 @@ def observe_on_lattice(emulator, truth, rv, lo, hi, snr=300.0, seed=0):
     return ObservedSpectrum.from_arrays(wavelength, flux, sigma=continuum / snr, resolution=20_000.0)
 
 
+@pytest.mark.slow  # ~18 s; test_second_spectrum_on_same_pixels_compiles_nothing covers the common case by default
 def test_spectra_on_one_lattice_with_other_ends_share_the_compiled_fit(emulator):
     """Survey spectra (BOSS, LAMOST) sit on one log-lambda lattice but start and end at other pixels:
     fit_star cuts each to the pixels the emulator reaches, so they become the same pixels and the

@@ -326,6 +326,7 @@ def test_blackjax_compiles_once_per_forward_model():
     assert sizes[1] == sizes[0] >= 1
 
 
+@pytest.mark.slow  # ~25 s; the MAP's counterpart (test_fit_star.py) runs by default, this one in .ci/run's slow step
 def test_numpyro_fit_star_second_spectrum_compiles_nothing(emulator):
     """fit_star(method="nuts") on a second spectrum on the same pixels (other flux, noise and RV box) reuses
     every compiled program: the jitted NumPyro sampler's cache does not grow and XLA compiles nothing."""
