@@ -271,6 +271,11 @@ def cmd_compare(args) -> None:
 
 
 def main() -> None:
+    import logging
+
+    # fit_stars' phase timings, so that a step stopped at its time limit still tells where the time went
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("stellarfit").setLevel(logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     stars = commands.add_parser("stars")

@@ -165,8 +165,12 @@ def test_wavelengths_equal_to_rounding_share_a_forward_model(emulator):
     assert forward_model_for(emulator, wavelength * (1.0 + 1e-7), 20_000.0, **options) is not model
 
 
-def test_fit_stars_batch_matches_fit_star_and_collects_failures(emulator):
+def test_fit_stars_batch_matches_fit_star_and_collects_failures(emulator, caplog):
+    import logging
+
     from stellarfit.inference import fit_stars
+
+    caplog.set_level(logging.INFO, logger="stellarfit")
 
     truth = [0.4, 0.2, -0.3]
     spectra = [observe(emulator, truth, rv, snr=snr, seed=i) for i, (rv, snr) in enumerate(zip([15.0, -60.0, 110.0], [500.0, 300.0, 400.0]))]
@@ -174,6 +178,11 @@ def test_fit_stars_batch_matches_fit_star_and_collects_failures(emulator):
     options = dict(n_starts=8, adam_steps=250, rv_range=(-300.0, 300.0), vsini_max=20.0)
     results = fit_stars(spectra[:2] + [broken] + spectra[2:], emulator, batch_size=2, errors="collect", **options)
     assert isinstance(results[2], ValueError) and "no observed pixel" in str(results[2])
+    # each batch (of the 3 spectra that could be prepared, 2 + 1) logs its phases' timings
+    messages = [r.getMessage() for r in caplog.records if r.name == "stellarfit.inference.fit"]
+    assert sum("batch of 2: MAP (multi-start)" in m for m in messages) == 1, messages
+    assert sum("batch of 1: MAP (multi-start)" in m for m in messages) == 1, messages
+    assert sum(": results " in m for m in messages) == 2, messages
     fitted = [results[0], results[1], results[3]]
     for result, rv in zip(fitted, [15.0, -60.0, 110.0]):
         assert result.labels["rv"]["value"] == pytest.approx(rv, abs=1.0)

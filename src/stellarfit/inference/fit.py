@@ -25,6 +25,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,6 +47,9 @@ from stellarfit.inference.map import (
     polish_map,
     polish_map_batch,
 )
+
+#: phase timings of fit_stars' batches (INFO): logging.getLogger("stellarfit").setLevel("INFO")
+_log = logging.getLogger(__name__)
 
 __all__ = ["FitResult", "fit_star", "fit_stars", "forward_model_for", "modelled_pixels", "recentred_posterior", "FLAGS", "SAMPLE_WITH"]
 
@@ -635,6 +639,7 @@ def fit_stars(
     starts_of: dict[int, dict | None] = {}
     groups: dict[Any, list[int]] = collections.defaultdict(list)
     bar = _progress_bar(len(spectra), "fit", progress)
+    label = str((getattr(emulator, "metadata", None) or {}).get("name", type(emulator).__name__))
     for i, spectrum in enumerate(spectra):
         start_time = time.perf_counter()
         try:
@@ -666,6 +671,9 @@ def fit_stars(
                     infos[i]["values"] = dict(zip(prepared[i][0].problem.names, row[0].tolist()))
                 results = polish_map_batch([prepared[i][0].problem for i in chunk], starts[:, 0],
                                            max_steps=INIT_POLISH_STEPS if polish_steps is None else polish_steps)
+            _log.info("%s: batch of %d: MAP (%s) %.1f s", label, len(chunk),
+                      "multi-start" if multi_start else "polish", time.perf_counter() - start_time)
+            mark = time.perf_counter()
             sampling, batch_draws, surrogates = None, [None] * len(chunk), [None] * len(chunk)
             if method == "nuts":
                 sampling = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
@@ -683,11 +691,16 @@ def fit_stars(
                                 raise
                             good.remove(k)
                             batch_draws[k] = error
+                    _log.info("%s: batch of %d: fast-path MAPs and modes %.1f s", label, len(chunk),
+                              time.perf_counter() - mark)
                 if good:
+                    mark = time.perf_counter()
                     targets = [(surrogates[k].problem, surrogates[k].map.theta, None) if surrogate is not None
                                else (prepared[chunk[k]][0].problem, results[k].theta, results[k].covariance) for k in good]
                     for k, draws in zip(good, _sample_batch(targets, sampling, z_transform, errors)):
                         batch_draws[k] = draws
+                    _log.info("%s: batch of %d: NUTS %.1f s", label, len(good), time.perf_counter() - mark)
+                    mark = time.perf_counter()
             share = (time.perf_counter() - start_time) / len(chunk)
             for i, result, draws, fast_map in zip(chunk, results, batch_draws, surrogates):
                 try:
@@ -706,6 +719,8 @@ def fit_stars(
                         raise
                     out[i] = error
                 bar.update(1)
+            _log.info("%s: batch of %d: results %.1f s (the batch %.1f s)", label, len(chunk), time.perf_counter() - mark,
+                      time.perf_counter() - start_time)
     bar.close()
     return out
 
