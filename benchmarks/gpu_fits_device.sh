@@ -16,7 +16,11 @@
 # (a non-finite Hessian, fixed in af74074); 32 stars alone then did not finish in 405 s with an empty cache.
 # The working tree and carried paths must stay under 64 MiB: the 64-star file (5.3 MB) went with .whl/ less
 # blackjax (only the blackjax backend imports it).
-# Needs: .gpu/stars_snr100.npz (bench_gpu_fits.py stars ...) and .whl/ (wheels of the packages the device
+# Next (a plan for a fresh lease): call 1 GRAD_S=0 STARS=.gpu/stars_snr100_64.npz FAST_STARS=32 FAST_S=570 LIMIT=575
+# (cold: fills the cache; fit_stars' INFO lines time each phase), then at once on the warm machine
+# `bench_gpu_fits.py nuts ... --n-stars 32 --first-star 32` with the same JAX_COMPILATION_CACHE_DIR (warm).
+# Needs: .gpu/stars_snr100.npz or the 64-star file (bench_gpu_fits.py stars --grid ~/.cache/stellarfit/grids/
+# ts_seed1_320.h5 --n 64 --out .gpu/stars_snr100_64.npz) and .whl/ (wheels of the packages the device
 # lacks: astropy, pyerfa, astropy-iers-data, arviz-base, arviz-stats, xarray-einstats, blackjax, numpyro).
 set -u
 OUT=${OUT:-/tmp/out}
@@ -39,8 +43,8 @@ export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE
 # (payne-default's batched NUTS of 8 stars took 176 s on an H200, 96 s of it compiling)
 timeout ${FAST_S:-230} $bench nuts --stars $stars --emulator default --sample-with fast --n-stars ${FAST_STARS:-8} ${NUTS_ARGS:-} --out "$OUT"
 if [ "${EXACT:-0}" -eq 0 ]; then
-  # the next batch, same shapes: compiled programs come from the cache
-  timeout $(( $(left) - 5 )) $bench nuts --stars $stars --emulator default --sample-with fast \
+  # the next batch, same shapes: compiled programs come from the cache (when a minute or more is left)
+  [ "$(left)" -gt 60 ] && timeout $(( $(left) - 5 )) $bench nuts --stars $stars --emulator default --sample-with fast \
     --n-stars ${FAST_STARS:-8} --first-star ${FAST_STARS:-8} ${NUTS_ARGS:-} --out "$OUT"
   ls -la "$OUT"; exit 0
 fi
