@@ -127,6 +127,18 @@ def test_the_z_mode_search_starts_from_the_curvature_the_map_polish_ended_with(p
     assert given.converged and own.converged
     assert given.curvature_evaluations < own.curvature_evaluations
     assert np.all(np.abs(given.mode - own.mode) < 0.1 * sigma)
+    # the batched polish (full Levenberg-Marquardt under vmap) keeps its last Jacobian's curvature too,
+    # which fit_stars' fast path hands to the same mode search; none without a Jacobian (max_steps=0)
+    from stellarfit.inference.map import polish_map_batch
+
+    [batched] = polish_map_batch([problem], theta[None])
+    assert batched.curvature is not None and batched.jacobians >= 1
+    scale = np.sqrt(np.outer(np.diag(polished.curvature), np.diag(polished.curvature)))
+    assert np.max(np.abs(batched.curvature - polished.curvature) / scale) < 0.05
+    from_batch = unconstrained_laplace(problem, batched.theta, gauss_newton=True, curvature=batched.curvature)
+    assert from_batch.converged and from_batch.curvature_evaluations < own.curvature_evaluations
+    assert np.all(np.abs(from_batch.mode - own.mode) < 0.1 * sigma)
+    assert polish_map_batch([problem], theta[None], max_steps=0)[0].curvature is None
     with pytest.raises(ValueError, match="curvature must be"):
         unconstrained_laplace(problem, theta, gauss_newton=True, curvature=np.ones((3, 3)))
     with pytest.raises(ValueError, match="curvature must be"):

@@ -401,7 +401,7 @@ def fit_star(
                         chain_method=chain_method, z_transform=z_transform)
         if surrogate is not None:
             sampling["surrogate"] = _surrogate_map(spectrum, surrogate, prepared, result.theta, options, z_transform,
-                                                   curvature=getattr(result, "curvature", None))
+                                                   curvature=_finite_curvature(getattr(result, "curvature", None)))
     return _finish(prepared, result, method, emulator, start_time, n_starts=n_starts if start_values is None else 1,
                    seed=seed, sampling=sampling, error_floor=error_floor, init_info=init_info)
 
@@ -684,8 +684,10 @@ def fit_stars(
                 if surrogate is not None:  # the fast path's MAP of each star, to sample its posterior
                     for k in list(good):
                         try:
+                            # the polish's last curvature (one Jacobian through the emulator fewer per star)
                             surrogates[k] = _surrogate_map(spectra[chunk[k]], surrogate, prepared[chunk[k]][0],
-                                                           results[k].theta, options, z_transform)
+                                                           results[k].theta, options, z_transform,
+                                                           curvature=_finite_curvature(results[k].curvature))
                         except Exception as error:  # noqa: BLE001 - recorded per spectrum on request
                             if errors == "raise":
                                 raise
@@ -723,6 +725,10 @@ def fit_stars(
                       time.perf_counter() - start_time)
     bar.close()
     return out
+
+
+def _finite_curvature(array):
+    return array if array is not None and np.all(np.isfinite(array)) else None
 
 
 def _sample_batch(targets, sampling: dict, z_transform: str, errors: str) -> list:

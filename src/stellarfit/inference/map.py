@@ -82,7 +82,7 @@ class MapResult:
         iterations: Levenberg-Marquardt iterations of :func:`polish_map`.
         jacobians: the Jacobians those iterations took (fewer with ``chord``).
         curvature: (p, p) the data's Gauss-Newton curvature J^T J in u = theta / box width from the
-            last of them (``chord``; None otherwise): a start for
+            last of them (``chord``, and :func:`polish_map_batch`; None otherwise): a start for
             :func:`~stellarfit.inference.nuts.unconstrained_laplace`'s ``curvature``.
     """
 
@@ -402,8 +402,8 @@ def _unit_widths(problem: FitProblem):
     return jnp.where(widths > 0, widths, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("max_steps", "chord"))
-def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True):
+@functools.partial(jax.jit, static_argnames=("max_steps", "chord", "keep_curvature"))
+def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True, keep_curvature: bool = False):
     """Levenberg-Marquardt from a close start ``z``, stopping early once the objective fell by less
     than ``CONVERGED_DECREASE`` over the last two iterations (a rejected step counts 0: two
     rejections in a row mean the Gauss-Newton direction no longer lowers it), else after
@@ -417,7 +417,8 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True)
     posterior's width and J^T J barely changes, while a TransformerPayne Jacobian on a CPU costs
     ~5 gradients.  A step rejected with a fresh curvature is retried from the same curvature with
     more damping (plain Levenberg-Marquardt would take the same Jacobian again).  Under ``vmap``
-    both branches would run, so batches use ``chord=False``.
+    both branches would run, so batches use ``chord=False``; with ``keep_curvature`` they still
+    return the data's curvature in u of their last Jacobian (the same Jacobian, taken in u).
     """
     p = z.shape[-1]
 
@@ -431,6 +432,8 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True)
             r, gradient, hessian, curvature = jax.lax.cond(
                 need, lambda x, c: _linearize_curvature(problem, x),
                 lambda x, c: (*_chord_linearize(problem, x, c), c), x, curvature)
+        elif keep_curvature:
+            r, gradient, hessian, curvature = _linearize_curvature(problem, x)
         else:
             r, gradient, hessian = _linearize(problem, x)
         fresh = need | (not chord)
@@ -451,8 +454,9 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True)
     return z, value, last + previous, k, jacobians, curvature
 
 
-def _polished(problem: FitProblem, z0, max_steps: int, chord: bool = True):
-    z, value, remaining, k, jacobians, curvature = _polish_until(problem, z0, max_steps=max_steps, chord=chord)
+def _polished(problem: FitProblem, z0, max_steps: int, chord: bool = True, keep_curvature: bool = False):
+    z, value, remaining, k, jacobians, curvature = _polish_until(problem, z0, max_steps=max_steps, chord=chord,
+                                                                 keep_curvature=keep_curvature)
     theta, chi2 = _theta_chi2(problem, z)
     return theta, chi2, value, remaining, k, jacobians, curvature
 
@@ -464,7 +468,8 @@ def _polish_result(problem: FitProblem, theta, chi2, value, remaining, steps, ja
         converged=bool(remaining < CONVERGED_DECREASE), remaining_decrease=float(remaining),
         convergence_tolerance=CONVERGED_DECREASE, iterations=int(steps),
         jacobians=None if jacobians is None else int(jacobians),
-        curvature=None if curvature is None else np.asarray(curvature, np.float64))
+        # none without a Jacobian (max_steps=0: the carry's zeros are not a curvature)
+        curvature=None if curvature is None or not jacobians else np.asarray(curvature, np.float64))
 
 
 def polish_map(problem: FitProblem, start: np.ndarray, *, max_steps: int = 8, chord: bool = True) -> MapResult:
@@ -492,11 +497,13 @@ _polished_jit = jax.jit(_polished, static_argnames=("max_steps", "chord"))
 
 @functools.partial(jax.jit, static_argnames=("max_steps",))
 def _polished_batch(stacked: FitProblem, z0, *, max_steps: int):
-    return jax.vmap(lambda problem, z: _polished(problem, z, max_steps, chord=False))(stacked, z0)
+    return jax.vmap(lambda problem, z: _polished(problem, z, max_steps, chord=False, keep_curvature=True))(stacked, z0)
 
 
 def polish_map_batch(problems, starts: np.ndarray, *, max_steps: int = 8) -> list[MapResult]:
-    """:func:`polish_map` for many problems on one forward model at once (one ``vmap``); starts (n, p)."""
+    """:func:`polish_map` for many problems on one forward model at once (one ``vmap``); starts (n, p).
+    Full Levenberg-Marquardt (a Jacobian every iteration: no chord under ``vmap``); each result's
+    ``curvature`` is the data's J^T J in u of its last Jacobian."""
     problems = list(problems)
     starts = np.asarray(starts, dtype=np.float64)
     if starts.shape != (len(problems), problems[0].n_parameters):
@@ -504,7 +511,7 @@ def polish_map_batch(problems, starts: np.ndarray, *, max_steps: int = 8) -> lis
     _check_steps(0, max_steps)
     stacked = stack_problems(problems)
     z0 = jnp.stack([problem.to_unconstrained(jnp.asarray(s, jnp.float32)) for problem, s in zip(problems, starts)])
-    arrays = [np.asarray(a) for a in _polished_batch(stacked, z0, max_steps=max_steps)[:-1]]  # no chord: no curvature
+    arrays = [np.asarray(a) for a in _polished_batch(stacked, z0, max_steps=max_steps)]
     return [_polish_result(problem, *(a[i] for a in arrays)) for i, problem in enumerate(problems)]
 
 
