@@ -14,6 +14,8 @@ as soon as it ends):
 ``compare`` (any machine, usually the CPU) ``fit_star(method="nuts")`` one star at a time on
             stars whose ``nuts`` draws came back from the device, same emulator and
             ``sample_with``: medians and 68% half-widths of the two sets of draws.
+``compile`` (any machine) the programs a cold ``fit_stars(method="nuts")`` compiles, counted and
+            timed by kind from JAX's compile log (short chains, 2 stars by default).
 ``nuts``    ``fit_stars(method="nuts")`` (its MAP, then batched NUTS) on a batch of
             stars with one emulator (4 chains x (500 + 500) by default),
             sampling the emulator itself (``sample_with="self"``); XLA
@@ -27,6 +29,7 @@ as soon as it ends):
 
     python benchmarks/bench_gpu_fits.py stars --grid ~/.cache/stellarfit/grids/ts_seed1_320.h5 --n 16 --out .gpu/stars_snr100.npz
     python benchmarks/bench_gpu_fits.py grad --stars .gpu/stars_snr100.npz --out OUT
+    python benchmarks/bench_gpu_fits.py compile --stars .gpu/stars_snr100.npz --out benchmarks/results/fast_path_compile_cpu.json
     python benchmarks/bench_gpu_fits.py nuts --stars .gpu/stars_snr100.npz --emulator payne-default --n-stars 16 --out OUT
     python benchmarks/bench_gpu_fits.py nuts --stars .gpu/stars_snr100.npz --emulator default --n-stars 2 --out OUT
     python benchmarks/bench_gpu_fits.py nuts --stars .gpu/stars_snr100.npz --emulator default --sample-with fast --n-stars 8 --out OUT
@@ -234,6 +237,53 @@ def cmd_nuts(args) -> None:
     np.savez_compressed(out / f"nuts_{tag}.npz", names=np.array(ok[0].names if ok else []), **arrays)
 
 
+# -- compile --------------------------------------------------------------------------------
+def cmd_compile(args) -> None:
+    """The programs a cold fit_stars(method="nuts") compiles (JAX's compile log): how many, and the
+    seconds of each kind, for a batch of n stars with short chains in one fresh process (run it
+    without JAX_COMPILATION_CACHE_DIR, or with an empty one, to see a cold start)."""
+    import collections
+    import logging
+    import re
+
+    import jax
+
+    import stellarfit as sf
+
+    records = []
+
+    class Compiles(logging.Handler):
+        def emit(self, record):
+            found = re.search(r"Finished XLA compilation of (.*?) in ([0-9.e+-]+) s", record.getMessage())
+            if found:
+                records.append((found.group(1), float(found.group(2))))
+
+    jax.config.update("jax_log_compiles", True)
+    logger = logging.getLogger("jax")
+    logger.addHandler(Compiles())
+    logger.propagate = False  # the per-program lines go to the JSON, not the terminal
+    spectra, _, _ = load_stars(args.stars)
+    spectra = spectra[: args.n_stars]
+    emulator = sf.load_emulator(args.emulator)
+    start = time.perf_counter()
+    results = sf.fit_stars(spectra, emulator, method="nuts", batch_size=len(spectra), errors="collect", seed=0,
+                           num_warmup=args.num_warmup, num_samples=args.num_samples, sample_with=args.sample_with)
+    seconds = time.perf_counter() - start
+    programs = collections.defaultdict(lambda: [0, 0.0])
+    for name, duration in records:
+        programs[name][0] += 1
+        programs[name][1] += duration
+    rows = sorted(({"program": name, "count": count, "seconds": total} for name, (count, total) in programs.items()),
+                  key=lambda row: -row["seconds"])
+    compiling = sum(duration for _, duration in records)
+    document = {**_header("compile", args), "emulator": args.emulator, "seconds": seconds, "compile_s": compiling,
+                "n_programs": len(records), "n_ok": sum(not isinstance(r, Exception) for r in results), "programs": rows}
+    _write(document, Path(args.out))
+    print(f"{seconds:.1f} s for {len(spectra)} stars, {compiling:.1f} s compiling {len(records)} programs", flush=True)
+    for row in rows[:12]:
+        print(f"  {row['seconds']:6.2f} s  x{row['count']:<3d} {row['program']}")
+
+
 # -- compare --------------------------------------------------------------------------------
 def cmd_compare(args) -> None:
     """fit_star here against the device's batched draws of the same stars (Monte-Carlo agreement)."""
@@ -296,6 +346,15 @@ def main() -> None:
     grad.add_argument("--tag", default="device")
     grad.add_argument("--out", required=True)
     grad.set_defaults(func=cmd_grad)
+    compile_ = commands.add_parser("compile")
+    compile_.add_argument("--stars", required=True)
+    compile_.add_argument("--emulator", default="default")
+    compile_.add_argument("--sample-with", default="fast", choices=["self", "fast"])
+    compile_.add_argument("--n-stars", type=int, default=2)
+    compile_.add_argument("--num-warmup", type=int, default=20)
+    compile_.add_argument("--num-samples", type=int, default=20)
+    compile_.add_argument("--out", required=True)
+    compile_.set_defaults(func=cmd_compile)
     compare = commands.add_parser("compare")
     compare.add_argument("--stars", required=True)
     compare.add_argument("--draws", required=True, help="a nuts step's npz (samples_K per star K)")
