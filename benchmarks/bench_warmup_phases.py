@@ -50,6 +50,9 @@ def phase_table(warmup: np.ndarray, draws: np.ndarray, num_warmup: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_heldout_options(parser, str(HERE / "results" / "warmup_phases_payne-default"))
+    parser.add_argument("--first-phase-depth", default=None,
+                        help="tree-depth cap of the pooled schedule's first phase: an integer, or 'none' for "
+                             "max_tree_depth throughout (default: stellarfit's, see first_phase_depth)")
     args = parser.parse_args()
 
     import stellarfit as sf
@@ -63,6 +66,8 @@ def main() -> None:
         return returned[-1]
 
     nuts.sample_numpyro = keeping
+    if args.first_phase_depth is not None:
+        nuts._FIRST_PHASE_DEPTH = None if args.first_phase_depth == "none" else int(args.first_phase_depth)
 
     spectra, indices, path, document = heldout_run(args, "bench_warmup_phases")
     done = {run["star"] for run in document["runs"]}

@@ -570,12 +570,28 @@ def test_pooled_phases_and_metric():
     np.testing.assert_array_equal(pooled_inverse_mass(np.full((2, 5, 3), np.nan), 1e-3), 1e-3 * np.eye(3))
 
 
+def test_first_phase_depth_caps_only_the_pooled_schedule(monkeypatch):
+    from stellarfit.inference import nuts as nuts_module
+    from stellarfit.inference.nuts import first_phase_depth
+
+    monkeypatch.setattr(nuts_module, "_FIRST_PHASE_DEPTH", 5)
+    assert first_phase_depth(500, "laplace-pooled", 8) == 5
+    assert first_phase_depth(500, "laplace-pooled", 3) == 3  # never above max_tree_depth
+    assert first_phase_depth(19, "laplace-pooled", 8) is None  # too short to pool: no first phase
+    assert first_phase_depth(500, "laplace-fixed", 8) is None and first_phase_depth(500, "laplace", 8) is None
+    monkeypatch.setattr(nuts_module, "_FIRST_PHASE_DEPTH", None)
+    assert first_phase_depth(500, "laplace-pooled", 8) == 8
+
+
 @pytest.mark.parametrize("sampler", [sample_numpyro, pytest.param(sample_blackjax, marks=pytest.mark.slow)])
 def test_pooled_schedule_estimates_one_metric_from_all_chains(sampler, monkeypatch):
     """The default schedule runs the chains to the end of the collecting phase, estimates one dense metric
-    from all their positions and continues every chain from where it stopped with that metric."""
+    from all their positions and continues every chain from where it stopped with that metric.  The first
+    phase's trajectories are capped at 2^cap - 1 leapfrog steps (here cap 1: single steps), the rest of
+    the warm-up and the draws run to max_tree_depth."""
     from stellarfit.inference import nuts as nuts_module
 
+    monkeypatch.setattr(nuts_module, "_FIRST_PHASE_DEPTH", 1)
     seen = []
     original = nuts_module.pooled_inverse_mass
     monkeypatch.setattr(nuts_module, "pooled_inverse_mass", lambda w, v: seen.append((np.array(w), original(w, v))) or seen[-1][1])
@@ -595,9 +611,15 @@ def test_pooled_schedule_estimates_one_metric_from_all_chains(sampler, monkeypat
     assert result.diagnostics["gradient_evaluations_warmup"] >= 3 * 60
     assert result.warmup_n_steps.shape == (3, 60) and np.all(result.warmup_n_steps >= 1)
     assert int(result.warmup_n_steps.sum()) == result.diagnostics["gradient_evaluations_warmup"]
+    assert result.diagnostics["first_phase_max_tree_depth"] == 1 and result.diagnostics["max_tree_depth"] == 8
+    assert np.all(result.warmup_n_steps[:, :36] == 1)  # the first phase: 9 + 27 iterations
+    assert result.warmup_n_steps[:, 36:].max() > 1 and result.sample_stats["n_steps"].max() > 1
     # the same posterior as each chain adapting its own metric, within Monte-Carlo error
     own = sampler(marginalized, TRUTH, covariance, num_warmup=60, num_samples=40, num_chains=3, seed=1,
                   chain_method="sequential", mass_matrix="laplace")
+    assert own.diagnostics["first_phase_max_tree_depth"] is None
+    assert own.warmup_n_steps[:, :36].max() > 1  # uncapped, those iterations take more than one step
     sd = own.samples.reshape(-1, 5).std(axis=0)
     assert np.all(np.abs(np.median(result.samples.reshape(-1, 5), axis=0) - np.median(own.samples.reshape(-1, 5), axis=0))
                   < 0.6 * sd)
+

@@ -54,7 +54,11 @@ that step size, and their positions in *all* chains together (500 draws for 4
 chains, each chain centred on its own mean) estimate one dense metric, shrunk
 toward the Laplace one as Stan shrinks a window's; the chains then go on from
 where they are with that metric, adapting the step size in the last 300
-warm-up iterations.  Each chain estimating its own metric from its own 375
+warm-up iterations.  The first 200 iterations take at most 2^6 - 1 = 63 leapfrog steps each
+(:func:`first_phase_depth`): where the Laplace metric fits the posterior badly, their
+trajectories ran ~100 steps and took half the fit's gradients; capped, those fits take
+0.63-0.81x the gradients and the others are unchanged (a cap of 31 cut more but mixed one
+star worse; docs/fitting.md, Speed).  Each chain estimating its own metric from its own 375
 draws (``"laplace"``) left the chains' step sizes 0.26-0.45 on a noisy star
 and their trees long; the pooled metric gives them all ~0.4, and the fit 16-20%
 fewer gradients (docs/fitting.md, Speed).  The chains must meet once in the
@@ -97,6 +101,7 @@ from stellarfit.inference.map import _gauss_newton_hessian_scaled
 __all__ = [
     "MASS_MATRICES",
     "adaptation_windows",
+    "first_phase_depth",
     "pooled_phases",
     "sample_numpyro_batch",
     "SamplerResult",
@@ -131,7 +136,9 @@ class SamplerResult:
             ``step_size`` (list per chain), ``gradient_evaluations`` (leapfrog steps
             while drawing, all chains), ``gradient_evaluations_warmup``,
             ``gradient_evaluations_per_ess`` ((warm-up + draws) / min bulk ESS),
-            ``mean_acceptance``, ``elapsed_s``, ``backend`` and the settings.
+            ``mean_acceptance``, ``elapsed_s``, ``backend`` and the settings
+            (``first_phase_max_tree_depth``: the cap of the pooled schedule's first phase,
+            :func:`first_phase_depth`; None for other schedules).
         sample_stats: per-draw arrays (n_chains, n_draws): ``diverging``, ``n_steps``,
             ``tree_depth``, ``acceptance_rate``, ``lp`` (log density in z).
         warmup_n_steps: (n_chains, num_warmup) leapfrog steps of each warm-up iteration (every
@@ -547,6 +554,10 @@ def _whitened(mass_matrix: str) -> bool:
 #: iterations whose positions (all chains together) estimate the metric of the rest of the run
 _POOLED_BUFFER = 75
 _POOLED_COLLECT = 125
+#: tree-depth cap of the pooled schedule's first phase (None: max_tree_depth throughout): on the Laplace
+#: metric, stars whose posterior is far from it took ~100 leapfrog steps per iteration there, half their
+#: gradients; 63 at most cut those fits to 0.63-0.81x and left the others alike (docs/fitting.md, Speed)
+_FIRST_PHASE_DEPTH: int | None = 6
 
 
 def pooled_phases(num_warmup: int) -> tuple[int, int, int]:
@@ -562,6 +573,14 @@ def pooled_phases(num_warmup: int) -> tuple[int, int, int]:
     if buffer + collect + 50 > n:
         buffer, collect = int(0.15 * n), int(0.45 * n)
     return buffer, collect, n - buffer - collect
+
+
+def first_phase_depth(num_warmup: int, mass_matrix: str, max_tree_depth: int) -> int | None:
+    """Tree-depth cap of the pooled schedule's first phase (its buffer and collecting iterations):
+    ``min(max_tree_depth, _FIRST_PHASE_DEPTH)``, or None for a schedule without that phase."""
+    if mass_matrix != "laplace-pooled" or pooled_phases(num_warmup)[1] == 0:
+        return None
+    return int(max_tree_depth) if _FIRST_PHASE_DEPTH is None else min(int(max_tree_depth), _FIRST_PHASE_DEPTH)
 
 
 def _unpooled(mass_matrix: str) -> str:
@@ -586,8 +605,8 @@ def pooled_inverse_mass(w: np.ndarray, prior_variance: float) -> np.ndarray:
 
 
 def _run_schedule(run: Callable, keys, w_init, inverse_mass, num_warmup: int, num_samples: int, mass_matrix: str,
-                  *, per_star: bool = False):
-    """``run(keys, w_init, inverse_mass, num_warmup, num_samples, mass_matrix)`` -> (draws, step_size,
+                  max_tree_depth: int, *, per_star: bool = False):
+    """``run(keys, w_init, inverse_mass, num_warmup, num_samples, mass_matrix, depth)`` -> (draws, step_size,
     warm-up steps) for the whole schedule.  "laplace-pooled" (:func:`pooled_phases`) is two runs: the
     first ends at the last collecting iteration (its "draws" are those iterations), its positions give
     the pooled metric, and the second goes on from each chain's last position with it; warm-up steps
@@ -595,14 +614,14 @@ def _run_schedule(run: Callable, keys, w_init, inverse_mass, num_warmup: int, nu
     stars before them) leading."""
     buffer, collect, rest = pooled_phases(num_warmup)
     if mass_matrix != "laplace-pooled" or collect == 0:
-        return run(keys, w_init, inverse_mass, num_warmup, num_samples, _unpooled(mass_matrix))
+        return run(keys, w_init, inverse_mass, num_warmup, num_samples, _unpooled(mass_matrix), max_tree_depth)
     fold = jax.vmap(lambda key: jax.random.fold_in(key, 1))  # the first phase's own random numbers
     first, _, warmup1 = run(jax.vmap(fold)(keys) if per_star else fold(keys), w_init, inverse_mass, buffer, collect,
-                            "laplace-fixed")
+                            "laplace-fixed", first_phase_depth(num_warmup, mass_matrix, max_tree_depth))
     w1, steps1 = np.asarray(first[0]), np.asarray(first[3])
     pooled = (np.stack([pooled_inverse_mass(star, _WHITENED_VARIANCE) for star in w1]) if per_star
               else pooled_inverse_mass(w1, _WHITENED_VARIANCE))
-    draws, step_size, warmup2 = run(keys, w1[..., -1, :], pooled, rest, num_samples, "laplace-fixed")
+    draws, step_size, warmup2 = run(keys, w1[..., -1, :], pooled, rest, num_samples, "laplace-fixed", max_tree_depth)
     return draws, step_size, np.concatenate([np.asarray(warmup1), steps1, np.asarray(warmup2)], axis=-1)
 
 
@@ -975,9 +994,9 @@ def sample_numpyro(
     start = _prepare(problem, theta_map, covariance, num_chains, mass_matrix, jitter, seed)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
 
-    def run(keys, w_init, inverse_mass, num_warmup, num_samples, mass_matrix):
+    def run(keys, w_init, inverse_mass, num_warmup, num_samples, mass_matrix, depth):
         options = _NumpyroOptions(model=problem_model, num_warmup=int(num_warmup), num_samples=int(num_samples),
-                                  depth=int(max_tree_depth), target_accept=float(target_accept),
+                                  depth=int(depth), target_accept=float(target_accept),
                                   dense=_dense_adaptation(mass_matrix), mass_matrix=mass_matrix)
         arguments = (problem, keys, *(jnp.asarray(a, jnp.float32) for a in (w_init, start.center, start.factor, inverse_mass)))
         if chain_method == "processes":
@@ -994,7 +1013,7 @@ def sample_numpyro(
         return jax.jit(functools.partial(_numpyro_chains_fn, options=options, chain_method=chain_method))(*arguments)
 
     (w, lp, diverging, n_steps, acceptance), step_size, warmup_steps = _run_schedule(
-        run, keys, start.w_init, start.inverse_mass, num_warmup, num_samples, mass_matrix)
+        run, keys, start.w_init, start.inverse_mass, num_warmup, num_samples, mass_matrix, int(max_tree_depth))
     stats = _numpyro_stats(lp, diverging, n_steps, acceptance)
     settings = _numpyro_settings(num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
                                  chain_method, seed)
@@ -1011,8 +1030,9 @@ def _numpyro_stats(lp, diverging, n_steps, acceptance) -> dict:
 def _numpyro_settings(num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix, chain_method,
                       seed) -> dict:
     return dict(backend="numpyro", num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
-                max_tree_depth=int(max_tree_depth), target_accept=float(target_accept), mass_matrix=mass_matrix,
-                chain_method=chain_method, seed=int(seed))
+                max_tree_depth=int(max_tree_depth),
+                first_phase_max_tree_depth=first_phase_depth(num_warmup, mass_matrix, max_tree_depth),
+                target_accept=float(target_accept), mass_matrix=mass_matrix, chain_method=chain_method, seed=int(seed))
 
 
 # -- BlackJAX ---------------------------------------------------------------------
@@ -1076,16 +1096,17 @@ def sample_numpyro_batch(
     keys = jnp.stack([jax.random.split(jax.random.PRNGKey(seed), num_chains)] * len(problems))
     stack = lambda name: jnp.asarray(np.stack([getattr(start, name) for start in starts]), jnp.float32)  # noqa: E731
 
-    def run(keys, w_init, inverse_mass, num_warmup, num_samples, mass_matrix):
+    def run(keys, w_init, inverse_mass, num_warmup, num_samples, mass_matrix, depth):
         options = _NumpyroOptions(model=numpyro_fit_model, num_warmup=int(num_warmup), num_samples=int(num_samples),
-                                  depth=int(max_tree_depth), target_accept=float(target_accept),
+                                  depth=int(depth), target_accept=float(target_accept),
                                   dense=_dense_adaptation(mass_matrix), mass_matrix=mass_matrix)
         outputs = _numpyro_batch(stacked, keys, jnp.asarray(w_init, jnp.float32), stack("center"), stack("factor"),
                                  jnp.asarray(inverse_mass, jnp.float32), options=options)
         return jax.tree_util.tree_map(np.asarray, outputs)
 
     (w, lp, diverging, n_steps, acceptance), step_size, warmup_steps = _run_schedule(
-        run, keys, stack("w_init"), stack("inverse_mass"), num_warmup, num_samples, mass_matrix, per_star=True)
+        run, keys, stack("w_init"), stack("inverse_mass"), num_warmup, num_samples, mass_matrix, int(max_tree_depth),
+        per_star=True)
     share = (time.perf_counter() - start_time) / len(problems)
     settings = _numpyro_settings(num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
                                  "batched", seed)
@@ -1172,8 +1193,8 @@ def sample_blackjax(
     depth = int(max_tree_depth)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
 
-    def run(keys, w_init, inverse_mass, num_warmup, num_samples, mass_matrix):
-        options = dict(num_warmup=int(num_warmup), num_samples=int(num_samples), depth=depth,
+    def run(keys, w_init, inverse_mass, num_warmup, num_samples, mass_matrix, depth):
+        options = dict(num_warmup=int(num_warmup), num_samples=int(num_samples), depth=int(depth),
                        target_accept=float(target_accept), diagonal=not _dense_adaptation(mass_matrix),
                        chain_method=chain_method, mass_matrix=mass_matrix)
         arguments = tuple(jnp.asarray(a, jnp.float32) for a in (w_init, start.center, start.factor, inverse_mass))
@@ -1187,9 +1208,10 @@ def sample_blackjax(
         return jax.jit(lambda k, *a: _blackjax_chains_fn(logdensity_fn, k, *a, **options))(keys, *arguments)
 
     (w, lp, diverging, n_steps, depths, acceptance), step_size, warmup_steps = _run_schedule(
-        run, keys, start.w_init, start.inverse_mass, num_warmup, num_samples, mass_matrix)
+        run, keys, start.w_init, start.inverse_mass, num_warmup, num_samples, mass_matrix, int(max_tree_depth))
     stats = {"diverging": diverging, "n_steps": n_steps, "tree_depth": depths, "acceptance_rate": acceptance, "lp": lp}
     settings = dict(backend="blackjax", num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
-                    max_tree_depth=depth, target_accept=float(target_accept), mass_matrix=mass_matrix,
+                    max_tree_depth=depth, first_phase_max_tree_depth=first_phase_depth(num_warmup, mass_matrix, depth),
+                    target_accept=float(target_accept), mass_matrix=mass_matrix,
                     chain_method=chain_method, seed=int(seed))
     return _finish(problem, _to_z(start, w), stats, warmup_steps, step_size, settings, start_time, start.laplace)
