@@ -17,10 +17,8 @@ and 16-84% half-widths (the posterior must not depend on the cap).  Resumes from
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,29 +28,21 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _stars import add_heldout_options, heldout_run  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stars", required=True)
-    parser.add_argument("--emulator", default="payne-default")
-    parser.add_argument("--depths", nargs="+", default=["none", "5"], help="first-phase caps: integers or 'none'")
-    parser.add_argument("--star-indices", type=int, nargs="+", default=None)
+    add_heldout_options(parser, str(HERE / "results" / "first_phase_depth_payne-default"))
+    parser.add_argument("--depths", nargs="+", default=["none", "6"], help="first-phase caps: integers or 'none'")
     parser.add_argument("--seed-offsets", type=int, nargs="+", default=[0],
                         help="fit star k with seed k + each offset (a second seed measures the sampler's own randomness)")
-    parser.add_argument("--out", default=str(HERE / "results" / "first_phase_depth_payne-default"))
     args = parser.parse_args()
 
     import stellarfit as sf
-    from bench_gpu_fits import load_stars
     from stellarfit.inference import nuts
 
-    spectra, truth, names = load_stars(args.stars)
-    indices = args.star_indices if args.star_indices is not None else list(range(len(spectra)))
-    path = Path(args.out).with_suffix(".json")
-    document = json.loads(path.read_text()) if path.exists() else {
-        "benchmark": "bench_first_phase_depth", "emulator": args.emulator, "stars_file": args.stars,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(), "cpu_count": os.cpu_count(), "runs": []}
+    spectra, indices, path, document = heldout_run(args, "bench_first_phase_depth")
     done = {(run["star"], run["depth"], run["seed"]) for run in document["runs"]}
     emulator = sf.load_emulator(args.emulator)
     todo = [(k, d, k + o) for o in args.seed_offsets for k in indices for d in args.depths if (k, d, k + o) not in done]
@@ -92,7 +82,8 @@ def write_table(document: dict, out: Path) -> None:
     for run in document["runs"]:
         rows.setdefault((run["star"], run["seed"]), {})[run["depth"]] = run
     depths = sorted({d for r in rows.values() for d in r}, key=lambda d: (d != "none", d))
-    lines = [f"# NUTS cost per first-phase tree-depth cap ({document['emulator']}, {document['stars_file']}; "
+    stars = document.get("stars_file") or document["settings"]["stars"]
+    lines = [f"# NUTS cost per first-phase tree-depth cap ({document['emulator']}, {stars}; "
              "gradients = warm-up + draws of 4 chains x (500 + 500))", "",
              "| star | seed | " + " | ".join(f"cap {d}: gradients / min ESS / R-hat" for d in depths) + " |",
              "|---|---|" + "---|" * len(depths)]
