@@ -21,12 +21,20 @@ journaling rows, and workers waiting (for the local backend, workers = 1:
 the whole batch minus the fits, divided by N).  It also reports how closely
 the Ray and processes catalogs agree with the local one (largest label difference).
 
+``--method nuts`` fits with NUTS instead of MAP (4 chains x (500 + 500) by default; with the
+local backend a star's chains run on the pinned chain workers, with the processes backend each
+worker runs one star's chains one after another on its core).  ``--stars NPZ`` fits the held-out
+Turbospectrum stars of a ``bench_gpu_fits.py stars`` file (the first N) instead of simulating
+spectra with the emulator.
+
 Prints and saves JSON to benchmarks/results/batch_throughput.json.
 
 Examples:
 
     python benchmarks/bench_batch.py --emulator path/to/emulator --n 32 --workers 2
     python benchmarks/bench_batch.py --emulator toy --n 4 --starts 2 --adam-steps 100   # quick check
+    python benchmarks/bench_batch.py --emulator payne-default --method nuts --stars .gpu/stars_snr100_64.npz --n 8 \
+        --backends local processes --out benchmarks/results/batch_throughput_payne_default_nuts.json
 """
 
 from __future__ import annotations
@@ -88,8 +96,26 @@ def simulate(emulator, n: int, folder: Path, *, resolution: float, snr: float, s
     return truths
 
 
+def write_stars(path: str, n: int, folder: Path) -> None:
+    """Write the first n held-out stars of a ``bench_gpu_fits.py stars`` npz as generic FITS files."""
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    from bench_gpu_fits import load_stars
+
+    spectra, _, _ = load_stars(path)
+    if n > len(spectra):
+        raise SystemExit(f"--n {n}: {path} holds {len(spectra)} stars")
+    from stellarfit.spectra import ObservedSpectrum
+
+    for i, spectrum in enumerate(spectra[:n]):
+        object_id = f"heldout-{i:04d}"
+        ObservedSpectrum.from_arrays(spectrum.wavelength, spectrum.flux, ivar=spectrum.ivar, resolution=spectrum.resolution,
+                                     metadata={"object_id": object_id}).write(folder / f"{object_id}.fits")
+
+
 def measure(folder: Path, emulator, out: Path, *, backend: str, workers: int, options: dict, chunk_size: int | None,
-            vectorize: int) -> dict:
+            vectorize: int, method: str = "map") -> dict:
     from stellarfit.inference.batch import fit_batch_files
     from stellarfit.results import read_catalog
 
@@ -97,7 +123,8 @@ def measure(folder: Path, emulator, out: Path, *, backend: str, workers: int, op
     if backend == "local-vectorized":
         backend, extra = "local", {"vectorize": vectorize}
     start = time.perf_counter()
-    summary = fit_batch_files(folder, emulator, out, backend=backend, fit_options=options, progress=False, **extra)
+    summary = fit_batch_files(folder, emulator, out, backend=backend, method=method, fit_options=options, progress=False,
+                              **extra)
     wall = time.perf_counter() - start
     catalog = read_catalog(out)
     elapsed = np.asarray(catalog["elapsed_s"], np.float64)
@@ -148,6 +175,9 @@ def main(argv=None) -> int:
     parser.add_argument("--vectorize", type=int, default=8,
                         help="spectra per vectorized MAP program for the backend 'local-vectorized' (default 8)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", choices=["map", "nuts"], default="map", help="fit method (default map)")
+    parser.add_argument("--stars", default=None,
+                        help="fit the first N held-out stars of this bench_gpu_fits.py stars npz instead of simulated spectra")
     parser.add_argument("--out", default=str(HERE / "results" / "batch_throughput.json"))
     args = parser.parse_args(argv)
 
@@ -157,11 +187,13 @@ def main(argv=None) -> int:
     resolution = args.resolution or (2.0 / 3.0) * float(emulator.native_resolution)
     options = {"n_starts": args.starts, "adam_steps": args.adam_steps, "rv_range": (-100.0, 100.0), "vsini_max": 30.0,
                "seed": args.seed}
+    if args.stars:  # held-out stars (RV within +-150 km/s): fit_star's default RV range and vsini_max
+        options.update(rv_range=(-1000.0, 1000.0), vsini_max=100.0)
     report: dict = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())},
         "settings": {"emulator": args.emulator, "n": args.n, "workers": args.workers, "chunk_size": args.chunk_size,
-                     "vectorize": args.vectorize,
+                     "vectorize": args.vectorize, "method": args.method, "stars": args.stars,
                      "resolution": resolution, "snr": args.snr, "fit_options": {**options, "rv_range": list(options["rv_range"])}},
         "results": {},
     }
@@ -170,7 +202,10 @@ def main(argv=None) -> int:
         folder = work / "spectra"
         folder.mkdir()
         t0 = time.perf_counter()
-        simulate(emulator, args.n, folder, resolution=resolution, snr=args.snr, seed=args.seed)
+        if args.stars:
+            write_stars(args.stars, args.n, folder)
+        else:
+            simulate(emulator, args.n, folder, resolution=resolution, snr=args.snr, seed=args.seed)
         report["simulate_s"] = time.perf_counter() - t0
         for backend in args.backends:
             entry: dict = {}
@@ -186,7 +221,7 @@ def main(argv=None) -> int:
                 for run in ("cold", "warm"):
                     entry[run] = measure(folder, emulator, work / f"{backend}_{run}.fits", backend=backend,
                                          workers=args.workers, options=options, chunk_size=args.chunk_size,
-                                         vectorize=args.vectorize)
+                                         vectorize=args.vectorize, method=args.method)
                     print(f"{backend:16s} {run}: {entry[run]['spectra_per_hour']:9.0f} spectra/hour, wall "
                           f"{entry[run]['wall_s']:7.1f} s, in fits {entry[run]['sum_fit_elapsed_s']:7.1f} s, overhead "
                           f"{1000 * entry[run]['overhead_per_spectrum_s']:7.1f} ms/spectrum", flush=True)
