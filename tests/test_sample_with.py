@@ -188,6 +188,33 @@ def test_polish_leaves_a_start_pressed_against_a_box_edge(problem, payne_map):
     assert result.theta[i] > problem.lower[i] + 0.05
 
 
+def test_polish_from_labels_pressed_against_box_edges_moves_and_reports_convergence_honestly(problem, payne_map):
+    """Labels started at a box edge have ~1e-10 curvature in z; Marquardt's damping in proportion
+    to that alone made their steps ~1e6 in z, the steps were rejected, and two rejections counted
+    as convergence: the polish stopped where it began and called that the MAP (the TransformerPayne's
+    MAP polished from the fast path's stayed 45-300 nats short on held-out stars).  Now the damping
+    has a floor, and a rejection counts towards convergence only by the decrease its step promised:
+    the polish moves, and reports convergence only where it has arrived."""
+    from stellarfit.inference.fit import INIT_POLISH_STEPS
+
+    theta = _theta(payne_map)
+    map_objective = min(payne_map.diagnostics["start_objectives"])
+    moved = []
+    for edges in ((("mn_fe", "lower"), ("si_fe", "lower")), (("na_fe", "lower"), ("si_fe", "upper"))):
+        start = theta.copy()
+        for name, edge in edges:
+            i = problem.names.index(name)
+            start[i] = getattr(problem, edge)[i]
+        start_objective = float(problem.objective_unconstrained(problem.to_unconstrained(jnp.asarray(start, jnp.float32))))
+        assert start_objective > map_objective + 100.0  # a start the polish has to work for
+        result = polish_map(problem, start, max_steps=INIT_POLISH_STEPS)
+        assert result.iterations > 2, edges
+        if result.converged:
+            assert -result.log_posterior < map_objective + 1.0, (edges, -result.log_posterior, map_objective)
+        moved.append((start_objective + result.log_posterior) / (start_objective - map_objective))
+    assert moved[0] > 0.5 and moved[1] > 0.1, moved
+
+
 def test_sample_with_auto_takes_the_fast_path_on_a_gpu_too(monkeypatch):
     """On an H200 exact TransformerPayne NUTS costs minutes per star and the fast path ~10 s
     (benchmarks/results/gpu_fits_h200.md), so "auto" does not depend on the backend."""

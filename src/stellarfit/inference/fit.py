@@ -263,13 +263,16 @@ def _continuum_and_model(problem: FitProblem, theta):
 
 @jax.jit
 def _full_model_jacobian(problem: FitProblem, parameters):
-    """d(model flux)/d(theta, continuum coefficients), (n_obs, p + k)."""
+    """d(model flux)/d(theta, continuum coefficients), (n_obs, p + k).
+
+    The continuum multiplies the normalized model, so its columns are the design times the model
+    and only theta's p tangents go through the emulator (not p + k, of which k would be zeros)."""
     n_theta = problem.n_parameters
-
-    def full_model(values):
-        return (problem.design @ values[n_theta:]) * problem.model_normalized(values[:n_theta])
-
-    return jax.jacfwd(full_model)(parameters)
+    theta, coefficients = parameters[:n_theta], parameters[n_theta:]
+    model, tangents = jax.vmap(lambda v: jax.jvp(problem.model_normalized, (theta,), (v,)), out_axes=(None, 1))(
+        jnp.eye(n_theta, dtype=theta.dtype))
+    continuum = problem.design @ coefficients
+    return jnp.concatenate([continuum[:, None] * tangents, problem.design * model[:, None]], axis=1)
 
 
 def fit_star(

@@ -218,10 +218,20 @@ def _linearize(problem: FitProblem, x):
 MAX_LM_STEP = 4.0
 
 
+#: Marquardt's damping scales with each parameter's curvature in z, floored at this (nats per unit z^2)
+MARQUARDT_FLOOR = 1e-4
+
+
 def _gauss_newton_step(gradient, hessian, damping):
-    """-(H + damping diag H)^-1 g, solved with H scaled to unit diagonal (the RV is thousands of
-    times sharper in z than the abundances); zero for parameters without curvature."""
-    scale = 1.0 / jnp.sqrt(jnp.maximum(jnp.diag(hessian), 1e-20))
+    """-(H + damping max(diag H, MARQUARDT_FLOOR))^-1 g, solved with H scaled to unit diagonal (the
+    RV is thousands of times sharper in z than the abundances).
+
+    The floor matters for a parameter pressed against its box edge that the data barely constrain:
+    its sigmoid is saturated, its curvature in z ~1e-10, and a damping in proportion to that alone
+    let its step run to ~1e6 in z (capped at MAX_LM_STEP, still a jump that was rejected however the
+    damping grew, while the other parameters' steps vanished).  A parameter the data do constrain
+    keeps a curvature above the floor even at an edge, and its capped step still leaves the edge."""
+    scale = 1.0 / jnp.sqrt(jnp.maximum(jnp.diag(hessian), MARQUARDT_FLOOR))
     scaled = hessian * scale[:, None] * scale[None, :]
     return -scale * jnp.linalg.solve(scaled + damping * jnp.eye(gradient.size, dtype=gradient.dtype), gradient * scale)
 
@@ -236,7 +246,7 @@ def _lm_step(problem: FitProblem, x, damping, value):
     damping adapts (/3 on success, x4 on failure).  Returns (x, damping, objective, decrease; 0 if
     the step was rejected)."""
     r, gradient, hessian = _linearize(problem, x)
-    x, value, decrease, better = _try_step(problem, x, value, r, gradient, hessian, damping)
+    x, value, decrease, better, _ = _try_step(problem, x, value, r, gradient, hessian, damping)
     damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), jnp.minimum(damping * 4.0, 1e8))
     return x, damping, value, jnp.where(better, decrease, 0.0)
 
@@ -250,7 +260,10 @@ def _try_step(problem: FitProblem, x, value, r, gradient, hessian, damping):
     candidate = x + jnp.clip(step, -MAX_LM_STEP, MAX_LM_STEP)
     decrease = _decrease(r, problem.residuals_unconstrained(candidate))
     better = jnp.all(jnp.isfinite(candidate)) & jnp.isfinite(decrease) & (decrease > 0)
-    return jnp.where(better, candidate, x), jnp.where(better, value - decrease, value), decrease, better
+    # the decrease the Gauss-Newton model promised for the damped step before its cap (> 0): what a
+    # rejection says about convergence
+    predicted = -(gradient @ step + 0.5 * step @ hessian @ step)
+    return jnp.where(better, candidate, x), jnp.where(better, value - decrease, value), decrease, better, predicted
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))
@@ -405,9 +418,10 @@ def _unit_widths(problem: FitProblem):
 @functools.partial(jax.jit, static_argnames=("max_steps", "chord", "keep_curvature"))
 def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True, keep_curvature: bool = False):
     """Levenberg-Marquardt from a close start ``z``, stopping early once the objective fell by less
-    than ``CONVERGED_DECREASE`` over the last two iterations (a rejected step counts 0: two
-    rejections in a row mean the Gauss-Newton direction no longer lowers it), else after
-    ``max_steps``.  Returns (z, objective, decrease over the last two iterations, iterations,
+    than ``CONVERGED_DECREASE`` over the last two iterations (a rejected step counts the decrease
+    the Gauss-Newton model promised for it: two rejected steps that promised little mean the
+    objective cannot fall further, two that promised much only that the damping was too small),
+    else after ``max_steps``.  Returns (z, objective, decrease over the last two iterations, iterations,
     Jacobians).
 
     ``chord``: an iteration takes a Jacobian only at the start, after an accepted step that lowered
@@ -437,12 +451,15 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
         else:
             r, gradient, hessian = _linearize(problem, x)
         fresh = need | (not chord)
-        x, value, decrease, better = _try_step(problem, x, value, r, gradient, hessian, damping)
+        x, value, decrease, better, predicted = _try_step(problem, x, value, r, gradient, hessian, damping)
         # a step from an older curvature that failed is retried with this point's own, damping unchanged
         grow = jnp.where(fresh, jnp.minimum(damping * 4.0, 1e8), damping)
         damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), grow)
         need = jnp.where(better, decrease > CHORD_DECREASE, ~fresh)
-        decrease = jnp.where(better, decrease, 0.0).astype(value.dtype)
+        # a rejected step counts towards convergence by the decrease it was predicted to make: a
+        # rejection of a step that promised much says the damping was too small, not that the
+        # objective cannot fall further
+        decrease = jnp.where(better, decrease, jnp.maximum(predicted, 0.0)).astype(value.dtype)
         return x, damping, value, k + 1, decrease, last, curvature, need, jacobians + fresh.astype(jnp.int32)
 
     r = problem.residuals_unconstrained(z)
