@@ -222,16 +222,18 @@ MAX_LM_STEP = 4.0
 MARQUARDT_FLOOR = 1e-4
 
 
-def _gauss_newton_step(gradient, hessian, damping):
-    """-(H + damping max(diag H, MARQUARDT_FLOOR))^-1 g, solved with H scaled to unit diagonal (the
+def _gauss_newton_step(gradient, hessian, damping, floor=1e-20):
+    """-(H + damping max(diag H, floor))^-1 g, solved with H scaled to unit diagonal (the
     RV is thousands of times sharper in z than the abundances).
 
     The floor matters for a parameter pressed against its box edge that the data barely constrain:
     its sigmoid is saturated, its curvature in z ~1e-10, and a damping in proportion to that alone
     let its step run to ~1e6 in z (capped at MAX_LM_STEP, still a jump that was rejected however the
     damping grew, while the other parameters' steps vanished).  A parameter the data do constrain
-    keeps a curvature above the floor even at an edge, and its capped step still leaves the edge."""
-    scale = 1.0 / jnp.sqrt(jnp.maximum(jnp.diag(hessian), MARQUARDT_FLOOR))
+    keeps a curvature above the floor even at an edge, and its capped step still leaves the edge.
+    :func:`polish_map` uses ``floor=MARQUARDT_FLOOR``; the multi-start search keeps 1e-20 (its
+    Adam phase leaves no label pinned at an edge it would have to leave)."""
+    scale = 1.0 / jnp.sqrt(jnp.maximum(jnp.diag(hessian), floor))
     scaled = hessian * scale[:, None] * scale[None, :]
     return -scale * jnp.linalg.solve(scaled + damping * jnp.eye(gradient.size, dtype=gradient.dtype), gradient * scale)
 
@@ -251,12 +253,12 @@ def _lm_step(problem: FitProblem, x, damping, value):
     return x, damping, value, jnp.where(better, decrease, 0.0)
 
 
-def _try_step(problem: FitProblem, x, value, r, gradient, hessian, damping):
+def _try_step(problem: FitProblem, x, value, r, gradient, hessian, damping, floor=1e-20):
     """The damped Gauss-Newton step from x, kept only if it lowers the objective.  Returns (x,
     objective, decrease, whether the step was kept)."""
     # a parameter pressed against its box edge has a saturated sigmoid: almost no curvature in z, so
     # the Marquardt-scaled step along it is huge and would get every step rejected; cap it
-    step = _gauss_newton_step(gradient, hessian, damping)
+    step = _gauss_newton_step(gradient, hessian, damping, floor)
     candidate = x + jnp.clip(step, -MAX_LM_STEP, MAX_LM_STEP)
     decrease = _decrease(r, problem.residuals_unconstrained(candidate))
     better = jnp.all(jnp.isfinite(candidate)) & jnp.isfinite(decrease) & (decrease > 0)
@@ -451,7 +453,8 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
         else:
             r, gradient, hessian = _linearize(problem, x)
         fresh = need | (not chord)
-        x, value, decrease, better, predicted = _try_step(problem, x, value, r, gradient, hessian, damping)
+        x, value, decrease, better, predicted = _try_step(problem, x, value, r, gradient, hessian, damping,
+                                                          MARQUARDT_FLOOR)
         # a step from an older curvature that failed is retried with this point's own, damping unchanged
         grow = jnp.where(fresh, jnp.minimum(damping * 4.0, 1e8), damping)
         damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), grow)
