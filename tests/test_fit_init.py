@@ -78,6 +78,13 @@ def test_fit_stars_takes_one_start_per_spectrum(payne, spectrum, multi_start):
         assert result.labels["fe_h"]["value"] == pytest.approx(multi_start.labels["fe_h"]["value"], abs=0.01)
     with pytest.raises(ValueError, match="one start per spectrum"):
         fit_stars([spectrum, spectrum], payne, init=[multi_start])
+    # two started spectra share one batched (vmapped, full Levenberg-Marquardt) polish; one alone takes
+    # polish_map's chord iterations: the same MAP
+    both = fit_stars([spectrum, spectrum], payne, init=[multi_start, multi_start])
+    assert both[0].diagnostics["init"]["source"] == "given"
+    for name in ("teff", "logg", "fe_h", "mg_fe"):
+        for result in both:
+            assert result.labels[name]["map"] == pytest.approx(results[0].labels[name]["map"], abs=0.05 * results[0].labels[name]["error"])
 
 
 @pytest.mark.parametrize("init, match", [

@@ -294,16 +294,41 @@ def _residual_curvature(problem: FitProblem, z):
     return _gauss_newton_hessian_scaled(problem, problem.to_theta(z), _unit_widths(problem))
 
 
-@jax.jit
-def _gauss_newton_chord(problem: FitProblem, z, curvature):
+@functools.partial(jax.jit, static_argnames="second_order")
+def _gauss_newton_chord(problem: FitProblem, z, curvature, second_order: bool = True):
     """:func:`_gauss_newton_log_density`, its exact gradient (one reverse-mode pass through the
     emulator) and the Gauss-Newton Hessian in z from a data curvature in u (:func:`_residual_curvature`)
-    computed earlier, mapped through the transform's Jacobian at this z: the same Hessian as
-    -J^T J (J = dr/dz) plus the log Jacobian's Hessian when ``curvature`` is from this z."""
+    computed earlier, mapped through the transform's Jacobian at this z, plus the log Jacobian's
+    Hessian and the chain rule's second-order term (:func:`_transform_second_order`): with
+    ``curvature`` from this z, -J^T J (J = dr/dz) plus those two."""
     value, gradient = jax.value_and_grad(lambda x: _gauss_newton_log_density(problem, x))(z)
-    transform = jax.jacfwd(problem.to_theta)(z) / _unit_widths(problem)[:, None]  # d u / d z
+    jacobian = jax.jacfwd(problem.to_theta)(z)  # d theta / d z, triangular
+    transform = jacobian / _unit_widths(problem)[:, None]  # d u / d z
     hessian = -transform.T @ curvature @ transform + jax.hessian(problem.log_abs_det_jacobian)(z)
+    if second_order:
+        hessian = hessian + _transform_second_order(problem, z, jacobian, gradient)
     return value, gradient, hessian
+
+
+def _transform_second_order(problem: FitProblem, z, jacobian, gradient):
+    """The chain rule's second term of the data's Hessian in z: sum_j (d log L / d theta_j)
+    d^2 theta_j / dz dz^T, exact from the gradient (no Jacobian through the emulator).
+
+    Gauss-Newton approximates the data's curvature in theta; mapped to z it needs this term as well,
+    which is not small where a parameter sits in the sigmoid's tail: there the data still pull on
+    theta at the mode in z (balancing the log Jacobian's pull towards the box centre), and leaving the
+    term out under-estimates the curvature there by ~(1 - 2 sigmoid(z))^2 (logit), so Newton steps
+    overshoot and oscillate about the mode.  At the mode the term is -(d log|d theta/dz| / dz)^2 on
+    the diagonal (negative); away from it, it can have either sign, and only its negative part is
+    kept, so that the Newton matrix never loses curvature from it."""
+    log_jacobian_gradient = jax.grad(problem.log_abs_det_jacobian)(z)
+    data_gradient = gradient - log_jacobian_gradient
+    fixed = jnp.diag(jacobian) == 0.0  # a zero-width box: theta does not move, the data do not pull on z
+    theta_gradient = jnp.linalg.solve((jacobian + jnp.diag(fixed.astype(jacobian.dtype))).T, data_gradient)
+    theta_gradient = jax.lax.stop_gradient(jnp.where(fixed, 0.0, theta_gradient))
+    second = jax.hessian(lambda x: jnp.dot(theta_gradient, problem.to_theta(x)))(z)
+    values, vectors = jnp.linalg.eigh(0.5 * (second + second.T))
+    return (vectors * jnp.minimum(values, 0.0)) @ vectors.T
 
 
 #: smallest eigenvalue of minus the Hessian in z (variance at most 4: even a parameter the data do not
@@ -315,7 +340,8 @@ _MAX_NEWTON_STEP = 4.0
 
 def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_iterations: int = 12,
                           tolerance: float = 0.05, gauss_newton: bool = False,
-                          curvature_refresh: str = "shortened", curvature: np.ndarray | None = None) -> UnconstrainedLaplace:
+                          curvature_refresh: str = "shortened", curvature: np.ndarray | None = None,
+                          start: np.ndarray | None = None, second_order: bool = True) -> UnconstrainedLaplace:
     """Mode and Laplace covariance of the density the samplers draw from, in z.
 
     Damped Newton iterations on ``problem.log_density_unconstrained`` (log L + log prior
@@ -337,8 +363,11 @@ def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_ite
 
     ``gauss_newton=True``: the density with the continuum profiled, -|r|^2 / 2 + log |d theta / d z|
     (r the whitened residuals), and its Gauss-Newton Hessian -J^T J (J = dr/dz) plus the log
-    Jacobian's exact Hessian -- for an emulator whose Hessian is expensive (a TransformerPayne on
-    a CPU: ~3 s per Jacobian of r, 11 s per Hessian).  The data's curvature J^T J is computed in
+    Jacobian's exact Hessian and the negative part of the chain rule's second-order term
+    (``second_order``, :func:`_transform_second_order`; without it the curvature of a label in the
+    sigmoid's tail is under-estimated and Newton steps overshoot and oscillate there) -- for an
+    emulator whose Hessian is expensive (a TransformerPayne on a CPU: ~3 s per Jacobian of r,
+    11 s per Hessian).  The data's curvature J^T J is computed in
     physical coordinates (one Jacobian of r) at the start and again only after a step that had to
     be shortened; the other iterations reuse it with the transform's Jacobian at the new z, and
     take the exact gradient (one reverse-mode pass, a fraction of a Jacobian's cost).  The
@@ -351,6 +380,10 @@ def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_ite
     ``curvature`` (with ``gauss_newton=True``): a data curvature in u to start from instead of a
     Jacobian at the start, treated like one from an earlier iterate -- the one the MAP's polish
     ended with (``MapResult.curvature``; ``fit_star`` passes it for the TransformerPayne).
+    ``start``: the z to start from instead of the MAP's (e.g. where a parameter's MAP is at a box
+    edge, z there is clipped to -+8 while its mode in z is usually well inside; ``fit_star`` starts
+    such parameters at the fast path's mode).  ``second_order=False``: the plain Gauss-Newton
+    Hessian, without the term above (for comparisons: benchmarks/bench_edge_labels.py).
     """
     if curvature_refresh not in ("shortened", "always"):
         raise ValueError(f"curvature_refresh must be 'shortened' or 'always', got {curvature_refresh!r}")
@@ -372,9 +405,11 @@ def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_ite
             curvature, evaluations, fresh = _residual_curvature(problem, z), evaluations + 1, True
         else:
             fresh = False
-        return tuple(np.asarray(v, np.float64) for v in _gauss_newton_chord(problem, z, curvature))
+        return tuple(np.asarray(v, np.float64) for v in _gauss_newton_chord(problem, z, curvature, second_order))
 
     z = np.clip(np.asarray(problem.to_unconstrained(jnp.asarray(theta_map, jnp.float32)), np.float64), -8.0, 8.0)
+    if start is not None:
+        z = np.clip(np.asarray(start, np.float64), -8.0, 8.0)
     value, gradient, hessian = derivatives(z, refresh=curvature is None)
     finite = lambda: bool(np.isfinite(value) and np.all(np.isfinite(gradient)) and np.all(np.isfinite(hessian)))  # noqa: E731
     last_finite = (z, value, gradient, hessian) if finite() else None
