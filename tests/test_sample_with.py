@@ -92,6 +92,9 @@ def test_gauss_newton_z_mode_agrees_with_the_newton_mode(problem, payne_map):
     assert np.all(np.abs(gauss_newton.mode - tight.mode) < 0.1 * sigma)
     with pytest.raises(ValueError, match="curvature_refresh"):
         unconstrained_laplace(problem, theta, gauss_newton=True, curvature_refresh="never")
+    for bad in (np.zeros(3), np.full(theta.size, np.nan)):
+        with pytest.raises(ValueError, match="start must be a finite z"):
+            unconstrained_laplace(problem, theta, gauss_newton=True, start=bad)
 
 
 def test_z_laplace_keeps_the_last_finite_curvature_and_reports_none(problem, payne_map, monkeypatch):

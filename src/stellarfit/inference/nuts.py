@@ -409,7 +409,10 @@ def unconstrained_laplace(problem: FitProblem, theta_map: np.ndarray, *, max_ite
 
     z = np.clip(np.asarray(problem.to_unconstrained(jnp.asarray(theta_map, jnp.float32)), np.float64), -8.0, 8.0)
     if start is not None:
-        z = np.clip(np.asarray(start, np.float64), -8.0, 8.0)
+        start = np.asarray(start, np.float64)
+        if start.shape != z.shape or not np.all(np.isfinite(start)):
+            raise ValueError(f"start must be a finite z of shape {z.shape} ({problem.names}), got shape {start.shape}")
+        z = np.clip(start, -8.0, 8.0)
     value, gradient, hessian = derivatives(z, refresh=curvature is None)
     finite = lambda: bool(np.isfinite(value) and np.all(np.isfinite(gradient)) and np.all(np.isfinite(hessian)))  # noqa: E731
     last_finite = (z, value, gradient, hessian) if finite() else None
