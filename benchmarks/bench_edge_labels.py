@@ -49,8 +49,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "edge_labels_default"))
     args = parser.parse_args()
 
-    import jax.numpy as jnp
-
     import stellarfit as sf
     from bench_gpu_fits import load_stars
     from stellarfit.inference import fit as fitting
@@ -95,8 +93,7 @@ def main() -> None:
         fast_problem = fast_problem.with_transform("logit")
         fast_mode = unconstrained_laplace(fast_problem, fast_map.theta, gauss_newton=True).mode
         target = problem.with_transform("logit")
-        z_map = np.asarray(target.to_unconstrained(jnp.asarray(theta, jnp.float32)), np.float64)
-        hybrid = np.where(np.abs(z_map) > fitting.EDGE_Z, fast_mode, np.clip(z_map, -8.0, 8.0))
+        hybrid = fitting._mode_search_start(target, theta, fast_mode)  # as fit_star starts it
         curvature = fitting._finite_curvature(polished.curvature)
         reference = unconstrained_laplace(target, theta, gauss_newton=True, curvature_refresh="always", tolerance=1e-3,
                                           max_iterations=30, start=hybrid)

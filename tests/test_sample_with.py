@@ -218,6 +218,16 @@ def test_gauss_newton_curvature_of_a_label_in_the_sigmoids_tail_includes_the_sec
     assert float(without[i, i]) > 0.8 * exact[i, i]  # (negative numbers) a fifth or more of the curvature missing
     assert width(with_term)[i] / width(exact)[i] == pytest.approx(1.0, abs=0.1)
     assert width(without)[i] / width(exact)[i] > 1.3
+    # fit_star starts such a label's search at the fast path's mode, the others at the MAP's z
+    from stellarfit.inference.fit import _mode_search_start
+
+    elsewhere = np.full(theta.size, 0.5)
+    start = _mode_search_start(problem, theta, elsewhere)
+    z_map = np.asarray(problem.to_unconstrained(jnp.asarray(theta, jnp.float32)), np.float64)
+    assert start[i] == 0.5
+    others = np.abs(z_map) <= 6.0
+    np.testing.assert_allclose(start[others], z_map[others])
+    assert _mode_search_start(problem, theta, np.full(theta.size, np.nan)) is None
     # from the MAP's clipped z the term saves Newton iterations and Jacobians, to the same mode
     plain = unconstrained_laplace(problem, theta, gauss_newton=True, second_order=False)
     assert plain.converged and mode.curvature_evaluations < plain.curvature_evaluations

@@ -441,6 +441,16 @@ class _Surrogate:
 EDGE_Z = 6.0
 
 
+def _mode_search_start(problem: FitProblem, theta: np.ndarray, fast_mode: np.ndarray) -> np.ndarray | None:
+    """Where the emulator's z-mode search starts: a label at a box edge has its MAP's z far in the
+    sigmoid's tail (clipped to -+8), while its mode in z is about one posterior width inside the box,
+    so such labels (|z| > EDGE_Z) start at the fast path's mode, the others at the MAP's z; None
+    (start at the MAP) where that is not finite."""
+    z_map = np.asarray(problem.to_unconstrained(jnp.asarray(theta, jnp.float32)), np.float64)
+    start = np.where(np.abs(z_map) > EDGE_Z, np.asarray(fast_mode, np.float64), np.clip(z_map, -8.0, 8.0))
+    return start if np.all(np.isfinite(start)) else None
+
+
 def _surrogate_map(spectrum, surrogate: _FastPath, prepared: _Prepared, theta: np.ndarray, options: dict,
                    z_transform: str = "logit", curvature: np.ndarray | None = None) -> _Surrogate:
     """The fast path's FitProblem on the same spectrum and boxes as ``prepared`` (its RV box is
@@ -461,14 +471,9 @@ def _surrogate_map(spectrum, surrogate: _FastPath, prepared: _Prepared, theta: n
     # the modes in the coordinates the chains sample (z_transform), where the draws are moved
     fast_problem = fast_problem.with_transform(z_transform)
     fast_mode = unconstrained_laplace(fast_problem, fast_map.theta, gauss_newton=True).mode
-    # a label at a box edge has its MAP's z far in the sigmoid's tail (clipped to -+8), while its mode
-    # in z is about one posterior width inside the box: such labels start at the fast path's mode,
-    # the others at the emulator's MAP
     target_problem = problem.with_transform(z_transform)
-    z_map = np.asarray(target_problem.to_unconstrained(jnp.asarray(theta, jnp.float32)), np.float64)
-    start_z = np.where(np.abs(z_map) > EDGE_Z, fast_mode, np.clip(z_map, -8.0, 8.0))
     target_mode = unconstrained_laplace(target_problem, theta, gauss_newton=True, curvature=curvature,
-                                        start=start_z if np.all(np.isfinite(start_z)) else None).mode
+                                        start=_mode_search_start(target_problem, theta, fast_mode)).mode
     if not (np.all(np.isfinite(fast_mode)) and np.all(np.isfinite(target_mode))):
         raise RuntimeError("the modes of the densities in z are not finite; use sample_with='self'")
     return _Surrogate(surrogate.name, fast_problem, fast_map, fast_mode, target_mode)
