@@ -121,6 +121,24 @@ def test_chord_iterations_reach_the_same_map_with_fewer_jacobians(payne, spectru
     assert np.max(np.abs(chord.theta - plain.theta) / sigma) < 0.35
 
 
+def test_the_polish_takes_no_second_jacobian_at_the_same_point(payne, spectrum, multi_start):
+    """A Gaussian prior that pulls [alpha/Fe] far below its box (the polish chases it into the
+    sigmoid's tail, where many steps are rejected): every Jacobian after the first is taken at a
+    new point, i.e. after an accepted step -- a rejected retry from a point that had its Jacobian
+    reuses it with more damping (it used to take the same Jacobian again)."""
+    from stellarfit.inference.likelihood import GaussianPrior
+
+    prepared = _prepare(spectrum, payne, priors={"alpha_fe": GaussianPrior(-0.5, 0.05)}, rv_range=(-1000.0, 1000.0),
+                        rv_window=50.0, vsini_max=100.0, continuum_degree=2,
+                        start={name: multi_start.labels[name]["map"] for name in multi_start.labels})
+    problem = prepared.problem
+    theta = np.array([multi_start.labels[name]["map"] for name in problem.names])
+    result = polish_map(problem, np.clip(theta, problem.lower, problem.upper), max_steps=20)
+    assert result.iterations > result.accepted_steps + 1  # rejections happened
+    assert 1 <= result.jacobians <= result.accepted_steps + 1
+    assert -result.log_posterior < -polish_map(problem, np.clip(theta, problem.lower, problem.upper), max_steps=2).log_posterior
+
+
 def test_polish_map_checks_its_start(payne, spectrum):
     prepared = _prepare(spectrum, payne, priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0, vsini_max=100.0,
                         continuum_degree=2)

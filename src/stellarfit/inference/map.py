@@ -81,6 +81,8 @@ class MapResult:
             the float32 rounding level of the residuals where larger).
         iterations: Levenberg-Marquardt iterations of :func:`polish_map`.
         jacobians: the Jacobians those iterations took (fewer with ``chord``).
+        accepted_steps: how many of those iterations' steps were kept (the others were rejected and
+            retried with more damping or a fresh Jacobian).
         curvature: (p, p) the data's Gauss-Newton curvature J^T J in u = theta / box width from the
             last of them (``chord``, and :func:`polish_map_batch`; None otherwise): a start for
             :func:`~stellarfit.inference.nuts.unconstrained_laplace`'s ``curvature``.
@@ -99,6 +101,7 @@ class MapResult:
     iterations: int | None = None
     jacobians: int | None = None
     curvature: np.ndarray | None = None
+    accepted_steps: int | None = None
 
     @property
     def sigma(self) -> np.ndarray:
@@ -255,7 +258,7 @@ def _lm_step(problem: FitProblem, x, damping, value):
 
 def _try_step(problem: FitProblem, x, value, r, gradient, hessian, damping, floor=1e-20):
     """The damped Gauss-Newton step from x, kept only if it lowers the objective.  Returns (x,
-    objective, decrease, whether the step was kept)."""
+    objective, decrease, whether the step was kept, the decrease the model predicted)."""
     # a parameter pressed against its box edge has a saturated sigmoid: almost no curvature in z, so
     # the Marquardt-scaled step along it is huge and would get every step rejected; cap it
     step = _gauss_newton_step(gradient, hessian, damping, floor)
@@ -424,7 +427,7 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
     the Gauss-Newton model promised for it: two rejected steps that promised little mean the
     objective cannot fall further, two that promised much only that the damping was too small),
     else after ``max_steps``.  Returns (z, objective, decrease over the last two iterations, iterations,
-    Jacobians).
+    Jacobians, accepted steps, the data's curvature in u).
 
     ``chord``: an iteration takes a Jacobian only at the start, after an accepted step that lowered
     the objective by more than :data:`CHORD_DECREASE`, and after a rejected step made with an older
@@ -432,7 +435,12 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
     exact gradient (a reverse-mode pass).  Near the optimum the steps are fractions of the
     posterior's width and J^T J barely changes, while a TransformerPayne Jacobian on a CPU costs
     ~5 gradients.  A step rejected with a fresh curvature is retried from the same curvature with
-    more damping (plain Levenberg-Marquardt would take the same Jacobian again).  Under ``vmap``
+    more damping (plain Levenberg-Marquardt would take the same Jacobian again), and so is one
+    rejected with an older curvature once a Jacobian was taken at that point: until 2026-11-27 a
+    second rejection there took the same Jacobian again (on held-out TransformerPayne stars whose
+    labels run into box edges, 3 of 6 Jacobians on one, 3 of 8 on another;
+    benchmarks/bench_polish_jacobians.py).  A
+    retry from the same point reuses that point's residuals and gradient too.  Under ``vmap``
     both branches would run, so batches use ``chord=False``; with ``keep_curvature`` they still
     return the data's curvature in u of their last Jacobian (the same Jacobian, taken in u).
     """
@@ -443,51 +451,65 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
         return (k < max_steps) & ~((k >= 2) & (last + previous < CONVERGED_DECREASE))
 
     def step(carry):
-        x, damping, value, k, last, _, curvature, need, jacobians = carry
+        x, damping, value, k, last, _, curvature, need, jacobians, accepted, current, moved, linear = carry
         if chord:
-            r, gradient, hessian, curvature = jax.lax.cond(
-                need, lambda x, c: _linearize_curvature(problem, x),
-                lambda x, c: (*_chord_linearize(problem, x, c), c), x, curvature)
+            # a new Jacobian (need), the exact gradient with the kept curvature where x moved, else
+            # (a rejected step's retry from the same x) what this x's linearization gave already
+            branch = jnp.where(need, 0, jnp.where(moved, 1, 2))
+            r, gradient, hessian, curvature = jax.lax.switch(
+                branch, (lambda x, c, lin: _linearize_curvature(problem, x),
+                         lambda x, c, lin: (*_chord_linearize(problem, x, c), c),
+                         lambda x, c, lin: (*lin, c)), x, curvature, linear)
+            current = need | (current & ~moved)
         elif keep_curvature:
             r, gradient, hessian, curvature = _linearize_curvature(problem, x)
+            current = jnp.asarray(True)
         else:
             r, gradient, hessian = _linearize(problem, x)
-        fresh = need | (not chord)
+            current = jnp.asarray(True)
         x, value, decrease, better, predicted = _try_step(problem, x, value, r, gradient, hessian, damping,
                                                           MARQUARDT_FLOOR)
-        # a step from an older curvature that failed is retried with this point's own, damping unchanged
-        grow = jnp.where(fresh, jnp.minimum(damping * 4.0, 1e8), damping)
+        # a step from an older curvature that failed is retried with this point's own, damping unchanged;
+        # one from this point's own curvature with more damping (no new Jacobian: it would be the same)
+        grow = jnp.where(current, jnp.minimum(damping * 4.0, 1e8), damping)
         damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), grow)
-        need = jnp.where(better, decrease > CHORD_DECREASE, ~fresh)
+        jacobians = jacobians + (need | (not chord)).astype(jnp.int32)
+        need = jnp.where(better, decrease > CHORD_DECREASE, ~current)
         # a rejected step counts towards convergence by the decrease it was predicted to make: a
         # rejection of a step that promised much says the damping was too small, not that the
         # objective cannot fall further
         decrease = jnp.where(better, decrease, jnp.maximum(predicted, 0.0)).astype(value.dtype)
-        return x, damping, value, k + 1, decrease, last, curvature, need, jacobians + fresh.astype(jnp.int32)
+        accepted = accepted + better.astype(jnp.int32)
+        return (x, damping, value, k + 1, decrease, last, curvature, need, jacobians, accepted, current, better,
+                (r, gradient, hessian))
 
     r = problem.residuals_unconstrained(z)
     value = 0.5 * jnp.sum(r * r)
     big = jnp.asarray(jnp.inf, value.dtype)
+    linear = (jnp.zeros_like(r), jnp.zeros_like(z), jnp.zeros((p, p), z.dtype))
     carry = (z, jnp.asarray(1e-2, z.dtype), value, jnp.asarray(0), big, big, jnp.zeros((p, p), z.dtype),
-             jnp.asarray(True), jnp.asarray(0, jnp.int32))
-    z, _, value, k, last, previous, curvature, _, jacobians = jax.lax.while_loop(keep_going, step, carry)
-    return z, value, last + previous, k, jacobians, curvature
+             jnp.asarray(True), jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32), jnp.asarray(False),
+             jnp.asarray(True), linear)
+    z, _, value, k, last, previous, curvature, _, jacobians, accepted, *_ = jax.lax.while_loop(keep_going, step, carry)
+    return z, value, last + previous, k, jacobians, accepted, curvature
 
 
 def _polished(problem: FitProblem, z0, max_steps: int, chord: bool = True, keep_curvature: bool = False):
-    z, value, remaining, k, jacobians, curvature = _polish_until(problem, z0, max_steps=max_steps, chord=chord,
-                                                                 keep_curvature=keep_curvature)
+    z, value, remaining, k, jacobians, accepted, curvature = _polish_until(
+        problem, z0, max_steps=max_steps, chord=chord, keep_curvature=keep_curvature)
     theta, chi2 = _theta_chi2(problem, z)
-    return theta, chi2, value, remaining, k, jacobians, curvature
+    return theta, chi2, value, remaining, k, jacobians, accepted, curvature
 
 
-def _polish_result(problem: FitProblem, theta, chi2, value, remaining, steps, jacobians=None, curvature=None) -> MapResult:
+def _polish_result(problem: FitProblem, theta, chi2, value, remaining, steps, jacobians=None, accepted=None,
+                   curvature=None) -> MapResult:
     return MapResult(
         theta=np.asarray(theta, dtype=np.float64), names=problem.names, log_posterior=-float(value), chi2=float(chi2),
         n_good=problem.n_good, covariance=None, all_objectives=np.asarray([value]),
         converged=bool(remaining < CONVERGED_DECREASE), remaining_decrease=float(remaining),
         convergence_tolerance=CONVERGED_DECREASE, iterations=int(steps),
         jacobians=None if jacobians is None else int(jacobians),
+        accepted_steps=None if accepted is None else int(accepted),
         # none without a Jacobian (max_steps=0: the carry's zeros are not a curvature)
         curvature=None if curvature is None or not jacobians else np.asarray(curvature, np.float64))
 
