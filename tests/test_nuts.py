@@ -151,7 +151,10 @@ def test_sampling_at_a_box_edge_vsini_zero():
     assert mapped[4, 4] == pytest.approx(1.0) or mapped[4, 4] > 100.0 * sigma_z**2
     run = sample_numpyro(marginalized, truth, None, num_warmup=150, num_samples=150, num_chains=2, seed=1)
     d = run.diagnostics
-    assert d["divergences"] == 0 and max(d["r_hat"].values()) < 1.1
+    # at most 1% of the draws divergent (fit_star's sampler_warning threshold): with seeds 1-5 this toy
+    # gives 0 or 1 of 300 on one CPU, and which of the two depends on the CPU's last-bit arithmetic
+    # (seed 1 gave 0 on the machines of 2026-11-26 and 1 on a fresh one of 2026-11-27)
+    assert d["divergences"] <= 0.01 * 2 * 150 and max(d["r_hat"].values()) < 1.1, d["divergences"]
     assert np.mean(run.sample_stats["n_steps"]) < 16, np.mean(run.sample_stats["n_steps"])
     vsini = run.samples[..., 4]
     assert vsini.min() >= 0.0 and np.percentile(vsini, 50) < 10.0
