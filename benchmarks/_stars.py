@@ -89,3 +89,21 @@ def heldout_run(args, benchmark: str):
     path = Path(args.out).with_suffix(".json")
     document = json.loads(path.read_text()) if path.exists() else document_header(benchmark, args)
     return spectra, indices, path, document
+
+
+#: fit_star's defaults for the observation model, as the two-stage benchmarks pass them to ``_prepare``
+FIT_OPTIONS = dict(priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0, vsini_max=100.0, continuum_degree=2,
+                   emulator_error=True)
+
+
+def second_stage(spectrum, emulator, fast):
+    """What ``fit_star(spectrum, emulator)`` polishes with a fast path: ``fast``'s multi-start MAP,
+    then ``emulator``'s problem on the spectrum and the polish's start from that MAP.
+    Returns (the fast path's FitResult, the _Prepared problem, the start (p,))."""
+    import stellarfit as sf
+    from stellarfit.inference.fit import _init_values, _prepare, _start_vector
+
+    first = sf.fit_star(spectrum, fast, "map", init=None)
+    values = _init_values(first, emulator.label_spec)
+    prepared = _prepare(spectrum, emulator, start=values, **FIT_OPTIONS)
+    return first, prepared, _start_vector(prepared.problem, values, prepared.rv0)

@@ -50,6 +50,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import stellarfit as sf
+    from _stars import FIT_OPTIONS, second_stage
     from bench_gpu_fits import load_stars
     from stellarfit.inference import fit as fitting
     from stellarfit.inference.map import polish_map
@@ -61,19 +62,15 @@ def main() -> None:
     fast = fitting.fast_path_emulator(emulator)
     if fast is None:
         raise SystemExit(f"{args.emulator!r} names no fast path")
-    options = dict(priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0, vsini_max=100.0, continuum_degree=2,
-                   emulator_error=True)
+    options = FIT_OPTIONS
     document = {"benchmark": "bench_edge_labels", "emulator": args.emulator, "fast_path": emulator.metadata["fast_path"],
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "cpu_count": os.cpu_count(), "platform": platform.platform(),
                 "load_average_before": list(os.getloadavg()), "settings": vars(args), "stars": []}
     for k in chosen:
         spectrum = spectra[k]
-        fast_fit = sf.fit_star(spectrum, fast, "map")
-        start_values = fitting._init_values(fast_fit, emulator.label_spec)
-        prepared = fitting._prepare(spectrum, emulator, start=start_values, **options)
+        fast_fit, prepared, start = second_stage(spectrum, emulator, fast)
         problem = prepared.problem
-        start = fitting._start_vector(problem, start_values, prepared.rv0)
         clock = time.perf_counter()
         polished = polish_map(problem, start, max_steps=fitting.INIT_POLISH_STEPS)
         polish_s = time.perf_counter() - clock

@@ -46,8 +46,10 @@ def main() -> None:
     import stellarfit as sf
     from stellarfit.grids import SpectralGrid
     from stellarfit.inference import observe_grid
-    from stellarfit.inference.fit import _init_values, _prepare, _start_vector, fast_path_emulator
+    from stellarfit.inference.fit import fast_path_emulator
     from stellarfit.inference.map import gauss_newton_covariance, polish_map
+
+    from _stars import second_stage
 
     emulator = sf.load_emulator(args.emulator)
     fast = fast_path_emulator(emulator)
@@ -57,18 +59,13 @@ def main() -> None:
     rows = np.arange(args.first, args.first + args.n_stars * args.stride, args.stride)
     observed, _, _ = observe_grid(grid, rows, snr=args.snr, resolution=22_500.0, seed=3)
     stars = [("example", sf.example_spectrum())] + [(f"{Path(args.grid).name} row {r}", s) for r, s in zip(rows, observed)]
-    options = dict(priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0, vsini_max=100.0, continuum_degree=2,
-                   emulator_error=True)
     document = {"benchmark": "bench_polish_chord", "emulator": args.emulator,
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "cpu_count": os.cpu_count(), "platform": platform.platform(), "load_average_before": list(os.getloadavg()),
                 "settings": {k: v for k, v in vars(args).items() if k != "out"}, "runs": []}
     for index, (name, spectrum) in enumerate(stars):
-        first_stage = sf.fit_star(spectrum, fast, "map", init=None)
-        values = _init_values(first_stage, emulator.label_spec)
-        prepared = _prepare(spectrum, emulator, start=values, **options)
+        _, prepared, start = second_stage(spectrum, emulator, fast)
         problem = prepared.problem
-        start = _start_vector(problem, values, prepared.rv0)
         order = (False, True) if index % 2 == 0 else (True, False)
         results = {}
         for chord in order:
