@@ -280,18 +280,20 @@ def test_fit_stars_nuts_samples_every_star_in_one_batch(emulator):
     truths = ([0.4, 0.2, -0.3], [0.7, -0.1, 0.2])
     spectra = [observe(emulator, truth, rv, snr=200.0, seed=20 + i) for i, (truth, rv) in enumerate(zip(truths, [25.0, -70.0]))]
     options = dict(n_starts=4, adam_steps=150, rv_range=(-300.0, 300.0), vsini_max=20.0)
-    results = fit_stars(spectra, emulator, method="nuts", num_warmup=200, num_samples=150, num_chains=2, max_tree_depth=6,
+    # 2 x 300 draws: with 2 x 150 the labels' R-hat was 1.15 on a fresh machine of 2026-11-27 (old code
+    # too: the toy emulator trained here and the chains differ in the last bits from CPU to CPU); 1.08 with 300
+    results = fit_stars(spectra, emulator, method="nuts", num_warmup=200, num_samples=300, num_chains=2, max_tree_depth=6,
                         **options)
     for result, truth, rv in zip(results, truths, [25.0, -70.0]):
-        assert result.method == "nuts" and result.samples.shape[:2] == (2, 150)
+        assert result.method == "nuts" and result.samples.shape[:2] == (2, 300)
         d = result.diagnostics
         # at most 1% of the draws divergent (fit_star's sampler_warning threshold): vsini's edge at 0 is a
         # funnel-like tail in z that NUTS enters now and then
-        assert d["chain_method"] == "batched" and d["divergences"] <= 0.01 * 2 * 150
-        # vsini sits at its box edge (0) here; 2 x 150 draws mix the labels and rv well, that tail less so
+        assert d["chain_method"] == "batched" and d["divergences"] <= 0.01 * 2 * 300
+        # vsini sits at its box edge (0) here; the draws mix the labels and rv well, that tail less so
         # (vsini's effect is quadratic near 0 and couples weakly to the labels; 2 x 100 draws were too few)
         assert max(v for k, v in d["r_hat"].items() if k != "vsini") < 1.1 and d["r_hat"]["vsini"] < 1.3
-        assert result.sample_stats["n_steps"].shape == (2, 150) and result.sample_stats["n_steps"].max() <= 2**6 - 1
+        assert result.sample_stats["n_steps"].shape == (2, 300) and result.sample_stats["n_steps"].max() <= 2**6 - 1
         assert result.labels["rv"]["value"] == pytest.approx(rv, abs=1.0)
         for name, value in zip(emulator.label_names, truth):
             row = result.labels[name]
