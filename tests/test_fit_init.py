@@ -99,10 +99,14 @@ def test_bad_init_is_a_clear_error(payne, spectrum, init, match):
         fit_star(spectrum, payne, init=init)
 
 
-def test_chord_iterations_reach_the_same_map_with_fewer_jacobians(payne, spectrum, multi_start):
-    """polish_map keeps the last Jacobian's curvature once the steps lower the objective by little
-    (chord=True, the default): from a start 1-1.25 sigma off in Teff, logg and [Fe/H] it ends where
-    plain Levenberg-Marquardt (a Jacobian every iteration) ends, with fewer Jacobians."""
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_chord_iterations_reach_the_same_map_with_fewer_jacobians(payne, spectrum, multi_start, scale):
+    """polish_map keeps the last Jacobian's curvature (chord=True, the default): from a start
+    1-1.25 sigma off in Teff, logg and [Fe/H] (the errors include the label error floors: ~420 nats
+    above the MAP), and from one 3x as far (~3,300 nats above it), it ends where plain
+    Levenberg-Marquardt (a Jacobian every iteration) ends, or higher, with fewer Jacobians.  The far
+    start needs the retries from the older curvature with more damping (CHORD_RETRIES): with a
+    Jacobian after the first rejection it ran out of its 20 iterations (8 Jacobians)."""
     prepared = _prepare(spectrum, payne, priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0, vsini_max=100.0,
                         continuum_degree=2)
     problem = prepared.problem
@@ -110,14 +114,15 @@ def test_chord_iterations_reach_the_same_map_with_fewer_jacobians(payne, spectru
     sigma = np.array([multi_start.labels[name]["error"] for name in problem.names])
     start = theta.copy()
     for name, offset in (("teff", 1.25), ("logg", -1.0), ("fe_h", 1.0)):
-        start[problem.names.index(name)] += offset * sigma[problem.names.index(name)]
+        start[problem.names.index(name)] += scale * offset * sigma[problem.names.index(name)]
     plain = polish_map(problem, start, max_steps=20, chord=False)
     chord = polish_map(problem, start, max_steps=20)
     assert plain.converged and chord.converged
     assert plain.jacobians == plain.iterations
     assert 1 <= chord.jacobians < plain.jacobians
     assert chord.jacobians < chord.iterations  # some iterations took only a gradient
-    assert abs(chord.log_posterior - plain.log_posterior) < 0.1
+    # both stop within their convergence tolerance (0.1 nats) of the optimum, so either may be higher
+    assert chord.log_posterior > plain.log_posterior - 0.1
     assert np.max(np.abs(chord.theta - plain.theta) / sigma) < 0.35
 
 

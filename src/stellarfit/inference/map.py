@@ -386,9 +386,14 @@ def fit_map(
     )
 
 
-#: a Levenberg-Marquardt iteration of :func:`polish_map` that follows an accepted step which lowered
-#: -log posterior by less than this (nats) keeps the previous Jacobian's curvature (see :func:`_polish_until`)
-CHORD_DECREASE = 10.0
+#: an accepted step of :func:`polish_map` that lowered -log posterior by more than this (nats) is
+#: followed by a Jacobian: the point moved far, and the curvature may have changed with it (10 until
+#: 2026-11-28; see :func:`_polish_until`)
+CHORD_DECREASE = 100.0
+
+#: steps from an older curvature that :func:`polish_map` tries at one point, each with 4x the
+#: damping of the one before, before it takes a Jacobian there (see :func:`_polish_until`)
+CHORD_RETRIES = 2
 
 
 def _linearize_curvature(problem: FitProblem, x):
@@ -430,17 +435,17 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
     Jacobians, accepted steps, the data's curvature in u).
 
     ``chord``: an iteration takes a Jacobian only at the start, after an accepted step that lowered
-    the objective by more than :data:`CHORD_DECREASE`, and after a rejected step made with an older
-    curvature.  Otherwise it keeps the data's curvature in u from the last Jacobian and takes the
-    exact gradient (a reverse-mode pass).  Near the optimum the steps are fractions of the
-    posterior's width and J^T J barely changes, while a TransformerPayne Jacobian on a CPU costs
-    ~5 gradients.  A step rejected with a fresh curvature is retried from the same curvature with
-    more damping (plain Levenberg-Marquardt would take the same Jacobian again), and so is one
-    rejected with an older curvature once a Jacobian was taken at that point: until 2026-11-27 a
-    second rejection there took the same Jacobian again (on held-out TransformerPayne stars whose
-    labels run into box edges, 3 of 6 Jacobians on one, 3 of 8 on another;
-    benchmarks/bench_polish_jacobians.py).  A
-    retry from the same point reuses that point's residuals and gradient too.  Under ``vmap``
+    the objective by more than :data:`CHORD_DECREASE`, and where :data:`CHORD_RETRIES` steps from an
+    older curvature were rejected at one point (each retry with 4x the damping).  Otherwise it keeps
+    the data's curvature in u from the last Jacobian and takes the exact gradient (a reverse-mode
+    pass): from a close start the steps are fractions of the posterior's width and J^T J barely
+    changes, while a TransformerPayne Jacobian on a CPU costs ~5 gradients.  A step rejected with a
+    fresh curvature is retried from the same curvature with more damping (plain Levenberg-Marquardt
+    would take the same Jacobian again).  A retry from the same point reuses that point's residuals
+    and gradient.  Until 2026-11-28 the threshold was 10 nats and the first rejection from an older
+    curvature took a Jacobian: 52 Jacobians against 35 now on 13 held-out TransformerPayne stars
+    polished from `default-fast`'s MAPs, the same optima (benchmarks/bench_polish_jacobians.py,
+    docs/fitting.md).  Under ``vmap``
     both branches would run, so batches use ``chord=False``; with ``keep_curvature`` they still
     return the data's curvature in u of their last Jacobian (the same Jacobian, taken in u).
     """
@@ -451,7 +456,7 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
         return (k < max_steps) & ~((k >= 2) & (last + previous < CONVERGED_DECREASE))
 
     def step(carry):
-        x, damping, value, k, last, _, curvature, need, jacobians, accepted, current, moved, linear = carry
+        x, damping, value, k, last, _, curvature, need, jacobians, accepted, current, moved, linear, stale = carry
         if chord:
             # a new Jacobian (need), the exact gradient with the kept curvature where x moved, else
             # (a rejected step's retry from the same x) what this x's linearization gave already
@@ -469,19 +474,22 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
             current = jnp.asarray(True)
         x, value, decrease, better, predicted = _try_step(problem, x, value, r, gradient, hessian, damping,
                                                           MARQUARDT_FLOOR)
-        # a step from an older curvature that failed is retried with this point's own, damping unchanged;
-        # one from this point's own curvature with more damping (no new Jacobian: it would be the same)
-        grow = jnp.where(current, jnp.minimum(damping * 4.0, 1e8), damping)
+        # a step that failed is retried with more damping: from this point's own curvature (a new
+        # Jacobian would be the same), or from an older one up to CHORD_RETRIES times in all; after
+        # that, with this point's own curvature, damping unchanged
+        stale = jnp.where(better | current, 0, stale + 1)
+        retry_stale = ~current & (stale < CHORD_RETRIES)
+        grow = jnp.where(current | retry_stale, jnp.minimum(damping * 4.0, 1e8), damping)
         damping = jnp.where(better, jnp.maximum(damping / 3.0, 1e-8), grow)
         jacobians = jacobians + (need | (not chord)).astype(jnp.int32)
-        need = jnp.where(better, decrease > CHORD_DECREASE, ~current)
+        need = jnp.where(better, decrease > CHORD_DECREASE, ~current & ~retry_stale)
         # a rejected step counts towards convergence by the decrease it was predicted to make: a
         # rejection of a step that promised much says the damping was too small, not that the
         # objective cannot fall further
         decrease = jnp.where(better, decrease, jnp.maximum(predicted, 0.0)).astype(value.dtype)
         accepted = accepted + better.astype(jnp.int32)
         return (x, damping, value, k + 1, decrease, last, curvature, need, jacobians, accepted, current, better,
-                (r, gradient, hessian))
+                (r, gradient, hessian), stale)
 
     r = problem.residuals_unconstrained(z)
     value = 0.5 * jnp.sum(r * r)
@@ -489,7 +497,7 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
     linear = (jnp.zeros_like(r), jnp.zeros_like(z), jnp.zeros((p, p), z.dtype))
     carry = (z, jnp.asarray(1e-2, z.dtype), value, jnp.asarray(0), big, big, jnp.zeros((p, p), z.dtype),
              jnp.asarray(True), jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32), jnp.asarray(False),
-             jnp.asarray(True), linear)
+             jnp.asarray(True), linear, jnp.asarray(0, jnp.int32))
     z, _, value, k, last, previous, curvature, _, jacobians, accepted, *_ = jax.lax.while_loop(keep_going, step, carry)
     return z, value, last + previous, k, jacobians, accepted, curvature
 
