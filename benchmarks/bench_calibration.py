@@ -70,10 +70,19 @@ def main() -> None:
                         help="fit only stars first-star .. n-stars - 1 of the selection (same RVs, vsini, tilts and noise "
                              "draws as the full run): to extend a stopped run; merge the two with "
                              "calibration_with_floors.py RUN --also THIS_RUN")
+    parser.add_argument("--stop-star", type=int, default=None,
+                        help="fit only stars first-star .. stop-star - 1 (default: to n-stars - 1), with the draws of "
+                             "the full --n-stars run: to split a long run into pieces (sessions), merged by "
+                             "calibration_with_floors.py RUN --also PIECE2 PIECE3 ...")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    args.settings_piece = args.stop_star is not None
+    if not args.settings_piece:
+        args.stop_star = args.n_stars
     if not 0 <= args.first_star < args.n_stars:
         parser.error(f"--first-star must be in [0, --n-stars), got {args.first_star}")
+    if not args.first_star < args.stop_star <= args.n_stars:
+        parser.error(f"--stop-star must be in (--first-star, --n-stars], got {args.stop_star}")
 
     import jax
 
@@ -96,6 +105,9 @@ def main() -> None:
         _, validation, test = grid.split((0.8, 0.1, 0.1), seed=0)
         test = validation if args.split == "validation" else test
     test = test[: args.n_stars]
+    args.stop_star = min(args.stop_star, test.size)
+    if args.first_star >= args.stop_star:
+        parser.error(f"the {args.split} split has {test.size} stars: --first-star {args.first_star} leaves none")
     names = list(emulator.label_names) + ["rv", "vsini"]
     wavelength = log_lambda_grid(args.window[0], args.window[1], args.resolution, 2.5)
     x = (wavelength - wavelength.mean()) / np.ptp(wavelength)
@@ -109,7 +121,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "load_average_before": list(os.getloadavg()),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "n_stars_used": int(test.size - args.first_star), "n_pixels": int(wavelength.size), "results": {},
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "n_stars_used": int(args.stop_star - args.first_star), "n_pixels": int(wavelength.size), "results": {},
     }
     lines, init_lines = [], []
     init_document = None
@@ -125,7 +137,8 @@ def main() -> None:
                                                 rv=rvs[k], vsini=vsinis[k], snr=snr, continuum=continuum, rng=rng))
             truths.append(np.concatenate([grid.labels[index], [rvs[k], vsinis[k]]]))
         truths = np.array(truths)
-        spectra, truths = spectra[args.first_star:], truths[args.first_star:]  # the draws above are made for every star
+        # the draws above are made for every star, so a piece has the full run's draws
+        spectra, truths = spectra[args.first_star:args.stop_star], truths[args.first_star:args.stop_star]
         common = dict(n_starts=args.n_starts, adam_steps=args.adam_steps, seed=args.seed, errors="collect",
                       error_floor=not args.no_error_floor, emulator_error=not args.no_emulator_error)
         if args.method == "nuts":
@@ -145,7 +158,7 @@ def main() -> None:
                     final = out_path(args, args.emulator)
                     write(partial, partial_lines, args, args.emulator, k + 1, final.with_name(final.name + "_partial"))
             record(document, lines, snr, results, truths, names, nuts_timing(results), args, wavelength.size)
-            write(document, lines, args, args.emulator, test.size - args.first_star, out_path(args, args.emulator))
+            write(document, lines, args, args.emulator, args.stop_star - args.first_star, out_path(args, args.emulator))
             continue
         if args.init_from:
             # stage 1 with the fast emulator (its own compile in its first batch), then the polish
@@ -171,9 +184,9 @@ def main() -> None:
         if args.init_from:
             record(init_document, init_lines, snr, fast, truths, names,
                    {"seconds_per_star": stages["fast_s_per_star"], "batch_size": args.batch_size}, args, wavelength.size)
-        write(document, lines, args, args.emulator, test.size - args.first_star, out_path(args, args.emulator))
+        write(document, lines, args, args.emulator, args.stop_star - args.first_star, out_path(args, args.emulator))
         if args.init_from:
-            write(init_document, init_lines, args, args.init_from, test.size - args.first_star, out_path(args, args.init_from, stage="fast"))
+            write(init_document, init_lines, args, args.init_from, args.stop_star - args.first_star, out_path(args, args.init_from, stage="fast"))
 
 
 def nuts_timing(results) -> dict:
@@ -200,6 +213,7 @@ def out_path(args, name: str, stage: str = "") -> Path:
     suffix += ("_modes" if args.error_modes else "") + ("_noemuerror" if args.no_emulator_error else "")
     suffix += "_nuts" if args.method == "nuts" else ""
     suffix += f"_from_star{args.first_star}" if args.first_star else ""
+    suffix += f"_to_star{args.stop_star - 1}" if args.settings_piece else ""
     if args.init_from:
         suffix += f"_{stage}stage" if stage else f"_from_{Path(args.init_from).name}"
     if args.out and not stage:

@@ -92,7 +92,7 @@ def merge_runs(documents: list[dict], paths: list[str]) -> dict:
     first = documents[0]
     # --n-stars may differ: a run of other n_stars draws other RVs, vsini and noise for a star, from the
     # same distributions, so runs of other stars pool; a star (its labels) twice is refused below
-    ignore = {"first_star", "n_stars", "out", "snr"}
+    ignore = {"first_star", "stop_star", "settings_piece", "n_stars", "out", "snr"}
     for document, path in zip(documents[1:], paths[1:]):
         # settings that bench_calibration.py gained later, at the values runs made before had
         before = {"method": "map"}
