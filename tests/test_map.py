@@ -85,3 +85,30 @@ def test_gaussian_prior_pulls_and_bad_priors():
         GaussianPrior(4.5, 0.0)
     with pytest.raises(ValueError, match="no usable pixel"):
         FitProblem(model, TOY_SPEC, flux, np.zeros_like(ivar), design)
+
+
+
+def test_secant_update_matches_the_step_and_keeps_the_rest():
+    """The BFGS correction of polish_map's kept curvature: afterwards it maps the step to the
+    gradient's change along it (the secant equation), stays symmetric and positive definite, acts
+    as before on every direction orthogonal to both C s and the change, and is left alone where
+    the step showed no positive curvature."""
+    from stellarfit.inference.map import _secant_update
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(5, 5))
+    curvature = a @ a.T + 5 * np.eye(5)
+    truth = curvature + np.diag([0.0, 0.0, 0.0, 0.0, 40.0])  # the kept curvature misjudges one direction
+    step = rng.normal(size=5)
+    change = truth @ step
+    updated = np.asarray(_secant_update(jnp.asarray(curvature), jnp.asarray(step), jnp.asarray(change)))
+    np.testing.assert_allclose(updated @ step, change, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(updated, updated.T, atol=1e-6)
+    assert np.all(np.linalg.eigvalsh(updated) > 0)
+    assert not np.allclose(updated, curvature, atol=1e-2)
+    untouched = np.linalg.svd(np.stack([curvature @ step, change]))[2][2:]  # orthogonal to C s and the change
+    for v in untouched:
+        np.testing.assert_allclose(updated @ v, curvature @ v, rtol=1e-4, atol=1e-4)
+    # negative curvature along the step: no update
+    kept = np.asarray(_secant_update(jnp.asarray(curvature), jnp.asarray(step), jnp.asarray(-change)))
+    np.testing.assert_allclose(kept, curvature, rtol=1e-6)  # (float32 of the same matrix)

@@ -84,7 +84,8 @@ class MapResult:
         accepted_steps: how many of those iterations' steps were kept (the others were rejected and
             retried with more damping or a fresh Jacobian).
         curvature: (p, p) the data's Gauss-Newton curvature J^T J in u = theta / box width from the
-            last of them (``chord``, and :func:`polish_map_batch`; None otherwise): a start for
+            last of them (``chord``: with the secant corrections of the steps after it; and
+            :func:`polish_map_batch`; None otherwise): a start for
             :func:`~stellarfit.inference.nuts.unconstrained_laplace`'s ``curvature``.
     """
 
@@ -395,28 +396,53 @@ CHORD_DECREASE = 100.0
 #: damping of the one before, before it takes a Jacobian there (see :func:`_polish_until`)
 CHORD_RETRIES = 2
 
+#: whether :func:`polish_map` corrects its kept curvature along each accepted step by a BFGS update
+#: from the change of the exact gradient (since 2026-11-28; see :func:`_polish_until`)
+CHORD_SECANT = True
+
+
+def _unit_transform(problem: FitProblem, x):
+    """d u / d z at x (u = theta / box width), fixed parameters' columns zeroed."""
+    return jnp.where(_free(problem)[None, :], jax.jacfwd(problem.to_theta)(x) / _unit_widths(problem)[:, None], 0.0)
+
 
 def _linearize_curvature(problem: FitProblem, x):
     """:func:`_linearize` (whitened residuals r, J^T r and J^T J in z) plus the data's curvature
     J_u^T J_u in u = theta / box width, which stays valid while z moves a little (the transform's
-    part d u / d z is exact wherever it is evaluated: :func:`_chord_linearize`)."""
+    part d u / d z is exact wherever it is evaluated: :func:`_chord_linearize`), and the gradient
+    J_u^T r in u."""
     theta = problem.to_theta(x)
     widths = _unit_widths(problem)
     residual_u = lambda u: problem.residuals(theta + u * widths)  # noqa: E731
     r = residual_u(jnp.zeros_like(theta))
     jacobian_u = jax.jacfwd(residual_u)(jnp.zeros_like(theta))
-    transform = jnp.where(_free(problem)[None, :], jax.jacfwd(problem.to_theta)(x) / widths[:, None], 0.0)
-    jacobian = jacobian_u @ transform  # d r / d z
-    return r, jacobian.T @ r, jacobian.T @ jacobian, jacobian_u.T @ jacobian_u
+    jacobian = jacobian_u @ _unit_transform(problem, x)  # d r / d z
+    return r, jacobian.T @ r, jacobian.T @ jacobian, jacobian_u.T @ jacobian_u, jacobian_u.T @ r
 
 
 def _chord_linearize(problem: FitProblem, x, curvature):
-    """r, the exact J^T r (one reverse-mode pass: a fraction of a Jacobian's cost) and J^T J in z
-    from a curvature in u computed at an earlier iterate, mapped through d u / d z at this x."""
-    r, pullback = jax.vjp(problem.residuals_unconstrained, x)
-    free = _free(problem)
-    transform = jnp.where(free[None, :], jax.jacfwd(problem.to_theta)(x) / _unit_widths(problem)[:, None], 0.0)
-    return r, jnp.where(free, pullback(r)[0], 0.0), transform.T @ curvature @ transform
+    """r, the exact J^T r in z (one reverse-mode pass: a fraction of a Jacobian's cost), J^T J in z
+    from a curvature in u computed at an earlier iterate, mapped through d u / d z at this x, and
+    the exact gradient J_u^T r in u."""
+    theta = problem.to_theta(x)
+    widths = _unit_widths(problem)
+    r, pullback = jax.vjp(lambda u: problem.residuals(theta + u * widths), jnp.zeros_like(theta))
+    gradient_u = pullback(r)[0]
+    transform = _unit_transform(problem, x)
+    return r, transform.T @ gradient_u, transform.T @ curvature @ transform, gradient_u
+
+
+def _secant_update(curvature, step, change):
+    """BFGS update of a curvature (p, p) so that it maps ``step`` to ``change`` (the change of the
+    exact gradient along the step): the curvature along a step that the kept Jacobian misjudged is
+    corrected, the rest kept.  Unchanged where the step shows no positive curvature."""
+    bend = step @ change
+    pushed = curvature @ step
+    along = step @ pushed
+    ok = (bend > 1e-6 * jnp.sqrt((step @ step) * (change @ change))) & (along > 0)
+    updated = (curvature + jnp.outer(change, change) / jnp.where(ok, bend, 1.0)
+               - jnp.outer(pushed, pushed) / jnp.where(ok, along, 1.0))
+    return jnp.where(ok, 0.5 * (updated + updated.T), curvature)
 
 
 def _unit_widths(problem: FitProblem):
@@ -445,7 +471,11 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
     and gradient.  Until 2026-11-28 the threshold was 10 nats and the first rejection from an older
     curvature took a Jacobian: 52 Jacobians against 35 now on 13 held-out TransformerPayne stars
     polished from `default-fast`'s MAPs, the same optima (benchmarks/bench_polish_jacobians.py,
-    docs/fitting.md).  Under ``vmap``
+    docs/fitting.md).  With :data:`CHORD_SECANT` the kept curvature is corrected after every
+    accepted step from a kept curvature by a BFGS update from the step and the change of the exact
+    gradient, both in u (:func:`_secant_update`): where the objective bends less or more along the
+    steps than the last Jacobian said (a valley of correlated labels the polish walks along), the
+    steps would otherwise cover a fixed fraction of the remaining way each.  Under ``vmap``
     both branches would run, so batches use ``chord=False``; with ``keep_curvature`` they still
     return the data's curvature in u of their last Jacobian (the same Jacobian, taken in u).
     """
@@ -455,19 +485,34 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
         k, last, previous = carry[3], carry[4], carry[5]
         return (k < max_steps) & ~((k >= 2) & (last + previous < CONVERGED_DECREASE))
 
+    def _chord_branch(x, curvature, linear):
+        r, gradient, hessian, gradient_u = _chord_linearize(problem, x, curvature)
+        return r, gradient, hessian, curvature, gradient_u
+
     def step(carry):
-        x, damping, value, k, last, _, curvature, need, jacobians, accepted, current, moved, linear, stale = carry
+        (x, damping, value, k, last, _, curvature, need, jacobians, accepted, current, moved, linear, stale,
+         previous_u, previous_gradient_u) = carry
         if chord:
             # a new Jacobian (need), the exact gradient with the kept curvature where x moved, else
             # (a rejected step's retry from the same x) what this x's linearization gave already
             branch = jnp.where(need, 0, jnp.where(moved, 1, 2))
-            r, gradient, hessian, curvature = jax.lax.switch(
-                branch, (lambda x, c, lin: _linearize_curvature(problem, x),
-                         lambda x, c, lin: (*_chord_linearize(problem, x, c), c),
-                         lambda x, c, lin: (*lin, c)), x, curvature, linear)
+            r, gradient, hessian, curvature, gradient_u = jax.lax.switch(
+                branch, (lambda x, c, lin: _linearize_curvature(problem, x), _chord_branch,
+                         lambda x, c, lin: lin), x, curvature, linear)
+            u = problem.to_theta(x) / _unit_widths(problem)
+            if CHORD_SECANT:
+                # after an accepted step, the kept curvature learns what the step showed of the
+                # objective's curvature along it
+                secant = moved & ~need
+                curvature = jnp.where(secant, _secant_update(curvature, u - previous_u, gradient_u - previous_gradient_u),
+                                      curvature)
+                transform = _unit_transform(problem, x)
+                hessian = jnp.where(secant, transform.T @ curvature @ transform, hessian)
+            linear = (r, gradient, hessian, curvature, gradient_u)
+            previous_u, previous_gradient_u = u, gradient_u
             current = need | (current & ~moved)
         elif keep_curvature:
-            r, gradient, hessian, curvature = _linearize_curvature(problem, x)
+            r, gradient, hessian, curvature, _ = _linearize_curvature(problem, x)
             current = jnp.asarray(True)
         else:
             r, gradient, hessian = _linearize(problem, x)
@@ -489,15 +534,16 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
         decrease = jnp.where(better, decrease, jnp.maximum(predicted, 0.0)).astype(value.dtype)
         accepted = accepted + better.astype(jnp.int32)
         return (x, damping, value, k + 1, decrease, last, curvature, need, jacobians, accepted, current, better,
-                (r, gradient, hessian), stale)
+                linear, stale, previous_u, previous_gradient_u)
 
     r = problem.residuals_unconstrained(z)
     value = 0.5 * jnp.sum(r * r)
     big = jnp.asarray(jnp.inf, value.dtype)
-    linear = (jnp.zeros_like(r), jnp.zeros_like(z), jnp.zeros((p, p), z.dtype))
-    carry = (z, jnp.asarray(1e-2, z.dtype), value, jnp.asarray(0), big, big, jnp.zeros((p, p), z.dtype),
+    square = jnp.zeros((p, p), z.dtype)
+    linear = (jnp.zeros_like(r), jnp.zeros_like(z), square, square, jnp.zeros_like(z))
+    carry = (z, jnp.asarray(1e-2, z.dtype), value, jnp.asarray(0), big, big, square,
              jnp.asarray(True), jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32), jnp.asarray(False),
-             jnp.asarray(True), linear, jnp.asarray(0, jnp.int32))
+             jnp.asarray(True), linear, jnp.asarray(0, jnp.int32), jnp.zeros_like(z), jnp.zeros_like(z))
     z, _, value, k, last, previous, curvature, _, jacobians, accepted, *_ = jax.lax.while_loop(keep_going, step, carry)
     return z, value, last + previous, k, jacobians, accepted, curvature
 
@@ -530,8 +576,8 @@ def polish_map(problem: FitProblem, start: np.ndarray, *, max_steps: int = 8, ch
     :data:`CONVERGED_DECREASE` together (``converged``), or after ``max_steps`` iterations.  This
     is how a slow emulator (a TransformerPayne on a CPU, ~3 s per Jacobian) gets its MAP in a few
     Jacobians.  With ``chord`` (default) iterations near the optimum keep the last Jacobian's
-    curvature and take an exact gradient instead of a new Jacobian (:func:`_polish_until`);
-    ``jacobians`` counts the Jacobians taken, ``iterations`` the iterations.
+    curvature, corrected along their accepted steps, and take an exact gradient instead of a new
+    Jacobian (:func:`_polish_until`); ``jacobians`` counts the Jacobians taken, ``iterations`` the iterations.
     """
     start = np.asarray(start, dtype=np.float64)
     if start.shape != (problem.n_parameters,):
