@@ -20,6 +20,20 @@ def _values(result):
     return np.array([result.labels[name]["value"] for name in result.names])
 
 
+def _polish_from_afar(payne, spectrum, multi_start, scale):
+    """Plain and chord polishes (20 iterations) from the multi-start MAP with Teff, logg and [Fe/H]
+    moved by scale x (1.25, -1, 1) of their errors; returns (plain, chord, the errors)."""
+    prepared = _prepare(spectrum, payne, priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0, vsini_max=100.0,
+                        continuum_degree=2)
+    problem = prepared.problem
+    theta = np.array([multi_start.labels[name]["map"] for name in problem.names])
+    sigma = np.array([multi_start.labels[name]["error"] for name in problem.names])
+    start = theta.copy()
+    for name, offset in (("teff", 1.25), ("logg", -1.0), ("fe_h", 1.0)):
+        start[problem.names.index(name)] += scale * offset * sigma[problem.names.index(name)]
+    return polish_map(problem, start, max_steps=20, chord=False), polish_map(problem, start, max_steps=20), sigma
+
+
 def test_payne_default_has_no_fast_path_so_auto_is_the_multi_start_search(payne, spectrum, multi_start):
     assert fast_path_emulator(payne) is None
     assert multi_start.diagnostics["init"] == {"source": "multi-start"}
@@ -107,16 +121,7 @@ def test_chord_iterations_reach_the_same_map_with_fewer_jacobians(payne, spectru
     Levenberg-Marquardt (a Jacobian every iteration) ends, or higher, with fewer Jacobians.  The far
     start needs the retries from the older curvature with more damping (CHORD_RETRIES): with a
     Jacobian after the first rejection it ran out of its 20 iterations (8 Jacobians)."""
-    prepared = _prepare(spectrum, payne, priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0, vsini_max=100.0,
-                        continuum_degree=2)
-    problem = prepared.problem
-    theta = np.array([multi_start.labels[name]["map"] for name in problem.names])
-    sigma = np.array([multi_start.labels[name]["error"] for name in problem.names])
-    start = theta.copy()
-    for name, offset in (("teff", 1.25), ("logg", -1.0), ("fe_h", 1.0)):
-        start[problem.names.index(name)] += scale * offset * sigma[problem.names.index(name)]
-    plain = polish_map(problem, start, max_steps=20, chord=False)
-    chord = polish_map(problem, start, max_steps=20)
+    plain, chord, sigma = _polish_from_afar(payne, spectrum, multi_start, scale)
     assert plain.converged and chord.converged
     assert plain.jacobians == plain.iterations
     assert 1 <= chord.jacobians < plain.jacobians
@@ -199,16 +204,7 @@ def test_the_kept_curvature_learns_along_its_steps_from_far_away(payne, spectrum
     gets a BFGS correction after every accepted step (CHORD_SECANT), converges within them and ends
     at least as high.  Without the correction it ran out of its 20 iterations too (6 Jacobians,
     0.17 nats below plain)."""
-    prepared = _prepare(spectrum, payne, priors=None, rv_range=(-1000.0, 1000.0), rv_window=50.0, vsini_max=100.0,
-                        continuum_degree=2)
-    problem = prepared.problem
-    theta = np.array([multi_start.labels[name]["map"] for name in problem.names])
-    sigma = np.array([multi_start.labels[name]["error"] for name in problem.names])
-    start = theta.copy()
-    for name, offset in (("teff", 1.25), ("logg", -1.0), ("fe_h", 1.0)):
-        start[problem.names.index(name)] += 8.0 * offset * sigma[problem.names.index(name)]
-    plain = polish_map(problem, start, max_steps=20, chord=False)
-    chord = polish_map(problem, start, max_steps=20)
+    plain, chord, sigma = _polish_from_afar(payne, spectrum, multi_start, 8.0)
     assert not plain.converged
     assert chord.converged and chord.iterations < 20
     assert chord.jacobians < chord.iterations

@@ -410,26 +410,27 @@ def _linearize_curvature(problem: FitProblem, x):
     """:func:`_linearize` (whitened residuals r, J^T r and J^T J in z) plus the data's curvature
     J_u^T J_u in u = theta / box width, which stays valid while z moves a little (the transform's
     part d u / d z is exact wherever it is evaluated: :func:`_chord_linearize`), and the gradient
-    J_u^T r in u."""
+    J_u^T r in u, and d u / d z at x."""
     theta = problem.to_theta(x)
     widths = _unit_widths(problem)
     residual_u = lambda u: problem.residuals(theta + u * widths)  # noqa: E731
     r = residual_u(jnp.zeros_like(theta))
     jacobian_u = jax.jacfwd(residual_u)(jnp.zeros_like(theta))
-    jacobian = jacobian_u @ _unit_transform(problem, x)  # d r / d z
-    return r, jacobian.T @ r, jacobian.T @ jacobian, jacobian_u.T @ jacobian_u, jacobian_u.T @ r
+    transform = _unit_transform(problem, x)
+    jacobian = jacobian_u @ transform  # d r / d z
+    return r, jacobian.T @ r, jacobian.T @ jacobian, jacobian_u.T @ jacobian_u, jacobian_u.T @ r, transform
 
 
 def _chord_linearize(problem: FitProblem, x, curvature):
     """r, the exact J^T r in z (one reverse-mode pass: a fraction of a Jacobian's cost), J^T J in z
-    from a curvature in u computed at an earlier iterate, mapped through d u / d z at this x, and
-    the exact gradient J_u^T r in u."""
+    from a curvature in u computed at an earlier iterate, mapped through d u / d z at this x, the
+    exact gradient J_u^T r in u, and d u / d z."""
     theta = problem.to_theta(x)
     widths = _unit_widths(problem)
     r, pullback = jax.vjp(lambda u: problem.residuals(theta + u * widths), jnp.zeros_like(theta))
     gradient_u = pullback(r)[0]
     transform = _unit_transform(problem, x)
-    return r, transform.T @ gradient_u, transform.T @ curvature @ transform, gradient_u
+    return r, transform.T @ gradient_u, transform.T @ curvature @ transform, gradient_u, transform
 
 
 def _secant_update(curvature, step, change):
@@ -486,8 +487,8 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
         return (k < max_steps) & ~((k >= 2) & (last + previous < CONVERGED_DECREASE))
 
     def _chord_branch(x, curvature, linear):
-        r, gradient, hessian, gradient_u = _chord_linearize(problem, x, curvature)
-        return r, gradient, hessian, curvature, gradient_u
+        r, gradient, hessian, gradient_u, transform = _chord_linearize(problem, x, curvature)
+        return r, gradient, hessian, curvature, gradient_u, transform
 
     def step(carry):
         (x, damping, value, k, last, _, curvature, need, jacobians, accepted, current, moved, linear, stale,
@@ -496,7 +497,7 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
             # a new Jacobian (need), the exact gradient with the kept curvature where x moved, else
             # (a rejected step's retry from the same x) what this x's linearization gave already
             branch = jnp.where(need, 0, jnp.where(moved, 1, 2))
-            r, gradient, hessian, curvature, gradient_u = jax.lax.switch(
+            r, gradient, hessian, curvature, gradient_u, transform = jax.lax.switch(
                 branch, (lambda x, c, lin: _linearize_curvature(problem, x), _chord_branch,
                          lambda x, c, lin: lin), x, curvature, linear)
             u = problem.to_theta(x) / _unit_widths(problem)
@@ -506,13 +507,12 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
                 secant = moved & ~need
                 curvature = jnp.where(secant, _secant_update(curvature, u - previous_u, gradient_u - previous_gradient_u),
                                       curvature)
-                transform = _unit_transform(problem, x)
                 hessian = jnp.where(secant, transform.T @ curvature @ transform, hessian)
-            linear = (r, gradient, hessian, curvature, gradient_u)
+            linear = (r, gradient, hessian, curvature, gradient_u, transform)
             previous_u, previous_gradient_u = u, gradient_u
             current = need | (current & ~moved)
         elif keep_curvature:
-            r, gradient, hessian, curvature, _ = _linearize_curvature(problem, x)
+            r, gradient, hessian, curvature, *_ = _linearize_curvature(problem, x)
             current = jnp.asarray(True)
         else:
             r, gradient, hessian = _linearize(problem, x)
@@ -540,7 +540,7 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
     value = 0.5 * jnp.sum(r * r)
     big = jnp.asarray(jnp.inf, value.dtype)
     square = jnp.zeros((p, p), z.dtype)
-    linear = (jnp.zeros_like(r), jnp.zeros_like(z), square, square, jnp.zeros_like(z))
+    linear = (jnp.zeros_like(r), jnp.zeros_like(z), square, square, jnp.zeros_like(z), square)
     carry = (z, jnp.asarray(1e-2, z.dtype), value, jnp.asarray(0), big, big, square,
              jnp.asarray(True), jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32), jnp.asarray(False),
              jnp.asarray(True), linear, jnp.asarray(0, jnp.int32), jnp.zeros_like(z), jnp.zeros_like(z))
