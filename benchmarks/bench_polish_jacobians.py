@@ -10,6 +10,13 @@ at each version's ``src`` (e.g. a ``git worktree`` of the older commit) and merg
     PYTHONPATH=/tmp/old/src python benchmarks/bench_polish_jacobians.py run --example OLD.json 0 1 2 3 4 5 6 7
     python benchmarks/bench_polish_jacobians.py compare OLD.json NEW.json benchmarks/results/polish_jacobians.md
 
+``--spaces z unit`` polishes every star in each of the coordinate systems ``polish_map(...,
+space=...)`` offers, one after the other (same process, same start); ``compare`` then takes that
+one file and pairs its first space (old) with its second (new):
+
+    python benchmarks/bench_polish_jacobians.py run --example BOTH.json 0 1 2 3 --spaces z unit
+    python benchmarks/bench_polish_jacobians.py compare BOTH.json benchmarks/results/polish_space.md
+
 Stars: ``--stars`` (default .gpu/stars_snr100_64.npz, from ``bench_gpu_fits.py stars``) by index;
 ``--example`` (before the output file) adds the shipped example spectrum (index -1).
 """
@@ -42,22 +49,38 @@ def run(args) -> None:
         spectrum = sf.example_spectrum() if k < 0 else spectra[k]
         _, prepared, start = second_stage(spectrum, emulator, fast)
         problem = prepared.problem
-        polish_map(problem, start, max_steps=1)  # compiled before timing
-        clock = time.perf_counter()
-        result = polish_map(problem, start, max_steps=INIT_POLISH_STEPS)
-        wall = time.perf_counter() - clock
-        rows.append(dict(star=k, wall_s=wall, minus_log_posterior=-result.log_posterior, iterations=result.iterations,
-                         jacobians=result.jacobians, accepted_steps=getattr(result, "accepted_steps", None),
-                         converged=result.converged, theta=result.theta.tolist()))
-        print(f"star {k}: {wall:.1f} s, {result.iterations} iterations, {result.jacobians} Jacobians, "
-              f"-log posterior {-result.log_posterior:.2f}, converged {result.converged}", flush=True)
-        Path(args.out).write_text(json.dumps(dict(stellarfit=sf.__file__, stars=args.stars, max_steps=INIT_POLISH_STEPS,
-                                                  date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), rows=rows), indent=1))
+        for space in args.spaces or [None]:
+            options = {} if space is None else {"space": space}
+            polish_map(problem, start, max_steps=1, **options)  # compiled before timing
+            clock = time.perf_counter()
+            result = polish_map(problem, start, max_steps=INIT_POLISH_STEPS, **options)
+            wall = time.perf_counter() - clock
+            rows.append(dict(star=k, space=space, wall_s=wall, minus_log_posterior=-result.log_posterior,
+                             iterations=result.iterations, jacobians=result.jacobians,
+                             accepted_steps=getattr(result, "accepted_steps", None), converged=result.converged,
+                             theta=result.theta.tolist()))
+            print(f"star {k}{'' if space is None else ' (' + space + ')'}: {wall:.1f} s, {result.iterations} iterations, "
+                  f"{result.jacobians} Jacobians, -log posterior {-result.log_posterior:.2f}, converged {result.converged}",
+                  flush=True)
+            Path(args.out).write_text(json.dumps(dict(stellarfit=sf.__file__, stars=args.stars, max_steps=INIT_POLISH_STEPS,
+                                                      date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), spaces=args.spaces,
+                                                      rows=rows), indent=1))
     print(f"total {sum(r['wall_s'] for r in rows):.1f} s, {sum(r['jacobians'] for r in rows)} Jacobians")
 
 
+def _split_spaces(document: dict) -> tuple[dict, dict]:
+    """One ``--spaces A B`` run -> (A's document, B's document)."""
+    first, second = document["spaces"][:2]
+    return tuple(dict(document, stellarfit=f"{document['stellarfit']} (space={space})",
+                      rows=[r for r in document["rows"] if r.get("space") == space]) for space in (first, second))
+
+
 def compare(args) -> None:
-    old, new = (json.loads(Path(p).read_text()) for p in (args.old, args.new))
+    if args.out is None:  # one file of a --spaces run
+        old, new = _split_spaces(json.loads(Path(args.old).read_text()))
+        args.out = args.new
+    else:
+        old, new = (json.loads(Path(p).read_text()) for p in (args.old, args.new))
     by_star = {r["star"]: r for r in old["rows"]}
     lines = [f"TransformerPayne MAP polish from `default-fast`'s MAP (at most {new['max_steps']} iterations), "
              f"one star after another; old: `{old['stellarfit']}` ({old['date']}), new: `{new['stellarfit']}` "
@@ -90,11 +113,13 @@ def main() -> None:
     p.add_argument("indices", nargs="*", type=int)
     p.add_argument("--stars", default=".gpu/stars_snr100_64.npz")
     p.add_argument("--example", action="store_true")
+    p.add_argument("--spaces", nargs="+", choices=["z", "unit"], default=None,
+                   help="polish each star in each of these coordinate systems (polish_map's space)")
     p.set_defaults(func=run)
-    p = sub.add_parser("compare")
+    p = sub.add_parser("compare", help="OLD.json NEW.json OUT.md, or BOTH.json OUT.md for a --spaces run")
     p.add_argument("old")
     p.add_argument("new")
-    p.add_argument("out")
+    p.add_argument("out", nargs="?", default=None)
     p.set_defaults(func=compare)
     args = parser.parse_args()
     args.func(args)

@@ -80,14 +80,23 @@ def test_an_emulator_naming_a_fast_path_fits_in_two_stages(payne, spectrum, mult
     assert info["reduced_chi2"] == pytest.approx(multi_start.reduced_chi2, rel=1e-4)
     assert result.elapsed_s > info["elapsed_s"] > 0
     assert abs(result.labels["teff"]["value"] - multi_start.labels["teff"]["value"]) < 0.3 * multi_start.labels["teff"]["error"]
+    assert info["polish_space"] == "unit"  # from another emulator's MAP: bounded steps in the boxes' coordinates
     batch = fit_stars([spectrum], two_stage)
     assert batch[0].diagnostics["init"]["source"] == "fast path payne-default"
     assert batch[0].labels["teff"]["value"] == pytest.approx(result.labels["teff"]["value"], abs=2.0)
+    # two stars in one batch: the vmapped polish (full Levenberg-Marquardt), also in unit coordinates
+    pair = fit_stars([spectrum, spectrum], two_stage, batch_size=2)
+    for each in pair:
+        assert each.diagnostics["init"]["polish_space"] == "unit"
+        for name in ("teff", "logg", "fe_h", "alpha_fe", "mg_fe"):
+            assert each.labels[name]["value"] == pytest.approx(result.labels[name]["value"],
+                                                               abs=0.1 * result.labels[name]["error"]), name
 
 
 def test_fit_stars_takes_one_start_per_spectrum(payne, spectrum, multi_start):
     results = fit_stars([spectrum, spectrum], payne, init=[multi_start, None])
     assert [r.diagnostics["init"]["source"] for r in results] == ["given", "multi-start"]
+    assert results[0].diagnostics["init"]["polish_space"] == "z"  # a given start: z copes with distant ones
     for result in results:
         assert result.labels["fe_h"]["value"] == pytest.approx(multi_start.labels["fe_h"]["value"], abs=0.01)
     with pytest.raises(ValueError, match="one start per spectrum"):

@@ -112,3 +112,62 @@ def test_secant_update_matches_the_step_and_keeps_the_rest():
     # negative curvature along the step: no update
     kept = np.asarray(_secant_update(jnp.asarray(curvature), jnp.asarray(step), jnp.asarray(-change)))
     np.testing.assert_allclose(kept, curvature, rtol=1e-6)  # (float32 of the same matrix)
+
+
+def test_box_step_stays_in_the_cube_and_lands_on_the_faces_it_crosses():
+    """The bounded Levenberg-Marquardt step of the polish in unit coordinates (polish_map's
+    space="unit"): on a separable quadratic whose minimum lies outside the cube in one coordinate
+    the step puts that coordinate on the face and the others at their minimum; a coordinate on a
+    face whose gradient points out stays there; with coupling that makes the face-landing step
+    worse than a shortened one, the step's promised decrease is still positive."""
+    from stellarfit.inference.map import _box_step, _model_decrease
+
+    hessian = jnp.diag(jnp.array([4.0, 1.0, 9.0]))
+    x = jnp.array([0.5, 0.5, 0.5])
+    target = jnp.array([0.6, 1.7, 0.2])  # the second coordinate's minimum lies beyond its upper face
+    gradient = hessian @ (x - target)
+    step = np.asarray(_box_step(x, gradient, hessian, 1e-8, 1e-4))
+    np.testing.assert_allclose(np.asarray(x) + step, [0.6, 1.0, 0.2], atol=1e-5)
+    # on the upper face, pressed outwards: held; the others still move to their minimum
+    x = jnp.array([0.5, 1.0, 0.5])
+    step = np.asarray(_box_step(x, hessian @ (x - target), hessian, 1e-8, 1e-4))
+    assert step[1] == 0.0
+    np.testing.assert_allclose(np.asarray(x)[[0, 2]] + step[[0, 2]], [0.6, 0.2], atol=1e-5)
+    # strong coupling: many random quadratics; every step stays in the cube and promises a decrease
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        a = rng.normal(size=(4, 4))
+        hessian = jnp.asarray(a @ a.T + 0.1 * np.eye(4), jnp.float32)
+        x = jnp.asarray(np.clip(rng.uniform(-0.2, 1.2, 4), 0.0, 1.0), jnp.float32)
+        gradient = hessian @ (x - jnp.asarray(rng.normal(0.5, 2.0, 4), jnp.float32))
+        step = _box_step(x, gradient, hessian, 1e-3, 1e-4)
+        moved = np.asarray(x + step)
+        assert np.all(moved >= 0.0) and np.all(moved <= 1.0)
+        assert float(_model_decrease(gradient, hessian, step)) >= 0.0
+
+
+@pytest.mark.parametrize("chord", [True, False])
+def test_polish_in_unit_coordinates_reaches_a_map_at_the_box_edge(chord):
+    """A star more metal-rich than the box ([Fe/H] = 0.7, box up to 0.5): the MAP has [Fe/H] on its
+    edge.  Polished from a close start, the unit coordinates put it there exactly, in fewer
+    iterations than z (where the edge is at infinity and the steps crawl along the sigmoid), at an
+    objective no higher."""
+    from stellarfit.inference.map import polish_map
+
+    wavelength = log_lambda_grid(5150.0, 5350.0, 22_500.0, 3.0)
+    model = ForwardModel(toy_flux, NATIVE, NATIVE_R, wavelength, 22_500.0, rv_range=(-20.0, 20.0))
+    truth = np.array([5600.0, 3.8, 0.7])
+    continuum = 1e4 * (1.0 + 0.1 * (wavelength - 5250.0) / 200.0)
+    rng = np.random.default_rng(5)
+    flux = continuum * np.asarray(model(jnp.asarray(truth), 0.0, 4.0), np.float64)
+    flux = flux + rng.normal(size=flux.size) * continuum / 100.0
+    problem = FitProblem(model, TOY_SPEC, flux, (100.0 / continuum) ** 2, continuum_design_matrix(wavelength, degree=2))
+    start = np.array([5580.0, 3.75, 0.4, 0.3, 4.5])
+    in_z = polish_map(problem, start, max_steps=30, chord=chord, space="z")
+    in_unit = polish_map(problem, start, max_steps=30, chord=chord, space="unit")
+    assert in_unit.converged
+    assert in_unit.theta[2] == 0.5  # on the edge itself
+    assert in_unit.iterations < in_z.iterations
+    assert -in_unit.log_posterior <= -in_z.log_posterior + 0.05
+    with pytest.raises(ValueError, match="space must be one of"):
+        polish_map(problem, start, space="theta")

@@ -340,7 +340,8 @@ def fit_star(
             no RV search.  ``"fast"``: first fit the spectrum with the emulator's fast path
             (``emulator.metadata["fast_path"]``, a shipped emulator such as ``default-fast``, a
             Payne distilled from the shipped TransformerPayne) by the multi-start search, then
-            polish that MAP with ``emulator`` itself -- a TransformerPayne MAP in about
+            polish that MAP with ``emulator`` itself (stepping in the boxes' own coordinates,
+            ``polish_map(..., space="unit")``; a given start polishes in z) -- a TransformerPayne MAP in about
             10-20 s per star on a CPU instead of ~8 minutes.  ``"auto"`` (default): ``"fast"``
             when the emulator names a fast path, else ``None``.  How the start was found is in
             ``diagnostics["init"]``.
@@ -395,8 +396,10 @@ def fit_star(
         result = fit_map(problem, starts, adam_steps=adam_steps, polish_steps=50 if polish_steps is None else polish_steps)
     else:
         init_info["values"] = dict(zip(problem.names, _start_vector(problem, start_values, prepared.rv0).tolist()))
+        init_info["polish_space"] = _polish_space(init_info)
         result = polish_map(problem, _start_vector(problem, start_values, prepared.rv0),
-                            max_steps=INIT_POLISH_STEPS if polish_steps is None else polish_steps)
+                            max_steps=INIT_POLISH_STEPS if polish_steps is None else polish_steps,
+                            space=init_info["polish_space"])
     sampling = None
     if method != "map":
         sampling = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
@@ -465,7 +468,8 @@ def _surrogate_map(spectrum, surrogate: _FastPath, prepared: _Prepared, theta: n
     start = dict(zip(problem.names, theta.tolist()))
     start["rv"] = prepared.rv0  # the same RV box, so that z means the same in both problems
     fast_problem = _prepare(spectrum, surrogate.emulator, start=start, **options).problem
-    fast_map = polish_map(fast_problem, np.clip(theta, fast_problem.lower, fast_problem.upper), max_steps=20)
+    fast_map = polish_map(fast_problem, np.clip(theta, fast_problem.lower, fast_problem.upper), max_steps=20,
+                          space=FAST_PATH_POLISH_SPACE)
     if not np.all(np.isfinite(fast_map.theta)):
         raise RuntimeError(f"the fast path {surrogate.name!r} found no MAP near the emulator's; use sample_with='self'")
     # the modes in the coordinates the chains sample (z_transform), where the draws are moved
@@ -536,6 +540,18 @@ def fast_path_emulator(emulator):
             raise ValueError(f"the fast path {name!r} has labels {fast.label_names}, the emulator {emulator.label_names}")
         _FAST_PATH_CACHE[name] = fast
     return _FAST_PATH_CACHE[name]
+
+
+#: the coordinates of a MAP polish that starts from another emulator's MAP (the fast path's, or the
+#: emulator's own for the fast path): "unit", where labels whose MAP is at a box edge reach it in a
+#: step or two; a start given by the user polishes in z, which copes better with distant starts
+#: (:func:`~stellarfit.inference.map.polish_map`; docs/fitting.md)
+FAST_PATH_POLISH_SPACE = "unit"
+
+
+def _polish_space(init_info: dict) -> str:
+    """polish_map's ``space`` for a start of this source (``diagnostics["init"]``)."""
+    return FAST_PATH_POLISH_SPACE if str(init_info.get("source", "")).startswith("fast path") else "z"
 
 
 def _resolve_init(init, emulator):
@@ -692,10 +708,14 @@ def fit_stars(
                 for i, row in zip(chunk, starts):
                     infos[i]["values"] = dict(zip(prepared[i][0].problem.names, row[0].tolist()))
                 steps = INIT_POLISH_STEPS if polish_steps is None else polish_steps
+                space = _polish_space(infos[chunk[0]])
+                for i in chunk:
+                    infos[i]["polish_space"] = space
                 if len(chunk) == 1:  # alone: chord iterations (fewer Jacobians), as fit_star's polish
-                    results = [polish_map(prepared[chunk[0]][0].problem, starts[0, 0], max_steps=steps)]
+                    results = [polish_map(prepared[chunk[0]][0].problem, starts[0, 0], max_steps=steps, space=space)]
                 else:
-                    results = polish_map_batch([prepared[i][0].problem for i in chunk], starts[:, 0], max_steps=steps)
+                    results = polish_map_batch([prepared[i][0].problem for i in chunk], starts[:, 0], max_steps=steps,
+                                               space=space)
             _log.info("%s: batch of %d: MAP (%s) %.1f s", label, len(chunk),
                       "multi-start" if multi_start else "polish", time.perf_counter() - start_time)
             mark = time.perf_counter()

@@ -337,7 +337,12 @@ class FitProblem:
 
     def to_theta(self, z):
         """Unconstrained z (..., p) -> physical theta (..., p)."""
-        unit = self._unit(z)
+        return self.theta_of_unit(self._unit(z))
+
+    def theta_of_unit(self, unit):
+        """Unit coordinates (..., p) in [0, 1] -> physical theta (..., p): each coordinate's place in
+        its box (for a reference label, in the interval its members leave it).  The allowed region,
+        a polytope in theta, is the unit cube here; z maps onto its interior."""
         lower, upper = self._boxes()
         theta = lower + (upper - lower) * unit
         for k, members in self._groups().items():
@@ -347,15 +352,18 @@ class FitProblem:
 
     def to_unconstrained(self, theta):
         """Physical theta (..., p) -> z (..., p) (inverse of :meth:`to_theta`; values are clipped inside the box)."""
+        return self._z_of_unit(jnp.clip(self.unit_of_theta(theta), 1e-6, 1.0 - 1e-6))
+
+    def unit_of_theta(self, theta):
+        """Physical theta (..., p) -> unit coordinates (inverse of :meth:`theta_of_unit`; not clipped)."""
         theta = jnp.asarray(theta)
         lower, upper = self._boxes()
         width = upper - lower
-        unit = (theta - lower) / jnp.where(width > 0, width, 1.0)  # zero width (a fixed parameter): any z
+        unit = (theta - lower) / jnp.where(width > 0, width, 1.0)  # zero width (a fixed parameter): any value
         for k, members in self._groups().items():
             lo, span = self._reference_interval(theta, k, members)
             unit = unit.at[..., k].set((theta[..., k] - lo) / jnp.where(span > 0, span, 1.0))
-        unit = jnp.clip(unit, 1e-6, 1.0 - 1e-6)
-        return self._z_of_unit(unit)
+        return unit
 
     def log_abs_det_jacobian(self, z):
         """log |d theta / d z| for the density in z (sum over parameters).
