@@ -547,7 +547,9 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
     accepted step from a kept curvature by a BFGS update from the step and the change of the exact
     gradient, both in u (:func:`_secant_update`): where the objective bends less or more along the
     steps than the last Jacobian said (a valley of correlated labels the polish walks along), the
-    steps would otherwise cover a fixed fraction of the remaining way each.  Under ``vmap``
+    steps would otherwise cover a fixed fraction of the remaining way each.  ``space``: the
+    coordinates ``z`` and the steps are in, "z" or "unit" (the boxes' own coordinates, bounded
+    steps: :func:`_box_step`; see :func:`polish_map`).  Under ``vmap``
     both branches would run, so batches use ``chord=False``; with ``keep_curvature`` they still
     return the data's curvature in u of their last Jacobian (the same Jacobian, taken in u).
     """
