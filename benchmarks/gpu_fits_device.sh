@@ -6,19 +6,7 @@
 # TransformerPayne NUTS on as many stars as the time left allows (the reference for the fast path).
 # Run from the repository root; $OUT receives the JSON and the draws. A dry run on a CPU: PATH=$PWD/.venv/bin:$PATH
 # OUT=/tmp/dry LIMIT=400 FAST_STARS=1 TP_LANES=1 NUTS_ARGS="--num-warmup 20 --num-samples 20" bash benchmarks/gpu_fits_device.sh
-# History (benchmarks/results/gpu_fits_h200.md): the first 2026-11-26 session ran grad and payne-default
-# NUTS with TF32 products; the second ran this script's earlier order (grad of all three emulators, 150 s,
-# which ended before the TransformerPayne; payne-default NUTS on 16 stars, which did not finish in 200 s)
-# and then payne-default NUTS on 8 stars at full precision (176 s). payne-default is measured, so the
-# TransformerPayne now goes first. The third session (H200) ran this order: grad ended while compiling 16
-# lanes, the fast path on stars 0-7 did not finish in 230 s with an empty cache, stars 8-15 then did (130 s).
-# The fourth (2026-11-27, GRAD_S=0 STARS=.gpu/stars_snr100_64.npz FAST_STARS=32): both 32-star batches raised
-# (a non-finite Hessian, fixed in af74074); 32 stars alone then did not finish in 405 s with an empty cache.
-# The working tree and carried paths must stay under 64 MiB: the 64-star file (5.3 MB) went with .whl/ less
-# blackjax (only the blackjax backend imports it).
-# Next (a plan for a fresh lease): call 1 GRAD_S=0 STARS=.gpu/stars_snr100_64.npz FAST_STARS=32 FAST_S=570 LIMIT=575
-# (cold: fills the cache; fit_stars' INFO lines time each phase), then at once on the warm machine
-# `bench_gpu_fits.py nuts ... --n-stars 32 --first-star 32` with the same JAX_COMPILATION_CACHE_DIR (warm).
+# Results of earlier device sessions: benchmarks/results/gpu_fits_h200.md.
 # Needs: .gpu/stars_snr100.npz or the 64-star file (bench_gpu_fits.py stars --grid ~/.cache/stellarfit/grids/
 # ts_seed1_320.h5 --n 64 --out .gpu/stars_snr100_64.npz) and .whl/ (wheels of the packages the device
 # lacks: astropy, pyerfa, astropy-iers-data, arviz-base, arviz-stats, xarray-einstats, blackjax, numpyro).
