@@ -1,4 +1,4 @@
-"""The tutorials in docs/tutorials/ run as written.
+"""The tutorials in docs/guide/tutorials/ run as written.
 
 Every fenced ```bash and ```python block of a tutorial is run, in order, in
 a fresh temporary directory per tutorial: each ``stellarfit ...`` line of a
@@ -21,7 +21,7 @@ import pytest
 from stellarfit.cli.main import build_parser, main
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-TUTORIALS = DOCS / "tutorials"
+TUTORIALS = DOCS / "guide" / "tutorials"
 
 # tutorial -> files (or directories) it must leave in its working directory
 EXPECTED_OUTPUTS = {
@@ -98,7 +98,7 @@ def test_tutorial_runs(name, tmp_path, monkeypatch, capsys):
 def test_every_tutorial_is_tested_and_linked():
     on_disk = {path.name for path in TUTORIALS.glob("*.md")}
     assert on_disk == set(EXPECTED_OUTPUTS), "add new tutorials to EXPECTED_OUTPUTS (and old ones out)"
-    index = (DOCS / "index.md").read_text()
+    index = (DOCS / "guide" / "index.md").read_text()
     assert "tutorials/" in index
 
 
