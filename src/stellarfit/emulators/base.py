@@ -133,6 +133,7 @@ class Emulator:
         self._span = np.asarray(label_spec.upper - label_spec.lower, np.float64)
         self._pixel_error: np.ndarray | None = None
         self._error_modes: np.ndarray | None = None
+        self._physics_error = None
 
     @classmethod
     def create(
@@ -423,6 +424,23 @@ class Emulator:
         return copy_
 
     @property
+    def physics_error(self):
+        """The :class:`~stellarfit.emulators.physics_error.PhysicsError` (the physics' mismatch with real
+        stars, per wavelength) fits add to the noise, or None.  Shipped emulators carry the shipped one."""
+        return self._physics_error
+
+    def with_physics_error(self, physics_error) -> "Emulator":
+        """A copy whose :attr:`physics_error` is ``physics_error`` (a PhysicsError, a name or path for
+        :func:`~stellarfit.emulators.physics_error.load_physics_error`, or None)."""
+        from stellarfit.emulators.physics_error import PhysicsError, load_physics_error
+
+        if physics_error is not None and not isinstance(physics_error, PhysicsError):
+            physics_error = load_physics_error(physics_error)
+        copy_ = copy.copy(self)
+        copy_._physics_error = physics_error
+        return copy_
+
+    @property
     def error_modes(self) -> np.ndarray | None:
         """(n_modes, n_pixels) the correlated part of the emulator's error, or None.
 
@@ -470,6 +488,7 @@ class Emulator:
         if self._pixel_error is not None and "wavelength" not in changes and "params" not in changes:
             new._pixel_error = self._pixel_error  # same network on the same pixels: same error
             new._error_modes = self._error_modes
+        new._physics_error = self._physics_error  # per wavelength: independent of the network and its pixels
         return new
 
     def save(self, path: str, *, overwrite: bool = False) -> None:

@@ -6,7 +6,8 @@ kind of Turbospectrum grid, ``load_emulator("default-fast")`` a Payne distilled
 from the TransformerPayne (its CPU fast path, see ``fit_star(init=...)``); they live in
 ``stellarfit/data/emulators/<directory>/`` inside the installed package (an
 emulator directory each, see :mod:`stellarfit.emulators.checkpoint`).  Nothing
-is downloaded.  Any other argument is a path to an emulator directory.
+is downloaded.  Any other argument is a path to an emulator directory.  Shipped emulators
+carry the shipped physics error (:mod:`stellarfit.emulators.physics_error`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from importlib import resources
 
 from stellarfit.emulators.base import Emulator
 from stellarfit.emulators.checkpoint import read_emulator
+from stellarfit.emulators.physics_error import shipped_physics_error_present
 from stellarfit.labels import LabelSpec
 
 __all__ = ["SHIPPED_EMULATORS", "load_emulator", "shipped_emulator_path", "available_emulators"]
@@ -64,5 +66,7 @@ def load_emulator(name_or_path: str | os.PathLike, *, label_spec: LabelSpec | No
     if os.path.exists(text):
         return read_emulator(text, label_spec=label_spec)
     if text in SHIPPED_EMULATORS:
-        return read_emulator(shipped_emulator_path(text), label_spec=label_spec)
+        # shipped emulators learned the realistic physics whose mismatch with real stars was measured
+        emulator = read_emulator(shipped_emulator_path(text), label_spec=label_spec)
+        return emulator.with_physics_error("default") if shipped_physics_error_present() else emulator
     raise FileNotFoundError(f"{text!r} is neither an emulator directory nor a shipped emulator name ({sorted(SHIPPED_EMULATORS)})")

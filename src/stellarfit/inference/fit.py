@@ -296,6 +296,7 @@ def fit_star(
     mass_matrix: str = "laplace-pooled",
     chain_method: str = "auto",
     emulator_error: bool = True,
+    physics_error: bool = True,
     error_floor: bool = True,
     init="auto",
     polish_steps: int | None = None,
@@ -326,6 +327,9 @@ def fit_star(
             every pixel, so that errors and posteriors include the emulator's
             imperfection (The Payne's fits do the same with a model-error mask).
             ``crb`` stays the bound from the observational noise alone.
+        physics_error: when the emulator carries a physics error (``emulator.physics_error``:
+            where its physics misses real stars, measured on benchmark stars; shipped emulators
+            carry one, see :mod:`stellarfit.emulators.physics_error`), add it to the noise too.
         error_floor: when the emulator records error floors per label and for
             rv and vsini (``emulator.metadata["label_error_floor"]``, measured by
             injection tests on held-out realistic spectra; see docs/fitting.md), add
@@ -380,7 +384,8 @@ def fit_star(
         _check_z_transform(z_transform)
     start_time = time.perf_counter()
     options = dict(priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
-                   continuum_degree=continuum_degree, emulator_error=emulator_error)
+                   continuum_degree=continuum_degree, emulator_error=emulator_error,
+                   physics_error=physics_error)
     surrogate = _resolve_sample_with(sample_with, emulator, method)
     init, init_info = _resolve_init(init, emulator)
     if isinstance(init, _FastPath):
@@ -621,6 +626,7 @@ def fit_stars(
     progress: bool = False,
     errors: str = "raise",
     emulator_error: bool = True,
+    physics_error: bool = True,
     error_floor: bool = True,
     method: str = "map",
     num_warmup: int = 500,
@@ -670,7 +676,8 @@ def fit_stars(
     spectra = list(spectra)
     out: list = [None] * len(spectra)
     options = dict(priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
-                   continuum_degree=continuum_degree, emulator_error=emulator_error)
+                   continuum_degree=continuum_degree, emulator_error=emulator_error,
+                   physics_error=physics_error)
     inits, infos = _batch_inits(init, spectra, emulator, errors=errors, progress=progress, batch_size=batch_size,
                                 n_starts=n_starts, adam_steps=adam_steps, seed=seed, error_floor=error_floor, **options)
     prepared: dict[int, tuple[_Prepared, float]] = {}
@@ -848,6 +855,7 @@ class _Prepared:
     wavelength: np.ndarray
     flux: np.ndarray
     ivar: np.ndarray
+    physics_error: dict | None = None  # what PhysicsError.describe() says of the one in the noise, if any
 
 
 def modelled_pixels(spectrum, emulator, rv_range: tuple[float, float] = (-1000.0, 1000.0)):
@@ -877,7 +885,7 @@ def modelled_pixels(spectrum, emulator, rv_range: tuple[float, float] = (-1000.0
 
 
 def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, continuum_degree, emulator_error=True,
-             start: dict[str, float] | None = None) -> _Prepared:
+             physics_error=True, start: dict[str, float] | None = None) -> _Prepared:
     """Pixels, continuum design, RV search and the FitProblem of one spectrum.
 
     ``start`` (name -> value, from ``init``): its rv replaces the RV search and its labels the
@@ -906,17 +914,19 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
     low = max(rv0 - rv_window, model.rv_range[0])
     high = min(rv0 + rv_window, model.rv_range[1])
     fit_ivar, error_basis = ivar, None
-    pixel_error = getattr(emulator, "pixel_error", None)
-    error_modes = getattr(emulator, "error_modes", None)
-    if emulator_error and (pixel_error is not None or error_modes is not None):
+    pixel_error = getattr(emulator, "pixel_error", None) if emulator_error else None
+    error_modes = getattr(emulator, "error_modes", None) if emulator_error else None
+    physics = getattr(emulator, "physics_error", None) if physics_error else None
+    if pixel_error is not None or error_modes is not None or physics is not None:
         template_continuum = _template_continuum(model, centre, rv0, flux, ivar, design)
-        if pixel_error is not None:
-            fit_ivar = _with_emulator_error(model, emulator, rv0, ivar, pixel_error, template_continuum)
+        if pixel_error is not None or physics is not None:
+            fit_ivar = _with_emulator_error(model, emulator, rv0, ivar, pixel_error, template_continuum, physics)
         if error_modes is not None:
             error_basis = _observed_error_modes(model, error_modes, rv0, template_continuum)
     problem = FitProblem(model, spec, flux, fit_ivar, design, priors=priors, vsini_max=vsini_max, rv_range=(low, high),
                          error_basis=error_basis)
-    return _Prepared(spectrum, problem, float(rv0), wavelength, flux, np.where(np.asarray(problem.ivar) > 0, ivar, 0.0))
+    return _Prepared(spectrum, problem, float(rv0), wavelength, flux, np.where(np.asarray(problem.ivar) > 0, ivar, 0.0),
+                     None if physics is None else physics.describe())
 
 
 def _template_continuum(model, template_labels, rv, flux, ivar, design) -> np.ndarray:
@@ -931,17 +941,23 @@ def _template_continuum(model, template_labels, rv, flux, ivar, design) -> np.nd
     return np.asarray(continuum, np.float64)
 
 
-def _with_emulator_error(model, emulator, rv, ivar, pixel_error, continuum) -> np.ndarray:
-    """ivar with the emulator's own error added to the noise: 1 / (1/ivar + (C sigma_emu)^2).
+def _with_emulator_error(model, emulator, rv, ivar, pixel_error, continuum, physics=None) -> np.ndarray:
+    """ivar with the emulator's own error and the physics error added to the noise:
+    1 / (1/ivar + C^2 (sigma_emu^2 + sigma_phys^2)).
 
-    sigma_emu is the emulator's per-pixel error (normalized flux) moved to the observed frame at
-    the RV-search velocity; C is the template continuum (:func:`_template_continuum`).
+    sigma_emu is the emulator's per-pixel error (normalized flux; None: 0) and sigma_phys the
+    physics error (:class:`~stellarfit.emulators.physics_error.PhysicsError`; None: 0), moved to
+    the observed frame at the RV-search velocity; C is the template continuum (:func:`_template_continuum`).
     """
     from stellarfit.forward import doppler_factor
 
     rest = model.observed_wavelength / float(doppler_factor(rv))
-    sigma = np.interp(rest, emulator.wavelength, np.asarray(pixel_error, np.float64))
-    variance = (continuum * sigma) ** 2
+    variance = np.zeros(rest.shape)
+    if pixel_error is not None:
+        variance += np.interp(rest, emulator.wavelength, np.asarray(pixel_error, np.float64)) ** 2
+    if physics is not None:
+        variance += physics.at(rest) ** 2
+    variance *= continuum**2
     with np.errstate(divide="ignore"):
         return np.where(ivar > 0, 1.0 / (1.0 / np.where(ivar > 0, ivar, 1.0) + variance), 0.0)
 
@@ -1155,6 +1171,7 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
             "laplace": laplace,
             "map_iterations": result.iterations,
             "map_jacobians": result.jacobians,
+            "physics_error": prepared.physics_error,
             **{("sampler_" + k if k in ("seed", "elapsed_s") else k): v for k, v in sampler_diagnostics.items()},
         },
         wavelength=wavelength,
