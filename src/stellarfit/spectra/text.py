@@ -124,9 +124,17 @@ def _clean_line(line: str) -> str:
 
 
 def _delimiter_of(line: str) -> str | None:
-    for candidate in (",", "\t", ";", "|"):
+    for candidate in ("\t", ",", ";", "|"):
         if candidate in line:
             return candidate
+    return None
+
+
+def _next_data_line(lines: list[str], start: int) -> str | None:
+    for raw in lines[start:]:
+        line = _clean_line(raw)
+        if line and not raw.strip().startswith("#"):
+            return line
     return None
 
 
@@ -172,7 +180,10 @@ def _layout(lines: list[str], delimiter: str | None) -> tuple[list[str] | None, 
         sep = delimiter if delimiter is not None else _delimiter_of(line)
         fields = _split(line, sep)
         if header is None and any(_number(f) is None for f in fields if f):
-            header = [f.strip().strip('"').strip("'") for f in fields]
+            if delimiter is None:  # the data line decides (a header may hold commas in '(A, air)')
+                following = _next_data_line(lines, i + 1)
+                sep = _delimiter_of(following) if following is not None else sep
+            header = [f.strip().strip('"').strip("'") for f in _split(line, sep)]
             delimiter = sep
             continue
         if header is not None and len(fields) != len(header):
