@@ -170,6 +170,14 @@ def test_text_without_header_by_position(tmp_path):
     spec = read_spectrum(two, snr=20)
     np.testing.assert_allclose(spec.ivar, (20 / 2.0) ** 2)
     assert spec.metadata["air_or_vacuum"] == "vacuum" and spec.metadata["air_or_vacuum_source"].startswith("default")
+    # a last comment line naming the columns is a header; two ordinary words are not
+    named = tmp_path / "named.txt"
+    fac.write_text_spectrum(named, wavelength=wavelength, flux=np.full(41, 2.0), header=False,
+                            comments=("sun spectrum", "lam_nm flux"))
+    assert read_spectrum(named, snr=10).metadata["wavelength_unit_source"] == "column name 'lam_nm'"
+    words = tmp_path / "words.txt"
+    fac.write_text_spectrum(words, wavelength=wavelength, flux=np.full(41, 2.0), header=False, comments=("sun spectrum",))
+    assert read_spectrum(words, snr=10).metadata["columns"] == {"wavelength": "col1", "flux": "col2"}
 
 
 def test_csv_with_extra_columns_and_empty_fields(tmp_path):

@@ -732,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="fit one spectrum with an emulator",
                               description="Fit one observed spectrum (any supported FITS format) with an emulator.")
-    fit.add_argument("spectrum", help="FITS file (APOGEE, BOSS, LAMOST, DESI, Gaia RVS or a generic table/image), "
+    fit.add_argument("spectrum", help="FITS file (APOGEE, BOSS, LAMOST, DESI, Gaia RVS or a generic table/image), text/CSV file, "
                                       "or 'example' for the shipped example star")
     fit.add_argument("--emulator", default="default", help="shipped emulator name or path to an emulator directory (default: default)")
     fit.add_argument("--method", choices=["map", "nuts", "blackjax"], default="map",

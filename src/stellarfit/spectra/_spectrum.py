@@ -178,7 +178,9 @@ class ObservedSpectrum:
         arm: (n,) int16 arm id per pixel (0 for single-arm spectra); arms are contiguous blocks 0, 1, ...
         arm_names: one name per arm (e.g. ``("B", "R", "Z")``).
         metadata: free-form dict; readers fill ``source``, ``format``, ``object_id``,
-            ``flux_unit``, ``air_to_vacuum`` (True if converted from air),
+            ``flux_unit``, ``air_to_vacuum`` (True if converted from air), ``air_or_vacuum``
+            ('air'/'vacuum': the file's wavelengths) and ``air_or_vacuum_source`` (why),
+            ``n_nonfinite_masked`` (NaN/inf pixels masked by :meth:`from_arrays`),
             ``resolution_source`` and ``header`` (selected keywords).
     """
 

@@ -188,9 +188,11 @@ def _layout(lines: list[str], delimiter: str | None) -> tuple[list[str] | None, 
             continue
         if header is not None and len(fields) != len(header):
             raise F.problem(f"line {i + 1} has {len(fields)} fields but the header names {len(header)} columns")
-        if header is None and comments:
+        if header is None and comments:  # '# wavelength flux error' just above the data
             last = _split(comments[-1], sep)
-            if len(last) == len(fields) and all(_number(f) is None for f in last):
+            known = {name for names in _ROLES.values() for name in names}
+            if (len(last) == len(fields) and all(_number(f) is None for f in last)
+                    and any(_parse_name(f)[0] in known for f in last)):
                 header = [f.strip() for f in last]
         return header, i, comments, sep, len(fields)
     raise F.problem("no data lines: the file holds only comments, a header or blank lines")
