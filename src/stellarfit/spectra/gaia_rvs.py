@@ -68,8 +68,7 @@ def identify(source: Any) -> bool:
 
 def _identify_text(path: Any) -> bool:
     try:
-        lines = T._lines(os.fspath(path), 65536)
-        header, first, _, sep, _ = T._layout(lines, None)
+        header, fields = T.sniff(path)
         if header is None:
             return False
         lookup = {name.strip().lower(): i for i, name in enumerate(header)}
@@ -78,8 +77,7 @@ def _identify_text(path: Any) -> bool:
         wave = next((lookup[n.lower()] for n in _WAVELENGTH_COLUMNS if n.lower() in lookup), None)
         if wave is None:
             return False
-        value = float(T._split(T._clean_line(lines[first]), sep)[wave])
-        return 845.0 <= value <= 871.0
+        return 845.0 <= float(fields[wave]) <= 871.0
     except Exception:  # noqa: BLE001 - identify answers yes/no, never fails
         return False
 

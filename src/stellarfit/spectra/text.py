@@ -53,7 +53,7 @@ from stellarfit.spectra import _conventions as C
 from stellarfit.spectra import _fits as F
 from stellarfit.spectra._spectrum import InvalidSpectrumError, ObservedSpectrum
 
-__all__ = ["FORMAT", "DESCRIPTION", "identify", "read", "looks_like_text", "read_text_table", "TextTable"]
+__all__ = ["FORMAT", "DESCRIPTION", "identify", "read", "looks_like_text", "read_text_table", "sniff", "TextTable"]
 
 FORMAT = "text"
 DESCRIPTION = "plain text / CSV: columns wavelength, flux, optional error/sigma/ivar (header names or positions)"
@@ -321,16 +321,23 @@ def _air_from_comments(comments: list[str]) -> tuple[bool | None, str | None]:
     return None, None
 
 
+def sniff(path: str | os.PathLike) -> tuple[list[str] | None, list[str]]:
+    """(header names or None, fields of the first data line) from the first 64 kB of a text file.
+
+    Raises FormatProblem when there is no data line; for identify functions (gaia_rvs's too).
+    """
+    lines = _lines(os.fspath(path), _SNIFF_BYTES)
+    header, first, _, sep, _ = _layout(lines, None)
+    return header, _split(_clean_line(lines[first]), sep)
+
+
 def identify(source: Any) -> bool:
     """True for a text file (not FITS) whose first data line has at least two numeric fields."""
     if not looks_like_text(source):
         return False
     try:
-        lines = _lines(os.fspath(source), _SNIFF_BYTES)
-        header, first, _, sep, n_columns = _layout(lines, None)
-        fields = _split(_clean_line(lines[first]), sep)
-        numeric = sum(_number(f) is not None for f in fields)
-        return n_columns >= 2 and numeric >= 2
+        _, fields = sniff(source)
+        return sum(_number(f) is not None for f in fields) >= 2
     except Exception:  # noqa: BLE001 - identify answers yes/no, never fails
         return False
 
