@@ -321,11 +321,12 @@ def test_batch_reads_every_file_with_nan_pixels(tmp_path):
         return result
 
     out = tmp_path / "catalog.fits"
-    summary = fit_batch_files(folder, STUB, out, fit_function=fit, progress=False, backend="local")
+    summary = fit_batch_files(folder, STUB, out, fit_function=fit, progress=False, backend="local", air=False)
     assert (summary.n_ok, summary.n_failed) == (3, 0)
     for name, count in n_nan.items():
         spectrum = seen[f"star-{name}"]
         assert spectrum.n_good == spectrum.n_pixels - count and np.all(np.isfinite(spectrum.flux))
+        assert spectrum.metadata["air_or_vacuum_source"] == "user"  # air= reaches the reader
     catalog = read_catalog(out)
     assert {row["object_id"]: int(row["n_nonfinite_masked"]) for row in catalog} == {f"star-{k}": v for k, v in n_nan.items()}
 

@@ -32,6 +32,7 @@ def test_image_awav_nm_with_sigma_hdu_and_zero_flux_gap(tmp_path):
     flux[150:170] = 0.0
     sigma[150:170] = 0.0
     flux[200] = 0.0  # a lone zero with a normal sigma: kept (could be a saturated core)
+    flux[250], sigma[250] = 0.0, 1.0e3  # a lone zero with an absurd sigma: a gap
     path = tmp_path / "gbs.fits"
     fac.write_generic_image(path, flux=flux, error=sigma, error_name="SIGMA",
                             header={"CTYPE1": "AWAV", "CUNIT1": "NM", "CRVAL1": 520.0, "CDELT1": 0.001, "CRPIX1": 11})
@@ -42,8 +43,8 @@ def test_image_awav_nm_with_sigma_hdu_and_zero_flux_gap(tmp_path):
     assert spec.metadata["air_to_vacuum"] is True and spec.metadata["air_or_vacuum_source"] == "header"
     assert spec.metadata["wavelength_unit"] == "nm" and "CUNIT1" in spec.metadata["wavelength_unit_source"]
     np.testing.assert_allclose(spec.ivar[~spec.mask], 1.0e4, rtol=1e-5)  # SIGMA HDU -> ivar
-    assert np.all(spec.mask[150:170]) and spec.metadata["n_zero_flux_masked"] == 20
-    assert not spec.mask[200] and spec.n_good == n - 20
+    assert np.all(spec.mask[150:170]) and spec.mask[250] and spec.metadata["n_zero_flux_masked"] == 21
+    assert not spec.mask[200] and spec.n_good == n - 21
     assert spec.resolution is None
     with pytest.raises(InvalidSpectrumError, match="resolution=R.*--resolution"):
         spec.require_resolution()
