@@ -306,16 +306,37 @@ def write_generic_table(path, *, wavelength, flux, error=None, ivar=None, names=
     fits.HDUList([fits.PrimaryHDU(), table]).writeto(path, overwrite=True)
 
 
-def write_generic_image(path, *, flux, header: dict, error=None, ivar=None) -> None:
+def write_generic_image(path, *, flux, header: dict, error=None, ivar=None, error_name: str = "ERROR") -> None:
     primary = fits.PrimaryHDU(np.asarray(flux, np.float32))
     for key, value in header.items():
         primary.header[key] = value
     hdus = [primary]
     if error is not None:
-        hdus.append(fits.ImageHDU(np.asarray(error, np.float32), name="ERROR"))
+        hdus.append(fits.ImageHDU(np.asarray(error, np.float32), name=error_name))
     if ivar is not None:
         hdus.append(fits.ImageHDU(np.asarray(ivar, np.float32), name="IVAR"))
     fits.HDUList(hdus).writeto(path, overwrite=True)
+
+
+def write_text_spectrum(path, *, wavelength, flux, error=None, names=("wavelength", "flux", "error"),
+                        delimiter: str = " ", comments=(), header: bool = True, extra: dict | None = None) -> None:
+    """A plain-text/CSV spectrum: optional '#' comment lines, an optional header line, one row per pixel.
+
+    ``extra`` adds columns (name -> values, written first, like Gaia's source_id); NaN is written as 'nan'.
+    """
+    columns = dict(extra or {})
+    columns[names[0]] = np.asarray(wavelength, np.float64)
+    columns[names[1]] = np.asarray(flux, np.float64)
+    if error is not None:
+        columns[names[2]] = np.asarray(error, np.float64)
+    lines = [f"# {line}" for line in comments]
+    if header:
+        lines.append(delimiter.join(columns))
+    n = len(columns[names[0]])
+    for i in range(n):
+        lines.append(delimiter.join(repr(float(v[i])) if np.asarray(v).dtype.kind == "f" else str(v[i]) for v in columns.values()))
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
 
 
 def truncate(path) -> None:

@@ -34,6 +34,10 @@ def _generic_image(path):
                             header={"CRVAL1": 5000.0, "CDELT1": 0.5, "CRPIX1": 1})
 
 
+def _text_spectrum(path):
+    fac.write_text_spectrum(path, wavelength=np.linspace(5000, 5100, 40), flux=np.ones(40), error=np.full(40, 0.1))
+
+
 FACTORIES = {
     "apogee-apstar": fac.write_apstar,
     "apogee-aspcapstar": fac.write_aspcapstar,
@@ -42,6 +46,7 @@ FACTORIES = {
     "lamost-mrs": fac.write_lamost_mrs,
     "desi-coadd": fac.write_desi,
     "gaia-rvs": fac.write_gaia_rvs_pixels,
+    "text": _text_spectrum,
     "generic": _generic_table,
 }
 EXTRA_LAYOUTS = {
@@ -62,7 +67,7 @@ def test_registry_lists_every_format_with_generic_last():
 @pytest.mark.parametrize("layout", sorted(ALL_LAYOUTS))
 def test_auto_detection_picks_the_right_reader(tmp_path, layout):
     expected, factory = ALL_LAYOUTS[layout]
-    path = tmp_path / f"{layout}.fits"
+    path = tmp_path / (f"{layout}.txt" if expected == "text" else f"{layout}.fits")
     factory(path)
     # no other survey reader claims the file (the generic fallback may also accept tables)
     matches = identify_format(path)
@@ -389,10 +394,13 @@ def test_generic_nan_flux(tmp_path):
     flux[5] = np.nan
     path = tmp_path / "nan.fits"
     fac.write_generic_table(path, wavelength=np.linspace(5000, 5030, 30), flux=flux, error=np.full(30, 0.1))
+    # masked and counted by default (NaN pixels are normal input) ...
+    spec = read_spectrum(path)
+    assert spec.mask[5] and spec.n_good == 29 and spec.ivar[5] == 0
+    assert spec.metadata["n_nonfinite_masked"] == 1
+    # ... refused on request
     with pytest.raises(SpectrumReadError, match=r"nan.fits: generic format: flux has 1 non-finite.*fix_nonfinite=True"):
-        read_spectrum(path)
-    spec = read_spectrum(path, fix_nonfinite=True)
-    assert spec.mask[5] and spec.n_good == 29
+        read_spectrum(path, fix_nonfinite=False)
     # NaN flux in a pixel the file already masks is fine
     masked = tmp_path / "nan_masked.fits"
     mask = np.zeros(30, int)
@@ -401,12 +409,16 @@ def test_generic_nan_flux(tmp_path):
     assert read_spectrum(masked).mask[5]
 
 
-def test_generic_nm_without_unit_gives_unit_hint(tmp_path):
+def test_generic_nm_without_unit_is_inferred_and_said(tmp_path):
     path = tmp_path / "nm.fits"
     fac.write_generic_table(path, wavelength=np.linspace(500, 510, 20), flux=np.ones(20), error=np.full(20, 0.1))
+    spec = read_spectrum(path)  # no TUNIT: 500-510 can only be nm
+    assert spec.wavelength[0] == pytest.approx(5000.0)
+    assert spec.metadata["wavelength_unit"] == "nm" and "inferred" in spec.metadata["wavelength_unit_source"]
+    assert read_spectrum(path, wavelength_unit="nm").metadata["wavelength_unit_source"] == "user"
+    # a unit that contradicts the values still gets the hint
     with pytest.raises(SpectrumReadError, match=r"nm.fits.*nanometres.*wavelength_unit='nm'"):
-        read_spectrum(path)
-    assert read_spectrum(path, wavelength_unit="nm").wavelength[0] == pytest.approx(5000.0)
+        read_spectrum(path, wavelength_unit="angstrom")
 
 
 # ------------------------------------------------------------------------------ bad files

@@ -353,6 +353,15 @@ def _check_init_option(text: str, emulator) -> None:
                          "use --init auto or none")
 
 
+def _add_air_options(parser: argparse.ArgumentParser) -> None:
+    """--air / --vacuum (exclusive; default None: what each file says), into args.air."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--air", dest="air", action="store_const", const=True, default=None,
+                       help="the files' wavelengths are in air (converted to vacuum); default: what each file says")
+    group.add_argument("--vacuum", dest="air", action="store_const", const=False,
+                       help="the files' wavelengths are in vacuum; default: what each file says")
+
+
 def _read_spectrum_option(path: str, format, options: dict):
     """A spectrum argument of `fit`/`compare`: a file (any reader format), or `example` for the shipped
     example star.  Returns what read_spectrum returns (one spectrum or a list); bad files are usage errors."""
@@ -378,6 +387,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         options["resolution"] = args.resolution
     if args.snr is not None:
         options["snr"] = args.snr
+    if args.air is not None:
+        options["air"] = args.air
     spectrum = _read_spectrum_option(args.spectrum, args.format, options)
     if isinstance(spectrum, list):
         if len(spectrum) != 1:
@@ -552,7 +563,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
                    "sample_with": args.sample_with, **z_transform}
     try:
         summary = fit_batch_files(args.inputs, emulator, out, method=args.method, format=args.format, resolution=args.resolution,
-                                  snr=args.snr, backend=args.backend, retry_failed=args.retry_failed,
+                                  snr=args.snr, air=args.air, backend=args.backend, retry_failed=args.retry_failed,
                                   progress=not args.no_progress, fit_options=fit_options, workers=args.workers,
                                   chunk_size=args.chunk_size, ray_address=args.ray_address, vectorize=args.vectorize)
     except (FileNotFoundError, JournalMismatchError, NotImplementedError, ImportError, ValueError, ConnectionError) as error:
@@ -721,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="fit one spectrum with an emulator",
                               description="Fit one observed spectrum (any supported FITS format) with an emulator.")
-    fit.add_argument("spectrum", help="FITS file (APOGEE, BOSS, LAMOST, DESI, Gaia RVS or a generic table/image), "
+    fit.add_argument("spectrum", help="FITS file (APOGEE, BOSS, LAMOST, DESI, Gaia RVS or a generic table/image), text/CSV file, "
                                       "or 'example' for the shipped example star")
     fit.add_argument("--emulator", default="default", help="shipped emulator name or path to an emulator directory (default: default)")
     fit.add_argument("--method", choices=["map", "nuts", "blackjax"], default="map",
@@ -739,6 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--format", default=None, help="spectrum format (default: detected)")
     fit.add_argument("--resolution", type=float, default=None, help="resolving power, when the file does not give it")
     fit.add_argument("--snr", type=float, default=None, help="S/N per pixel, for files without uncertainties")
+    _add_air_options(fit)
     fit.add_argument("--prior", action="append", metavar="NAME:MEAN:SIGMA", help="Gaussian prior, e.g. logg:4.4:0.05 (repeatable)")
     fit.add_argument("--starts", type=int, default=8, help="MAP starting points (default 8)")
     fit.add_argument("--init", choices=["auto", "fast", "none"], default="auto", help=INIT_HELP)
@@ -807,6 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--format", default=None, help="spectrum format of every file (default: detected per file)")
     batch.add_argument("--resolution", type=float, default=None, help="resolving power, for files that do not give it")
     batch.add_argument("--snr", type=float, default=None, help="S/N per pixel, for files without uncertainties")
+    _add_air_options(batch)
     batch.add_argument("--backend", choices=["auto", "local", "processes", "ray"], default="auto",
                        help="where to fit: auto (default: processes on a multi-core Linux machine for several files, else "
                             "local), local (this process), processes (worker processes pinned one per CPU core) or ray "

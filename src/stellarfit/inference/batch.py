@@ -100,7 +100,12 @@ def journal_path_for(out: str | os.PathLike) -> Path:
 
 
 def _is_list_file(path: Path) -> bool:
-    return path.name.lower().endswith(_LIST_SUFFIXES)
+    """A .txt/.lst/.list file that is not itself a text spectrum (numeric columns, see spectra.text)."""
+    if not path.name.lower().endswith(_LIST_SUFFIXES):
+        return False
+    from stellarfit.spectra import text
+
+    return not text.identify(path)
 
 
 def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
@@ -109,7 +114,8 @@ def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> li
     Each input is a glob pattern (``*``, ``?``, ``[``; ``**`` recursive), a
     directory (its FITS files, recursively: .fits, .fit, .fts, optionally .gz),
     a list file (.txt, .lst, .list: one path per line, ``#`` comments, relative
-    paths relative to the list file) or a spectrum file.
+    paths relative to the list file) or a spectrum file (FITS or text/CSV; a
+    .txt file whose lines hold numeric columns is a text spectrum, not a list).
 
     Raises: FileNotFoundError for a missing path, a pattern matching nothing or no files at all.
     """
@@ -332,6 +338,7 @@ def fit_batch_files(
     format: str | None = None,  # noqa: A002
     resolution: float | None = None,
     snr: float | None = None,
+    air: bool | None = None,
     backend: str = "auto",
     retry_failed: bool = False,
     progress: bool = True,
@@ -353,6 +360,7 @@ def fit_batch_files(
         format: spectrum format for every file (default: detected per file).
         resolution: resolving power for files that do not give it.
         snr: S/N per pixel for files without uncertainties.
+        air: True/False: every file's wavelengths are in air/vacuum (default None: what each file says).
         backend: "auto" (default: "processes" where it applies, else "local"; see the module docstring),
             "local" (this process), "processes" (worker processes pinned one per core on this machine)
             or "ray" (a Ray cluster; needs ``pip install 'stellarfit[ray]'``).
@@ -437,6 +445,8 @@ def fit_batch_files(
         options["resolution"] = float(resolution)
     if snr is not None:
         options["snr"] = float(snr)
+    if air is not None:
+        options["air"] = bool(air)
     fit_options = dict(fit_options or {})
     fit = fit_star if fit_function is None else fit_function
 

@@ -1172,6 +1172,8 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
             "map_iterations": result.iterations,
             "map_jacobians": result.jacobians,
             "physics_error": prepared.physics_error,
+            # NaN/inf pixels the reader masked (ObservedSpectrum.from_arrays); catalogs copy it
+            "n_nonfinite_masked": int(spectrum.metadata.get("n_nonfinite_masked", 0)),
             **{("sampler_" + k if k in ("seed", "elapsed_s") else k): v for k, v in sampler_diagnostics.items()},
         },
         wavelength=wavelength,

@@ -52,7 +52,7 @@ TRAILING_COLUMNS = ("chi2", "reduced_chi2", "snr", "n_pixels", "flags", "elapsed
 PARAMETER_SUFFIXES = (("", ""), ("e_", ""), ("", "_lower"), ("", "_upper"), ("", "_map"), ("", "_crb"))
 _FIELD_OF = {("", ""): "value", ("e_", ""): "error", ("", "_lower"): "lower", ("", "_upper"): "upper", ("", "_map"): "map", ("", "_crb"): "crb"}
 _STRING_COLUMNS = {"source", "object_id", "format", "status", "error", "method", "emulator", "stellarfit_version"}
-_INT_COLUMNS = {"index", "n_pixels", "flags"}
+_INT_COLUMNS = {"index", "n_pixels", "flags", "n_nonfinite_masked"}
 _FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 
 
@@ -97,6 +97,8 @@ def result_row(result, *, source: str, index: int, object_id: str | None = None,
         "n_pixels": int(result.n_pixels), "flags": int(result.flags), "elapsed_s": _clean(result.elapsed_s),
         "method": result.method, "emulator": result.emulator, "stellarfit_version": __version__,
     })
+    # NaN/inf pixels masked on reading (FitResult.diagnostics; -1 in failed rows)
+    row["n_nonfinite_masked"] = int((getattr(result, "diagnostics", None) or {}).get("n_nonfinite_masked", 0))
     return row
 
 

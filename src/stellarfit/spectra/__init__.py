@@ -7,8 +7,9 @@
   (``format=`` overrides); :func:`available_formats`, :func:`identify_format`,
   :func:`register_format` for the registry.
 - One module per format, each with ``identify`` and ``read``: ``generic``,
-  ``apogee_apstar``, ``apogee_aspcap``, ``boss``, ``lamost_lrs``,
-  ``lamost_mrs``, ``desi``, ``gaia_rvs``.
+  ``text`` (plain text / CSV), ``apogee_apstar``, ``apogee_aspcap``, ``boss``,
+  ``lamost_lrs``, ``lamost_mrs``, ``desi``, ``gaia_rvs``.  NaN/inf pixels are
+  masked on reading and counted in ``metadata['n_nonfinite_masked']``.
 
 Only numpy and astropy are needed here.
 """

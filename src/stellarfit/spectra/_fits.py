@@ -89,22 +89,32 @@ def source_name(source: Any) -> str:
 
 
 @contextlib.contextmanager
-def open_source(source: Any, format_name: str) -> Iterator[tuple[fits.HDUList, str]]:
+def reader_errors(name: str, format_name: str) -> Iterator[None]:
+    """Inside the block, :class:`FormatProblem` and :class:`InvalidSpectrumError` become
+    :class:`SpectrumReadError` ``"<file>: <format> format: <problem>"`` (for readers of non-FITS files)."""
+    try:
+        yield
+    except (FormatProblem, InvalidSpectrumError) as exc:
+        raise SpectrumReadError(f"{name}: {format_name} format: {exc}", path=name, format=format_name) from exc
+
+
+@contextlib.contextmanager
+def open_source(source: Any, format_name: str, *, name: str | None = None) -> Iterator[tuple[fits.HDUList, str]]:
     """Yield (hdulist, name) for a path or an open HDUList; re-raise reader problems with the file named.
 
     Inside the block, :class:`FormatProblem` and :class:`InvalidSpectrumError`
     become :class:`SpectrumReadError` ``"<file>: <format> format: <problem>"``.
-    A path is closed on exit; an HDUList passed in is left open.
+    A path is closed on exit; an HDUList passed in is left open.  ``name``
+    names an in-memory HDUList made from another file (e.g. a CSV).
     """
-    name = source_name(source)
+    name = source_name(source) if name is None else name
     if isinstance(source, fits.HDUList):
         hdul, close = source, False
     else:
         hdul, close = open_fits(source), True
     try:
-        yield hdul, name
-    except (FormatProblem, InvalidSpectrumError) as exc:
-        raise SpectrumReadError(f"{name}: {format_name} format: {exc}", path=name, format=format_name) from exc
+        with reader_errors(name, format_name):
+            yield hdul, name
     finally:
         if close:
             hdul.close()

@@ -6,6 +6,11 @@ loader registry).  Auto-detection opens the file once and asks each format in
 registration order; the first that says yes reads it.  Survey formats are
 registered before the generic reader, which is the fallback; formats
 registered later by users go before the generic one too.
+
+Text files (anything that is not FITS, gzip or binary: ``.txt``, ``.csv``,
+``.dat`` ...) are not opened as FITS: each format's ``identify`` is asked with
+the path (FITS formats answer no), so ``gaia-rvs`` claims Gaia RVS CSV files
+and ``text`` reads other column files.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 from astropy.io import fits
 
 from stellarfit.spectra import _fits as F
-from stellarfit.spectra import apogee_apstar, apogee_aspcap, boss, desi, gaia_rvs, generic, lamost_lrs, lamost_mrs
+from stellarfit.spectra import apogee_apstar, apogee_aspcap, boss, desi, gaia_rvs, generic, lamost_lrs, lamost_mrs, text
 from stellarfit.spectra._spectrum import ObservedSpectrum, SpectrumList, SpectrumReadError, UnknownFormatError
 
 __all__ = [
@@ -108,16 +113,28 @@ def _formats_help() -> str:
 
 def identify_format(path: Any) -> list[str]:
     """Names of all formats whose identify function accepts the file (possibly several, possibly none)."""
+    if text.looks_like_text(path):
+        return [fmt.name for fmt in _REGISTRY.values() if fmt.identify(path)]
     with F.hdulist_for_identify(path) as hdul:
         if hdul is None:
             return []
         return [fmt.name for fmt in _REGISTRY.values() if fmt.identify(hdul)]
 
 
+#: options a reader may lack: they are dropped for it instead of refused (``snr`` only matters for
+#: files without uncertainties, and formats whose files always carry them do not take it).
+_OPTIONAL_OPTIONS = ("snr",)
+
+
 def _check_options(fmt: SpectrumFormat, options: dict[str, Any], name: str) -> None:
+    """Refuse options the reader does not take (a TypeError listing its options); drops, in place,
+    the :data:`_OPTIONAL_OPTIONS` it does not take."""
     parameters = inspect.signature(fmt.read).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
+    for key in _OPTIONAL_OPTIONS:
+        if key in options and key not in parameters:
+            del options[key]
     unknown = [key for key in options if key not in parameters]
     if unknown:
         raise TypeError(
@@ -130,10 +147,12 @@ def read_spectrum(path: Any, format: str | None = None, **options: Any) -> Obser
     """Read a spectrum file of any supported format.
 
     Args:
-        path: file path (or an open astropy HDUList).
+        path: file path (or an open astropy HDUList): FITS, or a text/CSV file.
         format: one of :func:`available_formats` to skip auto-detection.
-        **options: passed to the reader (all readers take ``resolution=`` and ``air=``;
-            see each reader's ``read`` for the rest).
+        **options: passed to the reader (all readers take ``resolution=``, ``air=`` (True: the
+            file's wavelengths are in air, False: vacuum, None: what the file says) and
+            ``fix_nonfinite=`` (default True: NaN/inf pixels are masked and counted in
+            ``metadata['n_nonfinite_masked']``); see each reader's ``read`` for the rest).
     Returns:
         an ObservedSpectrum, or a SpectrumList for files holding several spectra
         (DESI coadds; Gaia RVS tables with several sources).
@@ -148,6 +167,18 @@ def read_spectrum(path: Any, format: str | None = None, **options: Any) -> Obser
         return fmt.read(path, **options)
     name = F.source_name(path)
     own = not isinstance(path, fits.HDUList)
+    if own and text.looks_like_text(path):
+        for fmt in _REGISTRY.values():
+            if fmt.identify(path):  # FITS formats answer no for a text file
+                _check_options(fmt, options, name)
+                return fmt.read(path, **options)
+        raise UnknownFormatError(
+            f"{name}: a text file that no reader recognises. The text reader needs at least two numeric "
+            "columns (wavelength, flux[, error]), optionally under a header line naming them, with '#' "
+            "comment lines; pass format='text' with columns={...} to name the columns. Supported formats: "
+            f"{_formats_help()}",
+            path=name,
+        )
     hdul = F.open_fits(path) if own else path
     try:
         for fmt in _REGISTRY.values():
@@ -178,7 +209,7 @@ def read_spectra(path: Any, format: str | None = None, **options: Any) -> Spectr
     return SpectrumList([result])
 
 
-for _module in (desi, boss, lamost_mrs, lamost_lrs, apogee_apstar, apogee_aspcap, gaia_rvs, generic):
+for _module in (desi, boss, lamost_mrs, lamost_lrs, apogee_apstar, apogee_aspcap, gaia_rvs, text, generic):
     register_format(_module.FORMAT, _module.identify, _module.read, _module.DESCRIPTION, before=None)
 del _module
 

@@ -9,9 +9,11 @@ Invariants after construction (the constructor checks and normalizes):
 
 - ``wavelength`` (n,) float64, vacuum Angstrom, strictly increasing within
   each arm; arms are contiguous blocks of pixels with ids 0, 1, ... in order.
-- ``flux`` and ``ivar`` (n,) float64, finite everywhere.  Non-finite values
-  are accepted only in pixels that carry no information (masked or
-  ``ivar == 0``); they are replaced by 0 there.
+- ``flux`` and ``ivar`` (n,) float64, finite everywhere.  The constructor
+  accepts non-finite values only in pixels that carry no information (masked
+  or ``ivar == 0``) and replaces them by 0 there; :meth:`from_arrays` and the
+  readers mask NaN/inf pixels by default and count them in
+  ``metadata['n_nonfinite_masked']``.
 - ``ivar >= 0``; ``mask`` (n,) bool, True = do not use.  Pixels with
   ``ivar == 0`` are always masked, so ``~mask`` alone selects the pixels a
   fit uses (``weights`` is ivar with zeros at masked pixels).
@@ -176,7 +178,9 @@ class ObservedSpectrum:
         arm: (n,) int16 arm id per pixel (0 for single-arm spectra); arms are contiguous blocks 0, 1, ...
         arm_names: one name per arm (e.g. ``("B", "R", "Z")``).
         metadata: free-form dict; readers fill ``source``, ``format``, ``object_id``,
-            ``flux_unit``, ``air_to_vacuum`` (True if converted from air),
+            ``flux_unit``, ``air_to_vacuum`` (True if converted from air), ``air_or_vacuum``
+            ('air'/'vacuum': the file's wavelengths) and ``air_or_vacuum_source`` (why),
+            ``n_nonfinite_masked`` (NaN/inf pixels masked by :meth:`from_arrays`),
             ``resolution_source`` and ``header`` (selected keywords).
     """
 
@@ -277,8 +281,8 @@ class ObservedSpectrum:
                 raise InvalidSpectrumError(
                     f"{name} has {int(bad.sum())} non-finite value(s) (NaN/inf; first at pixel {index}, "
                     f"{wavelength[index]:.3f} A) in pixels that are neither masked nor ivar == 0; mask them "
-                    "(mask=...) or build the spectrum with ObservedSpectrum.from_arrays(..., fix_nonfinite=True)"
-                    " / read_spectrum(..., fix_nonfinite=True), which masks such pixels"
+                    "(mask=...) or build the spectrum with ObservedSpectrum.from_arrays(...) / read_spectrum(...),"
+                    " which mask such pixels by default (fix_nonfinite=True)"
                 )
         mask = mask | (ivar == 0) | nonfinite_ivar
         ivar = np.where(np.isfinite(ivar), ivar, 0.0)
@@ -352,7 +356,7 @@ class ObservedSpectrum:
         arm_names: Sequence[str] | None = None,
         air: bool = False,
         wavelength_unit: str = "angstrom",
-        fix_nonfinite: bool = False,
+        fix_nonfinite: bool = True,
         metadata: Mapping[str, Any] | None = None,
     ) -> ObservedSpectrum:
         """Build a spectrum from arrays in any common convention.
@@ -371,8 +375,11 @@ class ObservedSpectrum:
             air: True if the wavelengths are in air; they are converted to vacuum with
                 :func:`stellarfit.wavelengths.air_to_vacuum` and ``metadata['air_to_vacuum']`` is set.
             wavelength_unit: 'angstrom', 'nm', 'micron' or 'loglam' (log10 Angstrom).
-            fix_nonfinite: mask (and give ivar 0) pixels whose flux, ivar or sigma is NaN/inf
-                instead of raising; their number goes to ``metadata['n_nonfinite_masked']``.
+            fix_nonfinite: True (default): mask (and give ivar 0) pixels whose flux, ivar or sigma
+                is NaN/inf; their number (pixels not already masked by ``mask``) goes to
+                ``metadata['n_nonfinite_masked']`` (0 when there are none).  False: such pixels
+                are an InvalidSpectrumError unless ``mask`` or ivar == 0 already excludes them.
+                Either way an InvalidSpectrumError says so when no usable pixel is left.
             metadata: copied into the spectrum's metadata.
         """
         unit = normalize_wavelength_unit(wavelength_unit)
@@ -399,7 +406,7 @@ class ObservedSpectrum:
             usable = np.isfinite(sigma_array) & (sigma_array > 0)
             ivar_array = np.zeros(n)
             ivar_array[usable] = 1.0 / sigma_array[usable] ** 2
-            nonfinite_error = np.zeros(n, dtype=bool)  # NaN/inf sigma already means ivar 0
+            nonfinite_error = ~np.isfinite(sigma_array)  # ivar 0 already; counted when fix_nonfinite
         else:
             ivar_array = _as_1d("ivar", ivar, np.float64, n)
             nonfinite_error = ~np.isfinite(ivar_array)
@@ -413,10 +420,15 @@ class ObservedSpectrum:
         meta = dict(metadata or {})
         if fix_nonfinite:
             bad = (~np.isfinite(flux_array) | nonfinite_error | ~np.isfinite(ivar_array)) & ~mask_array
-            if bad.any():
-                mask_array = mask_array | bad
-                ivar_array = np.where(bad, 0.0, ivar_array)
-                meta["n_nonfinite_masked"] = int(bad.sum())
+            mask_array = mask_array | bad
+            ivar_array = np.where(bad, 0.0, ivar_array)
+            meta["n_nonfinite_masked"] = int(bad.sum())
+            if bad.any() and np.all(mask_array | (ivar_array == 0)):
+                raise InvalidSpectrumError(
+                    f"no usable pixel: {int(bad.sum())} of {n} pixels have NaN/inf flux or uncertainty and the "
+                    f"other {n - int(bad.sum())} are masked or have zero weight; check that the flux and "
+                    "error columns/HDUs are the right ones (an all-NaN spectrum was usually not extracted)"
+                )
         wave_angstrom = to_angstrom(wave, unit)
         sigma_angstrom = None
         if lsf_sigma is not None:
@@ -435,6 +447,7 @@ class ObservedSpectrum:
             meta["air_to_vacuum"] = True
         else:
             meta.setdefault("air_to_vacuum", False)
+        meta["air_or_vacuum"] = "air" if air else "vacuum"  # of the wavelengths given (stored: vacuum)
         return cls(
             wavelength=wave_angstrom,
             flux=flux_array,

@@ -71,7 +71,7 @@ def read(
     bad_bits: int | Sequence[int] | None = DEFAULT_BAD_BITS,
     resolution: float | np.ndarray | None = None,
     air: bool | None = None,
-    fix_nonfinite: bool = False,
+    fix_nonfinite: bool = True,
 ) -> ObservedSpectrum:
     """Read one row of an apStar file (default row 0, the combined spectrum).
 
@@ -82,7 +82,7 @@ def read(
             pattern; None = any bit).
         resolution: resolving power (default 22,500).
         air: override the vacuum convention (True only if you know the file is in air).
-        fix_nonfinite: mask NaN/inf flux instead of raising.
+        fix_nonfinite: mask NaN/inf flux (default; counted in ``metadata["n_nonfinite_masked"]``); False raises instead.
     """
     with F.open_source(source, FORMAT) as (hdul, name):
         flux = F.image(hdul, 1, "flux")

@@ -45,7 +45,7 @@ def read(
     *,
     resolution: float | np.ndarray | None = None,
     air: bool | None = None,
-    fix_nonfinite: bool = False,
+    fix_nonfinite: bool = True,
 ) -> ObservedSpectrum:
     """Read an aspcapStar file: normalized flux, error (zero flux or error = masked), R = 22,500 by default."""
     with F.open_source(source, FORMAT) as (hdul, name):

@@ -65,7 +65,7 @@ def read(
     use_or_mask: bool = False,
     resolution: float | np.ndarray | None = None,
     air: bool | None = None,
-    fix_nonfinite: bool = False,
+    fix_nonfinite: bool = True,
 ) -> ObservedSpectrum:
     """Read the coadded spectrum of a BOSS spec file.
 
@@ -75,7 +75,7 @@ def read(
         use_or_mask: also mask pixels with any ``or_mask`` bit (in ``and_mask_bits``) set.
         resolution: resolving power instead of the one from ``wdisp``.
         air: override the vacuum convention.
-        fix_nonfinite: mask NaN/inf flux or ivar instead of raising.
+        fix_nonfinite: mask NaN/inf flux or ivar (default; counted in ``metadata["n_nonfinite_masked"]``); False raises instead.
     """
     with F.open_source(source, FORMAT) as (hdul, name):
         index = _coadd_index(hdul)

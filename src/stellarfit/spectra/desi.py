@@ -95,7 +95,7 @@ def read(
     errors: str = "raise",
     resolution: float | np.ndarray | None = None,
     air: bool | None = None,
-    fix_nonfinite: bool = False,
+    fix_nonfinite: bool = True,
 ) -> SpectrumList:
     """Read the spectra of a DESI coadd file, one per FIBERMAP row.
 
@@ -108,7 +108,7 @@ def read(
             'skip' (leave it out and record it in the result's ``.skipped``).
         resolution: resolving power instead of the one from the resolution matrices.
         air: override the vacuum convention.
-        fix_nonfinite: mask NaN/inf flux or ivar instead of raising.
+        fix_nonfinite: mask NaN/inf flux or ivar (default; counted in ``metadata["n_nonfinite_masked"]``); False raises instead.
     Returns: SpectrumList (a list of ObservedSpectrum, with ``.skipped``).
     """
     if errors not in ("raise", "skip"):

@@ -12,6 +12,11 @@ Recio-Blanco et al. 2023) are rest-frame, continuum-normalized, sampled at
   optionally ``wavelength``); without a wavelength column the DR3 grid
   lambda = 846 + 0.01 i nm (i = 0..2400) is used.
 
+The one-row-per-pixel layout is also read from CSV/text files as the
+archive and gaiaspec-style tools write them (columns ``source_id, ...,
+wavelength, flux, flux_error, ...``; parsed by
+:func:`stellarfit.spectra.text.read_text_table`).
+
 Fluxes that are NaN (the DR3 products leave the ends of some spectra
 undefined) are masked by default (``fix_nonfinite=True``).  A file with one
 source gives one ObservedSpectrum, with several a SpectrumList (also when
@@ -20,6 +25,7 @@ source gives one ObservedSpectrum, with several a SpectrumList (also when
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +33,7 @@ import numpy as np
 from astropy.io import fits
 
 from stellarfit.spectra import _fits as F
+from stellarfit.spectra import text as T
 from stellarfit.spectra._spectrum import InvalidSpectrumError, ObservedSpectrum, SpectrumList
 
 __all__ = ["FORMAT", "DESCRIPTION", "identify", "read", "GAIA_RVS_RESOLUTION", "dr3_wavelength_nm"]
@@ -51,9 +58,42 @@ def _table_index(hdul: fits.HDUList) -> int | None:
     return None
 
 
+def identify(source: Any) -> bool:
+    """Gaia RVS: a table (FITS, or a CSV/text file) with flux and flux_error and wavelengths in
+    845-871 nm (or, in FITS, 2401-point arrays)."""
+    if T.looks_like_text(source):
+        return _identify_text(source)
+    return _identify_fits(source)
+
+
+def _identify_text(path: Any) -> bool:
+    try:
+        header, fields = T.sniff(path)
+        if header is None:
+            return False
+        lookup = {name.strip().lower(): i for i, name in enumerate(header)}
+        if not ("flux" in lookup and "flux_error" in lookup):
+            return False
+        wave = next((lookup[n.lower()] for n in _WAVELENGTH_COLUMNS if n.lower() in lookup), None)
+        if wave is None:
+            return False
+        return 845.0 <= float(fields[wave]) <= 871.0
+    except Exception:  # noqa: BLE001 - identify answers yes/no, never fails
+        return False
+
+
+def _text_hdulist(path: Any) -> fits.HDUList:
+    """An in-memory HDUList (primary + one table) of the numeric columns of a CSV/text file."""
+    table = T.read_text_table(path)
+    columns = [
+        fits.Column(name=name, format="K" if values.dtype.kind == "i" else "D", array=values)
+        for name, values in table.columns.items()
+    ]
+    return fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(columns)])
+
+
 @F.safe_identify
-def identify(hdul: fits.HDUList) -> bool:
-    """Gaia RVS: a table with flux and flux_error and wavelengths in 845-871 nm (or 2401-point arrays)."""
+def _identify_fits(hdul: fits.HDUList) -> bool:
     index = _table_index(hdul)
     if index is None:
         return False
@@ -82,7 +122,7 @@ def read(
     """Read Gaia RVS mean spectra.
 
     Args:
-        source: path or open HDUList.
+        source: path (FITS, or a CSV/text table) or open HDUList.
         source_ids: read only these Gaia source_ids.
         errors: 'raise' or 'skip' (unusable spectra left out, listed in ``.skipped``) for multi-source tables.
         resolution: resolving power (default 11,500).
@@ -92,7 +132,12 @@ def read(
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
-    with F.open_source(source, FORMAT) as (hdul, name):
+    text_name = None
+    if T.looks_like_text(source):
+        text_name = os.fspath(source)
+        with F.reader_errors(text_name, FORMAT):
+            source = _text_hdulist(source)
+    with F.open_source(source, FORMAT, name=text_name) as (hdul, name):
         index = _table_index(hdul)
         if index is None:
             raise F.problem(f"no table with flux and flux_error columns; the file has {F.summarize(hdul)}")

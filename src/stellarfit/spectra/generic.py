@@ -18,16 +18,31 @@ Table layout (first table HDU that has a wavelength and a flux column, or ``hdu=
 Column names are matched case-insensitively.  Either one row per pixel, or
 one row holding array columns (``row=`` picks a row when there are several).
 
-Image layout: the first image HDU with NAXIS = 1 and a wavelength WCS
-(CRVAL1, CDELT1 or CD1_1, CRPIX1; log10 when DC-FLAG = 1 or CTYPE1 =
-'LOG-LINEAR'; FITS 'WAVE-LOG' also understood).  Uncertainties come from an
+Image layout (1-D spectra as published, e.g. the Gaia benchmark, NOAO atlas,
+MIKE and HARPS files): the first image HDU with NAXIS = 1 and a wavelength
+WCS (CRVAL1, CDELT1 or CD1_1, CRPIX1 honoured; log10 when DC-FLAG = 1 or
+CTYPE1 = 'LOG-LINEAR'; FITS 'WAVE-LOG'/'AWAV-LOG' also understood).  The unit
+comes from CUNIT1 (nm, NM, Angstrom, A, um, ...), a unit in CTYPE1
+('ANGSTROM') or IRAF's WAT1_001 ``units=``; when nothing names it, it is
+inferred from the range (>= 3000: Angstrom, 80-3000: nm) and
+``metadata['wavelength_unit_source']`` says so.  Uncertainties come from an
 image HDU of the same length named IVAR, ERROR/SIGMA/ERR/UNCERTAINTY or
-VARIANCE/VAR; a MASK image is used when present.
+VARIANCE/VAR; a MASK image is used when present.  Files without
+uncertainties need ``snr=`` (``--snr`` on the command line).
 
-Air or vacuum: AIRORVAC ('air'/'vac'), VACUUM (T/F) or CTYPE1 ('AWAV' = air)
-in the data or primary header; **vacuum when the header says nothing**
-(``air=True`` overrides).  Resolution: RESOLUTION column, else header keyword
-R / RESOLUTN / SPECRES / SPEC_RES / RESOLVPW, else unknown (``resolution=``).
+Air or vacuum: AIRORVAC ('air'/'vac'), VACUUM (T/F) or CTYPE1 ('AWAV' = air,
+'WAVE' = vacuum) in the data or primary header; ``air=True/False`` overrides.
+When the header says nothing: air for images IRAF wrote (WAT1_001 or an
+NOAO-IRAF ORIGIN: ground-based reductions), vacuum otherwise.
+``metadata['air_or_vacuum_source']`` records which rule applied.
+
+Masking: NaN/inf flux or uncertainty pixels are masked and counted in
+``metadata['n_nonfinite_masked']`` (``fix_nonfinite=False`` refuses them
+instead); runs of exactly zero flux (gaps) and zero-flux pixels with a zero
+or absurd uncertainty are masked and counted in
+``metadata['n_zero_flux_masked']``.  Resolution: RESOLUTION column, else
+header keyword R / RESOLUTN / SPECRES / SPEC_RES / RESOLVPW, else unknown
+(``resolution=`` / ``--resolution``).
 """
 
 from __future__ import annotations
@@ -37,6 +52,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
+from stellarfit.spectra import _conventions as C
 from stellarfit.spectra import _fits as F
 from stellarfit.spectra._spectrum import ObservedSpectrum
 
@@ -95,7 +111,7 @@ def read(
     air: bool | None = None,
     resolution: float | np.ndarray | None = None,
     snr: float | None = None,
-    fix_nonfinite: bool = False,
+    fix_nonfinite: bool = True,
     use_mask: bool = True,
 ) -> ObservedSpectrum:
     """Read a generic FITS spectrum.
@@ -104,11 +120,14 @@ def read(
         source: path or open HDUList.
         hdu: which HDU holds the spectrum (index or EXTNAME); default: the first suitable one.
         row: for tables of array columns with several rows, which row.
-        wavelength_unit: override the unit ('angstrom', 'nm', 'micron', 'loglam').
-        air: True/False to say the wavelengths are air/vacuum (default: from the header, else vacuum).
+        wavelength_unit: override the unit ('angstrom', 'nm', 'micron', 'loglam'); default: from
+            TUNIT/CUNIT1/CTYPE1/WAT1_001, else inferred from the range (recorded in metadata).
+        air: True/False to say the wavelengths are air/vacuum (default: from the header, else air
+            for IRAF-style images and vacuum otherwise; see the module docstring).
         resolution: resolving power to use instead of what the file says.
         snr: assume this S/N per pixel (sigma = |median flux| / snr) when the file has no uncertainties.
-        fix_nonfinite: mask NaN/inf flux or uncertainty values instead of raising.
+        fix_nonfinite: mask NaN/inf flux or uncertainty values (default; counted in
+            ``metadata['n_nonfinite_masked']``); False raises instead.
         use_mask: apply the MASK column/HDU (nonzero = bad).
     Returns: one ObservedSpectrum (vacuum Angstrom).
     """
@@ -161,8 +180,27 @@ def _uncertainty(ivar: Any, sigma: Any, variance: Any, flux: np.ndarray, snr: fl
         return {"sigma": np.full(flux.size, scale / snr)}
     raise F.problem(
         f"no uncertainties found in {where} (looked for IVAR, ERROR/SIGMA/ERR/FLUX_ERROR or VARIANCE); "
-        "add such a column/HDU, or pass snr=<S/N per pixel> to assume a uniform noise level"
+        "add such a column/HDU, or pass snr=<S/N per pixel> (command line: --snr S/N) to assume a uniform "
+        "noise level"
     )
+
+
+def sigma_of(uncertainty: dict[str, Any]) -> np.ndarray:
+    """(n,) 1-sigma uncertainties from ``{"ivar": ...}`` or ``{"sigma": ...}`` (inf where ivar <= 0)."""
+    if "sigma" in uncertainty:
+        return np.asarray(uncertainty["sigma"], dtype=np.float64)
+    ivar = np.asarray(uncertainty["ivar"], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ivar > 0, 1.0 / np.sqrt(np.where(ivar > 0, ivar, 1.0)), np.inf)
+
+
+def gap_mask(flux: np.ndarray, uncertainty: dict[str, Any], mask: np.ndarray | None, assumed: bool) -> tuple[np.ndarray, int]:
+    """(mask with zero-flux gaps added (n,) bool, number of pixels this added); see
+    :func:`stellarfit.spectra._conventions.zero_flux_gaps` (``assumed``: the sigma came from snr=)."""
+    gaps = C.zero_flux_gaps(flux, None if assumed else sigma_of(uncertainty))
+    base = np.zeros(flux.size, dtype=bool) if mask is None else np.asarray(mask) != 0
+    added = gaps & ~base
+    return base | gaps, int(added.sum())
 
 
 def _read_table(hdul, index, name, row, wavelength_unit, air, resolution, snr, fix_nonfinite, use_mask):
@@ -181,11 +219,13 @@ def _read_table(hdul, index, name, row, wavelength_unit, air, resolution, snr, f
         raise F.problem(f"HDU {index} has no flux column (looked for {FLUX_COLUMNS}); columns: {names}")
     column_unit = hdu.columns[wave_col].unit
     scale = 1.0
+    unit_source = "user" if wavelength_unit is not None else ("column name" if unit else None)
     if unit is None:
         parsed = F.unit_name(column_unit or "")
         if parsed == "m":
             parsed, scale = "angstrom", 1e10
-        unit = parsed or "angstrom"
+        unit = parsed
+        unit_source = None if parsed is None else f"TUNIT of {wave_col} = {column_unit!r}"
 
     vector = np.ndim(data.field(wave_col)) == 2
     if vector:
@@ -204,11 +244,15 @@ def _read_table(hdul, index, name, row, wavelength_unit, air, resolution, snr, f
         return None if col is None else F.column(data, col, row=pick, dtype=dtype)
 
     wavelength = F.column(data, wave_col, row=pick) * scale
+    if unit is None:
+        unit, unit_source = C.infer_wavelength_unit(wavelength)
     flux = F.column(data, flux_col, row=pick)
     if flux.size != wavelength.size:
         raise F.problem(f"column {flux_col!r} has {flux.size} values but {wave_col!r} has {wavelength.size}")
-    uncertainty = _uncertainty(get(IVAR_COLUMNS), get(ERROR_COLUMNS), get(VARIANCE_COLUMNS), flux, snr, f"HDU {index}")
-    mask = get(MASK_COLUMNS, dtype=np.int64) if use_mask else None
+    errors = (get(IVAR_COLUMNS), get(ERROR_COLUMNS), get(VARIANCE_COLUMNS))
+    uncertainty = _uncertainty(*errors, flux, snr, f"HDU {index}")
+    mask, n_gap = gap_mask(flux, uncertainty, get(MASK_COLUMNS, dtype=np.int64) if use_mask else None,
+                           assumed=all(e is None for e in errors))
     arm = get(ARM_COLUMNS, dtype=np.int64)
     lsf_sigma = get(LSF_SIGMA_COLUMNS)
     primary = hdul[0].header
@@ -221,6 +265,7 @@ def _read_table(hdul, index, name, row, wavelength_unit, air, resolution, snr, f
             arm_names = tuple(part.strip() for part in names_card.split(","))
     flux_unit = hdu.columns[flux_col].unit or F.header_value([hdu.header, primary], "BUNIT")
     metadata = _metadata(name, index, hdu.header, primary, flux_unit, res_source, air_source)
+    metadata.update(wavelength_unit=unit, wavelength_unit_source=unit_source, n_zero_flux_masked=n_gap)
     if row is not None:
         metadata["row"] = row
     return ObservedSpectrum.from_arrays(
@@ -244,11 +289,15 @@ def _read_image(hdul, index, name, wavelength_unit, air, resolution, snr, fix_no
     flux = F.image(hdul, index, "flux")
     if flux.ndim != 1:
         raise F.problem(f"{F.hdu_label(hdul, index)} is a {flux.ndim}-D image; a generic image spectrum must be 1-D")
-    wavelength, unit = F.wcs_wavelength(header, flux.size)
-    if unit == "m":
-        wavelength, unit = wavelength * 1e10, "angstrom"
+    wavelength, _ = F.wcs_wavelength(header, flux.size)
     if wavelength_unit is not None:
-        unit = wavelength_unit
+        unit, unit_source = wavelength_unit, "user"
+    else:
+        unit, unit_source = C.image_wavelength_unit(header)
+        if unit is None:
+            unit, unit_source = C.infer_wavelength_unit(wavelength)
+        if unit == "m":
+            wavelength, unit = wavelength * 1e10, "angstrom"
 
     def companion(names):
         for candidate in names:
@@ -260,7 +309,8 @@ def _read_image(hdul, index, name, wavelength_unit, air, resolution, snr, fix_no
                 return values
         return None
 
-    uncertainty = _uncertainty(companion(IVAR_HDUS), companion(ERROR_HDUS), companion(VARIANCE_HDUS), flux, snr, "the file")
+    errors = (companion(IVAR_HDUS), companion(ERROR_HDUS), companion(VARIANCE_HDUS))
+    uncertainty = _uncertainty(*errors, flux, snr, "the file")
     mask = None
     if use_mask:
         mask_index = F.find_hdu(hdul, "MASK")
@@ -268,11 +318,15 @@ def _read_image(hdul, index, name, wavelength_unit, air, resolution, snr, fix_no
             mask = F.image(hdul, mask_index, "mask", dtype=np.int64)
             if mask.shape != flux.shape:
                 raise F.problem(f"HDU MASK has shape {mask.shape} but the flux has {flux.shape}")
+    mask, n_gap = gap_mask(flux, uncertainty, mask, assumed=all(e is None for e in errors))
     primary = hdul[0].header
     res, res_source = _resolution(resolution, None, header, primary)
     is_air, air_source = F.air_convention(air, header, primary, default=_AIR_DEFAULT_SOURCE)
+    if air is None and air_source == _AIR_DEFAULT_SOURCE and C.looks_iraf(header, primary):
+        is_air, air_source = True, C.AIR_IRAF_SOURCE
     flux_unit = F.header_value([header, primary], "BUNIT")
     metadata = _metadata(name, index, header, primary, flux_unit, res_source, air_source)
+    metadata.update(wavelength_unit=unit, wavelength_unit_source=unit_source, n_zero_flux_masked=n_gap)
     return ObservedSpectrum.from_arrays(
         wavelength,
         flux,

@@ -66,7 +66,7 @@ def read(
     and_mask_bits: int | Sequence[int] | None = None,
     resolution: float | np.ndarray | None = None,
     air: bool | None = None,
-    fix_nonfinite: bool = False,
+    fix_nonfinite: bool = True,
 ) -> ObservedSpectrum:
     """Read a LAMOST LRS spectrum (either layout).
 
@@ -75,7 +75,7 @@ def read(
         and_mask_bits: ANDMASK bits that mark a pixel bad (None = any bit).
         resolution: resolving power (default 1800).
         air: override; by default vacuum unless the header says air.
-        fix_nonfinite: mask NaN/inf flux or ivar instead of raising.
+        fix_nonfinite: mask NaN/inf flux or ivar (default; counted in ``metadata["n_nonfinite_masked"]``); False raises instead.
     """
     with F.open_source(source, FORMAT) as (hdul, name):
         index = _table_index(hdul)

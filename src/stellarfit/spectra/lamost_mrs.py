@@ -48,7 +48,7 @@ def read(
     mask_bits: int | Sequence[int] | None = None,
     resolution: float | np.ndarray | None = None,
     air: bool | None = None,
-    fix_nonfinite: bool = False,
+    fix_nonfinite: bool = True,
 ) -> ObservedSpectrum:
     """Read the coadded MRS spectrum (blue and red arms as arms 0 and 1).
 
@@ -58,7 +58,7 @@ def read(
         mask_bits: PIXMASK/ANDMASK bits that mark a pixel bad (None = any bit).
         resolution: resolving power (default 7500).
         air: override; by default vacuum unless the header says air.
-        fix_nonfinite: mask NaN/inf flux or ivar instead of raising.
+        fix_nonfinite: mask NaN/inf flux or ivar (default; counted in ``metadata["n_nonfinite_masked"]``); False raises instead.
     """
     with F.open_source(source, FORMAT) as (hdul, name):
         pieces = []
