@@ -362,6 +362,25 @@ def _add_air_options(parser: argparse.ArgumentParser) -> None:
                        help="the files' wavelengths are in vacuum; default: what each file says")
 
 
+def _add_physics_error_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--physics-error", default="default", metavar="default|none|FILE",
+                        help="the physics error added to the noise: where the emulators' physics misses real stars, "
+                             "measured on benchmark stars (default: the one shipped emulators carry; none: off; "
+                             "FILE: one made by scripts/calibrate_physics_error.py)")
+
+
+def _physics_error_option(emulator, text: str):
+    """The emulator with --physics-error applied (usage error for a missing or bad file)."""
+    if text == "default":
+        return emulator
+    if text == "none":
+        return emulator.with_physics_error(None)
+    try:
+        return emulator.with_physics_error(text)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        raise UsageError(f"--physics-error {text!r}: {error}") from None
+
+
 def _read_spectrum_option(path: str, format, options: dict):
     """A spectrum argument of `fit`/`compare`: a file (any reader format), or `example` for the shipped
     example star.  Returns what read_spectrum returns (one spectrum or a list); bad files are usage errors."""
@@ -395,7 +414,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.spectrum} holds {len(spectrum)} spectra; `stellarfit fit` fits one (use `stellarfit batch`, or --format options to pick one)")
         spectrum = spectrum[0]
     z_transform = _z_transform_option(args)
-    emulator = _load_emulator_option(args.emulator)
+    emulator = _physics_error_option(_load_emulator_option(args.emulator), args.physics_error)
     _check_init_option(args.init, emulator)
     _check_sample_with_option(args.sample_with, emulator)
     priors = {}
@@ -556,7 +575,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_writable(out)
     z_transform = _z_transform_option(args)
-    emulator = _load_emulator_option(args.emulator)
+    emulator = _physics_error_option(_load_emulator_option(args.emulator), args.physics_error)
     _check_init_option(args.init, emulator)
     _check_sample_with_option(args.sample_with, emulator)
     fit_options = {"n_starts": args.starts, "seed": args.seed, "init": _init_option(args.init),
@@ -751,6 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resolution", type=float, default=None, help="resolving power, when the file does not give it")
     fit.add_argument("--snr", type=float, default=None, help="S/N per pixel, for files without uncertainties")
     _add_air_options(fit)
+    _add_physics_error_option(fit)
     fit.add_argument("--prior", action="append", metavar="NAME:MEAN:SIGMA", help="Gaussian prior, e.g. logg:4.4:0.05 (repeatable)")
     fit.add_argument("--starts", type=int, default=8, help="MAP starting points (default 8)")
     fit.add_argument("--init", choices=["auto", "fast", "none"], default="auto", help=INIT_HELP)
@@ -820,6 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--resolution", type=float, default=None, help="resolving power, for files that do not give it")
     batch.add_argument("--snr", type=float, default=None, help="S/N per pixel, for files without uncertainties")
     _add_air_options(batch)
+    _add_physics_error_option(batch)
     batch.add_argument("--backend", choices=["auto", "local", "processes", "ray"], default="auto",
                        help="where to fit: auto (default: processes on a multi-core Linux machine for several files, else "
                             "local), local (this process), processes (worker processes pinned one per CPU core) or ray "

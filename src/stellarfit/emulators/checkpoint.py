@@ -10,7 +10,8 @@ An emulator is a directory with two files:
   shape, dtype) and ``stellarfit_version``.
 - ``arrays.npz``: ``wavelength`` (n_pixels,) float64 and one array per
   parameter, named ``params/<path>`` (for example
-  ``params/blocks/0/query/kernel``); optionally ``error_modes`` (n_modes, n_pixels) and ``pixel_error`` (n_pixels,)
+  ``params/blocks/0/query/kernel``); optionally ``error_modes`` (n_modes, n_pixels), ``pixel_error`` (n_pixels,)
+  and ``physics_error/{wavelength,sigma,stars}`` (a PhysicsError)
   float32, the emulator's own error per pixel.  Read with ``allow_pickle=False``.
 
 Loading checks the format name, the schema version, that the label spec and
@@ -73,6 +74,11 @@ def save_emulator(emulator: Emulator, path: str | os.PathLike, *, overwrite: boo
         arrays["pixel_error"] = np.asarray(emulator.pixel_error, np.float32)
     if getattr(emulator, "error_modes", None) is not None:
         arrays["error_modes"] = np.asarray(emulator.error_modes, np.float32)
+    physics = getattr(emulator, "physics_error", None)
+    if physics is not None:
+        arrays["physics_error/wavelength"] = np.asarray(physics.wavelength, np.float64)
+        arrays["physics_error/sigma"] = np.asarray(physics.sigma, np.float64)
+        arrays["physics_error/stars"] = np.asarray(physics.stars, dtype=str)
     meta = {
         "format": FORMAT_NAME,
         "schema_version": SCHEMA_VERSION,
@@ -199,6 +205,12 @@ def read_emulator(path: str | os.PathLike, *, label_spec: LabelSpec | None = Non
             emulator = emulator.with_pixel_error(arrays["pixel_error"])
         if "error_modes" in arrays:
             emulator = emulator.with_error_modes(arrays["error_modes"])
+        if "physics_error/sigma" in arrays:
+            from stellarfit.emulators.physics_error import PhysicsError
+
+            emulator = emulator.with_physics_error(PhysicsError(
+                arrays["physics_error/wavelength"], arrays["physics_error/sigma"],
+                stars=tuple(str(s) for s in arrays.get("physics_error/stars", ())), source=f"{path} (saved with the emulator)"))
         return emulator
     except ValueError as error:
         raise CheckpointError(f"{path}: {error}") from None

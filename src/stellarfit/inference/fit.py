@@ -533,7 +533,11 @@ def fast_path_emulator(emulator):
     name = (getattr(emulator, "metadata", {}) or {}).get("fast_path")
     if not name:
         return None
-    if name not in _FAST_PATH_CACHE:
+    # the fast path sees the emulator's physics error (one copy per physics error, so that its
+    # compiled forward models are reused from fit to fit)
+    physics = getattr(emulator, "physics_error", None)
+    cached = _FAST_PATH_CACHE.get(name)
+    if cached is None or cached.physics_error is not physics:
         from stellarfit.emulators import load_emulator
 
         try:
@@ -543,7 +547,7 @@ def fast_path_emulator(emulator):
                              "without it") from None
         if list(fast.label_names) != list(emulator.label_names):
             raise ValueError(f"the fast path {name!r} has labels {fast.label_names}, the emulator {emulator.label_names}")
-        _FAST_PATH_CACHE[name] = fast
+        _FAST_PATH_CACHE[name] = fast.with_physics_error(physics)
     return _FAST_PATH_CACHE[name]
 
 

@@ -354,13 +354,16 @@ class TurbospectrumEngine(PixelEngine):
         )
 
     # -- synthesis -------------------------------------------------------------
-    def synthesize_native(self, labels: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def synthesize_native(self, labels: Mapping[str, float], *, abundance_offsets: Mapping[int, float] | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One spectrum at Turbospectrum's own sampling, before any LSF.
 
         Args:
             labels: teff [K], logg [dex], fe_h [dex]; optional vmic [km/s]
                 (default 1), alpha_fe (default 0) and total [X/Fe] labels
                 such as mg_fe.
+            abundance_offsets: atomic number -> dex added to that element's abundance in the
+                spectrum synthesis only (the atmosphere is unchanged); for line-strength responses.
         Returns:
             wavelength (n,) [A, vacuum], normalized flux (n,), absolute
             continuum flux (n,) [erg/s/cm2/A].
@@ -373,6 +376,8 @@ class TurbospectrumEngine(PixelEngine):
         )
         installation = self.installation
         abundances = abundances_from_labels(labels)
+        for z, offset in (abundance_offsets or {}).items():
+            abundances[int(z) - 1] += float(offset)
         with tempfile.TemporaryDirectory(prefix="stellarfit-ts-") as tmp:
             work = Path(tmp)
             (work / "DATA").symlink_to(installation.data, target_is_directory=True)

@@ -1,0 +1,172 @@
+"""Real benchmark stars fitted through the CLI as a user would, against their literature labels.
+
+Every star in benchmarks/real_stars.json (files in ../shared/real) is fitted from its file
+at native resolution with ``stellarfit fit FILE --resolution R --air --json`` (sharper
+spectra are degraded to the emulator's resolution by stellarfit itself), with each
+emulator, method and physics-error setting asked for:
+
+- ``default``: the shipped physics error (measured on the calibration stars, so a star
+  in that set is not held out);
+- ``none``: no physics error;
+- ``loo``: leave-one-out: a physics error measured without the star
+  (``scripts/calibrate_physics_error.py --exclude STAR``; needs Turbospectrum).
+
+    python benchmarks/bench_real_stars.py [--emulators payne-default] [--methods map]
+        [--physics default none loo] [--stars Sun Procyon] [--out benchmarks/results/real_stars]
+
+Writes OUT.json (one row per fit: fitted and literature labels, errors, offsets in
+errors, reduced chi2, flags, seconds) and OUT.md (the table in docs/validation/real_stars.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN_LABELS = ("teff", "logg", "fe_h")
+BOX = {"teff": (4000.0, 7000.0), "logg": (1.0, 5.0), "fe_h": (-2.5, 0.5)}
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def fit(star: dict, real: Path, emulator: str, method: str, physics: str) -> dict:
+    command = [sys.executable, "-m", "stellarfit.cli.main", "fit", str(real / star["file"]), "--emulator", emulator,
+               "--method", method, "--resolution", str(star["resolution"]), "--json", "--physics-error", physics]
+    command.append("--air" if star.get("air") else "--vacuum")
+    if star.get("snr"):
+        command += ["--snr", str(star["snr"])]
+    start = time.time()
+    done = subprocess.run(command, capture_output=True, text=True)
+    elapsed = time.time() - start
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}",
+                "seconds": elapsed}
+    document = json.loads(done.stdout)
+    return {"document": document, "seconds": elapsed, "stderr": [line for line in done.stderr.splitlines() if line.strip()][-6:]}
+
+
+def row_of(star: dict, emulator: str, method: str, physics: str, outcome: dict) -> dict:
+    row = {"star": star["name"], "emulator": emulator, "method": method, "physics_error": physics,
+           "literature": {k: star["labels"][k] for k in MAIN_LABELS}, "seconds": round(outcome["seconds"], 1)}
+    if "error" in outcome:
+        row["error"] = outcome["error"]
+        return row
+    document = outcome["document"]
+    labels = document["labels"]
+    row["fitted"] = {k: labels[k]["value"] for k in MAIN_LABELS}
+    row["errors"] = {k: labels[k]["error"] for k in MAIN_LABELS}
+    row["offset"] = {k: labels[k]["value"] - star["labels"][k] for k in MAIN_LABELS}
+    # the offset in units of the reported error and the literature error together
+    row["offset_sigma"] = {k: row["offset"][k] / float(np.hypot(labels[k]["error"], star.get("errors", {}).get(k, 0.0)))
+                           for k in MAIN_LABELS}
+    row["reduced_chi2"] = document.get("reduced_chi2")
+    row["flags"] = document.get("flags")
+    row["vsini"] = document.get("vsini", {}).get("value")
+    row["notes"] = outcome.get("stderr", [])
+    return row
+
+
+def inside_box(star: dict) -> bool:
+    return all(BOX[k][0] < star["labels"][k] < BOX[k][1] for k in MAIN_LABELS) and star["labels"]["teff"] < 7000
+
+
+def summarize(rows: list[dict], stars: dict) -> list[dict]:
+    groups: dict = {}
+    for row in rows:
+        if "fitted" in row and inside_box(stars[row["star"]]) and stars[row["star"]]["labels"]["fe_h"] > -1.0:
+            groups.setdefault((row["emulator"], row["method"], row["physics_error"]), []).append(row)
+    out = []
+    for (emulator, method, physics), members in groups.items():
+        offsets = {k: [abs(r["offset"][k]) for r in members] for k in MAIN_LABELS}
+        within = [all(abs(r["offset_sigma"][k]) <= 3 for k in MAIN_LABELS) for r in members]
+        out.append({"emulator": emulator, "method": method, "physics_error": physics, "n_stars": len(members),
+                    "median_abs_offset": {k: float(np.median(v)) for k, v in offsets.items()},
+                    "within_3_errors": f"{sum(within)}/{len(within)}"})
+    return out
+
+
+def markdown(rows: list[dict], summary: list[dict], revision: str) -> str:
+    lines = [f"Real benchmark stars (commit {revision[:10]}): fitted - literature; in brackets the offset in "
+             "reported errors (literature errors added in quadrature).", "",
+             "| star | emulator | method | physics error | Teff | logg | [Fe/H] | reduced chi2 | flags | s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['star']} | {r['emulator']} | {r['method']} | {r['physics_error']} | failed: {r['error']} | | | | | {r['seconds']} |")
+            continue
+        cells = [f"{r['fitted'][k]:.{0 if k == 'teff' else 2}f} ({r['offset'][k]:+.{0 if k == 'teff' else 2}f}, "
+                 f"{r['offset_sigma'][k]:+.1f} sigma)" for k in MAIN_LABELS]
+        flags = ", ".join(r["flags"]) if isinstance(r["flags"], list) else str(r["flags"])
+        lines.append(f"| {r['star']} | {r['emulator']} | {r['method']} | {r['physics_error']} | " + " | ".join(cells)
+                     + f" | {r['reduced_chi2']:.2f} | {flags} | {r['seconds']:.0f} |")
+    lines += ["", "FGK stars inside the label box with [Fe/H] > -1:", "",
+              "| emulator | method | physics error | stars | median abs dTeff | dlogg | d[Fe/H] | all offsets within 3 errors |",
+              "|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        m = s["median_abs_offset"]
+        lines.append(f"| {s['emulator']} | {s['method']} | {s['physics_error']} | {s['n_stars']} | {m['teff']:.0f} K | "
+                     f"{m['logg']:.2f} | {m['fe_h']:.2f} | {s['within_3_errors']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--real", default=str(ROOT.parent / "shared" / "real"))
+    parser.add_argument("--stars-file", default=str(ROOT / "benchmarks" / "real_stars.json"))
+    parser.add_argument("--stars", nargs="*", default=None, help="names (default: all)")
+    parser.add_argument("--emulators", nargs="+", default=["payne-default"])
+    parser.add_argument("--methods", nargs="+", default=["map"], choices=["map", "nuts"])
+    parser.add_argument("--physics", nargs="+", default=["default", "none"], choices=["default", "none", "loo"])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "real_stars"))
+    args = parser.parse_args(argv)
+    real = Path(args.real)
+    if not real.is_dir():
+        print(f"no real spectra at {real} (pass --real DIR)", file=sys.stderr)
+        return 2
+    catalog = {s["name"]: s for s in json.loads(Path(args.stars_file).read_text())["stars"]}
+    names = args.stars or list(catalog)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="stellarfit-loo-") as scratch:
+        for name in names:
+            star = catalog[name]
+            for physics in args.physics:
+                setting = physics
+                if physics == "loo":
+                    if not star["calibration"]:
+                        setting = "default"  # not a calibration star: the shipped error is already held out
+                    else:
+                        setting = str(Path(scratch) / f"physics_error_without_{name.replace(' ', '_')}.npz")
+                        subprocess.run([sys.executable, str(ROOT / "scripts" / "calibrate_physics_error.py"), "--exclude", name,
+                                        "--out", setting, "--real", str(real)], check=True, capture_output=True)
+                for emulator in args.emulators:
+                    for method in args.methods:
+                        outcome = fit(star, real, emulator, method, setting)
+                        row = row_of(star, emulator, method, physics, outcome)
+                        rows.append(row)
+                        brief = row.get("error") or {k: round(v, 3) for k, v in row["fitted"].items()}
+                        print(f"{name} {emulator} {method} physics={physics}: {brief} chi2r={row.get('reduced_chi2')} "
+                              f"({row['seconds']:.0f} s)", flush=True)
+    summary = summarize(rows, catalog)
+    revision = commit()
+    Path(args.out + ".json").write_text(json.dumps({"commit": revision, "date": time.strftime("%Y-%m-%d"), "rows": rows,
+                                                    "summary": summary}, indent=1))
+    Path(args.out + ".md").write_text(markdown(rows, summary, revision))
+    print(markdown(rows, summary, revision))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
