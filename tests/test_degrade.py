@@ -271,7 +271,7 @@ def test_model_mismatch_flag_in_fit_stars():
     assert "model_mismatch" not in honest.flag_names and honest.diagnostics["chi2_ratio"] < 1.2
     assert "degraded_to_emulator_resolution" not in honest.flag_names and "degraded" not in honest.diagnostics
     assert "model_mismatch" in mismatched.flag_names
-    assert mismatched.diagnostics["chi2_ratio"] > mismatched.diagnostics["threshold"] >= MODEL_MISMATCH_RATIO
+    assert mismatched.diagnostics["chi2_ratio"] > mismatched.diagnostics["chi2_ratio_threshold"] >= MODEL_MISMATCH_RATIO
     assert mismatched.flags & FLAGS["model_mismatch"]
 
 
@@ -311,3 +311,24 @@ def test_cli_fit_degrades_and_says_so(tmp_path, monkeypatch, capsys):
     assert document["diagnostics"]["degraded"]["resolution_out"] == NATIVE_R
     assert cli.main(["fit", str(path), "--emulator", "toy", "--no-degrade", "--json"]) == 2
     assert "sharper than the emulator" in capsys.readouterr().err
+
+
+def test_cli_batch_passes_no_degrade(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from stellarfit.cli import main as cli
+    from stellarfit.inference import batch
+
+    seen = []
+
+    def fake_fit_batch_files(inputs, emulator, out, *, fit_options, **options):
+        seen.append(dict(fit_options))
+        return SimpleNamespace(to_dict=lambda: {}, out=out, n_ok=0, n_failed=0, n_fitted=0, n_skipped=0, n_files=0,
+                               elapsed_s=0.0)
+
+    monkeypatch.setattr(batch, "fit_batch_files", fake_fit_batch_files)
+    monkeypatch.setattr(cli, "_load_emulator_option", lambda name: ToyEmulator())
+    out = str(tmp_path / "catalog.csv")
+    assert cli.main(["batch", "star.fits", "--out", out, "--json"]) == 0
+    assert cli.main(["batch", "star.fits", "--out", out, "--no-degrade", "--json"]) == 0
+    assert "degrade" not in seen[0] and seen[1]["degrade"] is False

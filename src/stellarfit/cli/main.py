@@ -430,7 +430,7 @@ def _log_fit_warnings(result) -> None:
              f"(ivar / {degraded['ivar_correlation_factor']:.2f} for the correlated noise; --no-degrade refuses instead)")
     if "model_mismatch" in result.flag_names:
         _log(f"warning: model_mismatch: chi2 is {result.diagnostics['chi2_ratio']:.2f} times what the noise and the "
-             f"emulator's error allow (threshold {result.diagnostics['threshold']:.2f}): the model does not describe "
+             f"emulator's error allow (threshold {result.diagnostics['chi2_ratio_threshold']:.2f}): the model does not describe "
              "this star, and the errors are statistical only, too small")
 
 

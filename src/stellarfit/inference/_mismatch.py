@@ -49,7 +49,7 @@ def chi2_mismatch(chi2: float, dof: int, fit_ivar, ivar, correlation_factor: flo
         ivar: (n,) the observation's inverse variance (0 = not fitted).
         correlation_factor: f, the ivar correlation factor of a degraded spectrum (1 otherwise).
 
-    Returns {"chi2_ratio", "reduced_chi2_expected", "threshold", "model_mismatch"}:
+    Returns {"chi2_ratio", "reduced_chi2_expected", "chi2_ratio_threshold", "model_mismatch"}:
     the ratio of chi^2 to its expectation, the reduced chi^2 a describing model would have,
     the threshold the ratio was held against, and whether it exceeds it.
     """
@@ -63,5 +63,5 @@ def chi2_mismatch(chi2: float, dof: int, fit_ivar, ivar, correlation_factor: flo
     dof = max(int(dof), 1)
     ratio = float(chi2) / dof / expected_reduced if expected_reduced > 0 else float("nan")
     threshold = max(MODEL_MISMATCH_RATIO, 1.0 + MODEL_MISMATCH_SIGMAS * np.sqrt(2.0 * f / dof))
-    return {"chi2_ratio": ratio, "reduced_chi2_expected": expected_reduced, "threshold": float(threshold),
+    return {"chi2_ratio": ratio, "reduced_chi2_expected": expected_reduced, "chi2_ratio_threshold": float(threshold),
             "model_mismatch": bool(np.isfinite(ratio) and ratio > threshold)}
