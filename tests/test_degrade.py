@@ -6,13 +6,26 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _toy_emulator import (
+    CENTRES,
+    KIND,
+    NATIVE,
+    NATIVE_R,
+    STRENGTH,
+    TOY_SPEC,
+    ToyEmulator,
+    toy_flux,
+)
 
-from _toy_emulator import CENTRES, KIND, NATIVE, NATIVE_R, STRENGTH, TOY_SPEC, ToyEmulator, toy_flux
 from stellarfit.forward import ForwardModel, ObservationOutsideEmulatorError
 from stellarfit.inference import fit_star, fit_stars
 from stellarfit.inference._mismatch import MODEL_MISMATCH_RATIO, chi2_mismatch
 from stellarfit.inference.fit import FLAGS
-from stellarfit.spectra import InvalidSpectrumError, ObservedSpectrum, degrade_resolution
+from stellarfit.spectra import (
+    InvalidSpectrumError,
+    ObservedSpectrum,
+    degrade_resolution,
+)
 from stellarfit.wavelengths import FWHM_TO_SIGMA, SPEED_OF_LIGHT_KMS, log_lambda_grid
 
 R_SHARP = 90_000.0
@@ -172,7 +185,7 @@ def test_clear_errors():
 @pytest.mark.parametrize("excess", [0.0, 1e-9, 5e-7])
 def test_forward_model_accepts_the_native_resolution(excess):
     observed = NATIVE[(NATIVE > 5100.0) & (NATIVE < 5400.0)]
-    flat = lambda labels, w: jnp.ones_like(w) * labels[0]  # noqa: E731
+    flat = lambda labels, w: jnp.ones_like(w) * labels[0]
     model = ForwardModel(flat, NATIVE, NATIVE_R, observed, NATIVE_R * (1.0 + excess), rv_range=(-50.0, 50.0))
     assert np.asarray(model.instrument_kernel).size == 1  # identity: on the native pixels, at the native R
     per_pixel = np.full(observed.size, NATIVE_R * (1.0 + excess))
@@ -226,11 +239,33 @@ def test_sharp_toy_degrades_to_the_toy_itself():
     assert np.max(np.abs(out.flux - native)) < 0.02
 
 
+def test_fits_prepare_sharp_spectra_on_the_emulator_pixels():
+    """The one place the fits degrade (what fit_star / fit_stars call while preparing a spectrum):
+    sharper spectra come out at exactly the native R on the emulator's lattice, the rest untouched."""
+    from stellarfit.inference._resolution import degrade_for_emulator
+
+    emulator = ToyEmulator()
+    spectrum = sharp_spectrum()
+    degraded, record = degrade_for_emulator(spectrum, emulator)
+    assert degraded.resolution == NATIVE_R and record == degraded.metadata["degraded"]
+    assert record["n_pixels_in"] == spectrum.n_pixels and record["n_pixels_out"] == degraded.n_pixels
+    k = np.log(degraded.wavelength / NATIVE[0]) / np.log(NATIVE[1] / NATIVE[0])
+    np.testing.assert_allclose(k, np.round(k), atol=1e-6)
+    np.testing.assert_allclose(degraded.wavelength, NATIVE[round(k[0]) : round(k[0]) + k.size], rtol=1e-13)
+    model = ForwardModel.from_emulator(emulator, degraded.wavelength, degraded.resolution, rv_range=(-50.0, 50.0))
+    assert np.asarray(model.instrument_kernel).size == 1
+    # per-pixel R a hair above the native one (float noise): nothing to do
+    same = spectrum.with_resolution(np.full(spectrum.n_pixels, NATIVE_R * (1 + 1e-9)))
+    assert degrade_for_emulator(same, emulator) == (same, None)
+    broad = spectrum.with_resolution(20_000.0)
+    assert degrade_for_emulator(broad, emulator) == (broad, None)
+
+
 @pytest.mark.slow
 def test_fit_star_degrades_a_sharp_spectrum_and_flags_it():
     spectrum = sharp_spectrum()
     emulator = ToyEmulator()
-    options = dict(n_starts=2, adam_steps=100, rv_range=(-100.0, 100.0), vsini_max=10.0)
+    options = {"n_starts": 2, "adam_steps": 100, "rv_range": (-100.0, 100.0), "vsini_max": 10.0}
     result = fit_star(spectrum, emulator, **options)
     assert "degraded_to_emulator_resolution" in result.flag_names
     assert "model_mismatch" not in result.flag_names
@@ -323,7 +358,7 @@ def test_cli_batch_passes_no_degrade(tmp_path, monkeypatch):
 
     def fake_fit_batch_files(inputs, emulator, out, *, fit_options, **options):
         seen.append(dict(fit_options))
-        return SimpleNamespace(to_dict=lambda: {}, out=out, n_ok=0, n_failed=0, n_fitted=0, n_skipped=0, n_files=0,
+        return SimpleNamespace(to_dict=dict, out=out, n_ok=0, n_failed=0, n_fitted=0, n_skipped=0, n_files=0,
                                elapsed_s=0.0)
 
     monkeypatch.setattr(batch, "fit_batch_files", fake_fit_batch_files)

@@ -59,7 +59,7 @@ import numpy as np
 from stellarfit.spectra._spectrum import InvalidSpectrumError, ObservedSpectrum
 from stellarfit.wavelengths import FWHM_TO_SIGMA
 
-__all__ = ["degrade_resolution", "DEFAULT_MIN_COVERAGE", "DEFAULT_PIXELS_PER_RESOLUTION"]
+__all__ = ["DEFAULT_MIN_COVERAGE", "DEFAULT_PIXELS_PER_RESOLUTION", "degrade_resolution"]
 
 #: output pixels whose kernel has less than this fraction of its weight on good input pixels are masked.
 #: At a one-sided edge a kernel cut to a fraction c is off-centre (by 0.19 sigma at c = 0.8 and 0.8
