@@ -3,7 +3,8 @@
 Steps (each a library piece that can be used alone):
 
 1. pixels: the spectrum's good pixels (ivar > 0, not masked); the resolution
-   from the spectrum (a clear error if unknown);
+   from the spectrum (a clear error if unknown); a spectrum sharper than the emulator
+   degraded to its native R (:mod:`stellarfit.inference._resolution`);
 2. RV search over ``rv_range`` (default +-1000 km/s) with a template at the
    centre of the label box (:func:`~stellarfit.inference.estimate_rv`);
 3. a :class:`~stellarfit.inference.FitProblem` around that RV (+-``rv_window``),
