@@ -40,6 +40,7 @@ _LAZY = {
     "fit_stars": "stellarfit.inference",
     "fit_batch": "stellarfit.inference",
     "example_spectrum": "stellarfit.spectra",
+    "degrade_resolution": "stellarfit.spectra",
     "cramer_rao": "stellarfit.inference",
     "enable_compilation_cache": "stellarfit._cache",
 }
@@ -72,4 +73,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from stellarfit.inference import fit_batch as fit_batch
     from stellarfit.inference import fit_stars as fit_stars
     from stellarfit.spectra import example_spectrum as example_spectrum
+    from stellarfit.spectra import degrade_resolution as degrade_resolution
     from stellarfit.spectra import read_spectrum as read_spectrum

@@ -337,6 +337,10 @@ SAMPLE_WITH_HELP = ("which emulator NUTS samples with: auto (default: for a Tran
                     "(see docs/fitting.md, NUTS with the TransformerPayne: sample_with)")
 
 
+NO_DEGRADE_HELP = ("refuse a spectrum sharper than the emulator (an error) instead of degrading it to the emulator's "
+                   "native resolution first (the default; see docs/guide/resolution.md)")
+
+
 def _check_sample_with_option(text: str, emulator) -> None:
     if text == "fast" and not emulator.metadata.get("fast_path"):
         raise UsageError("--sample-with fast: this emulator names no fast path (only the shipped 'default' does); "
@@ -431,9 +435,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                                                    "sample_with": args.sample_with}
         sampler.update(z_transform)
         result = fit_star(spectrum, emulator, method=args.method, priors=priors, n_starts=args.starts, seed=args.seed,
-                          init=_init_option(args.init), **sampler)
+                          init=_init_option(args.init), degrade=not args.no_degrade, **sampler)
     except (ObservationOutsideEmulatorError, KeyError) as error:
         raise UsageError(str(error)) from None
+    _log_fit_warnings(result)
     if args.out:
         result.write(args.out)
     written = _save_and_report(result, args)
@@ -442,6 +447,21 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     else:
         print(result.summary())
     return 0
+
+
+def _log_fit_warnings(result) -> None:
+    """stderr lines for a degraded spectrum and for a fit whose chi2 says the model does not describe the star."""
+    degraded = result.diagnostics.get("degraded")
+    if degraded:
+        low, high = degraded["resolution_in_range"]
+        r_in = f"{low:.0f}" if low == high else f"{low:.0f}-{high:.0f}"
+        _log(f"degraded R={r_in} -> {degraded['resolution_out']:.0f} (emulator's native resolution), "
+             f"{degraded['n_pixels_in']:,} -> {degraded['n_pixels_out']:,} pixels "
+             f"(ivar / {degraded['ivar_correlation_factor']:.2f} for the correlated noise; --no-degrade refuses instead)")
+    if "model_mismatch" in result.flag_names:
+        _log(f"warning: model_mismatch: chi2 is {result.diagnostics['chi2_ratio']:.2f} times what the noise and the "
+             f"emulator's error allow (threshold {result.diagnostics['chi2_ratio_threshold']:.2f}): the model does not describe "
+             "this star, and the errors are statistical only, too small")
 
 
 # -- compare ------------------------------------------------------------------------
@@ -580,6 +600,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     _check_sample_with_option(args.sample_with, emulator)
     fit_options = {"n_starts": args.starts, "seed": args.seed, "init": _init_option(args.init),
                    "sample_with": args.sample_with, **z_transform}
+    if args.no_degrade:
+        fit_options["degrade"] = False
     try:
         summary = fit_batch_files(args.inputs, emulator, out, method=args.method, format=args.format, resolution=args.resolution,
                                   snr=args.snr, air=args.air, backend=args.backend, retry_failed=args.retry_failed,
@@ -771,6 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--snr", type=float, default=None, help="S/N per pixel, for files without uncertainties")
     _add_air_options(fit)
     _add_physics_error_option(fit)
+    fit.add_argument("--no-degrade", action="store_true", help=NO_DEGRADE_HELP)
     fit.add_argument("--prior", action="append", metavar="NAME:MEAN:SIGMA", help="Gaussian prior, e.g. logg:4.4:0.05 (repeatable)")
     fit.add_argument("--starts", type=int, default=8, help="MAP starting points (default 8)")
     fit.add_argument("--init", choices=["auto", "fast", "none"], default="auto", help=INIT_HELP)
@@ -841,6 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--snr", type=float, default=None, help="S/N per pixel, for files without uncertainties")
     _add_air_options(batch)
     _add_physics_error_option(batch)
+    batch.add_argument("--no-degrade", action="store_true", help=NO_DEGRADE_HELP)
     batch.add_argument("--backend", choices=["auto", "local", "processes", "ray"], default="auto",
                        help="where to fit: auto (default: processes on a multi-core Linux machine for several files, else "
                             "local), local (this process), processes (worker processes pinned one per CPU core) or ray "

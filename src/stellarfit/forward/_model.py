@@ -9,7 +9,9 @@ model flux at the observed pixels, in this order:
 3. the instrumental LSF, broadened *differentially* from the emulator's native
    resolving power R_native to the observation's R_obs:
    sigma_v^2 = (c / 2.3548)^2 (1 / R_obs^2 - 1 / R_native^2); an observation
-   sharper than the emulator (at any pixel) is an error;
+   sharper than the emulator (at any pixel, by more than 1e-6 relative) is an error here
+   (the fits degrade such spectra to R_native first: stellarfit.inference._resolution);
+   R_obs equal to R_native gives the identity kernel;
 4. the top-hat of an observed pixel when observed pixels are wider than native ones
    (one width: the median observed pixel);
 5. the Doppler shift, a translation by ln D(rv) / (native log step) pixels (D the
@@ -441,7 +443,9 @@ class ForwardModel:
             if resolution > native_resolution * (1 + 1e-6):
                 raise ObservationOutsideEmulatorError(
                     f"the observation (R={resolution:.0f}) is sharper than the emulator (native R={native_resolution:.0f}); "
-                    "an emulator can only be broadened, not sharpened: use an emulator trained at R >= the observation's"
+                    "an emulator can only be broadened, not sharpened: degrade the spectrum to the emulator's R "
+                    "(stellarfit.spectra.degrade_resolution; fit_star and `stellarfit fit` do it unless degrade=False / "
+                    "--no-degrade) or use an emulator trained at R >= the observation's"
                 )
             return None
         if values.shape != observed.shape:  # includes an empty array
@@ -470,7 +474,8 @@ class ForwardModel:
                 f"the observation is sharper than the emulator at {observed[worst]:.2f} A (R={values[worst]:.0f} there, "
                 f"native R={native_resolution:.0f}; {int(sharp.sum())} pixel(s) between {where.min():.2f} and "
                 f"{where.max():.2f} A exceed it); an emulator can only be broadened, not sharpened: use an emulator "
-                f"trained at R >= {values[sharp].max():.0f}, or drop those pixels (spectrum.select(lower, upper))"
+                f"trained at R >= {values[sharp].max():.0f}, drop those pixels (spectrum.select(lower, upper)), or degrade "
+                f"the spectrum (stellarfit.spectra.degrade_resolution; fit_star does it unless degrade=False)"
             )
         return np.where(reachable, values, np.median(values[reachable]))
 

@@ -6,6 +6,7 @@
 """
 
 from stellarfit.inference.fisher import FisherResult as FisherResult
+from stellarfit.inference._mismatch import MODEL_MISMATCH_RATIO as MODEL_MISMATCH_RATIO
 from stellarfit.inference.fit import FitResult as FitResult
 from stellarfit.inference.fit import fit_star as fit_star
 from stellarfit.inference.fit import forward_model_for as forward_model_for
@@ -31,6 +32,7 @@ from stellarfit.inference.fisher import cramer_rao_from_fisher as cramer_rao_fro
 from stellarfit.inference.fisher import fisher_matrix as fisher_matrix
 
 __all__ = [
+    "MODEL_MISMATCH_RATIO",
     "FisherResult",
     "FitProblem",
     "FitResult",

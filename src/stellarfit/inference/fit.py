@@ -3,7 +3,8 @@
 Steps (each a library piece that can be used alone):
 
 1. pixels: the spectrum's good pixels (ivar > 0, not masked); the resolution
-   from the spectrum (a clear error if unknown);
+   from the spectrum (a clear error if unknown); a spectrum sharper than the emulator
+   degraded to its native R (:mod:`stellarfit.inference._resolution`);
 2. RV search over ``rv_range`` (default +-1000 km/s) with a template at the
    centre of the label box (:func:`~stellarfit.inference.estimate_rv`);
 3. a :class:`~stellarfit.inference.FitProblem` around that RV (+-``rv_window``),
@@ -35,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from stellarfit.forward import ForwardModel, continuum_design_matrix
+from stellarfit.inference._mismatch import chi2_mismatch
+from stellarfit.inference._resolution import degrade_for_emulator
 from stellarfit.inference.fisher import cramer_rao_from_fisher
 from stellarfit.inference.likelihood import FitProblem, GaussianPrior
 from stellarfit.inference.map import (
@@ -54,7 +57,8 @@ _log = logging.getLogger(__name__)
 __all__ = ["FitResult", "fit_star", "fit_stars", "forward_model_for", "modelled_pixels", "recentred_posterior", "FLAGS", "SAMPLE_WITH"]
 
 #: flag name -> bit
-FLAGS = {"grid_edge": 1, "fit_failed": 2, "low_snr": 4, "high_chi2": 8, "not_converged": 16, "rv_edge": 32, "sampler_warning": 64}
+FLAGS = {"grid_edge": 1, "fit_failed": 2, "low_snr": 4, "high_chi2": 8, "not_converged": 16, "rv_edge": 32, "sampler_warning": 64,
+         "degraded_to_emulator_resolution": 128, "model_mismatch": 256}
 
 #: fitting methods of :func:`fit_star`
 METHODS = ("map", "nuts", "blackjax")
@@ -302,6 +306,7 @@ def fit_star(
     polish_steps: int | None = None,
     sample_with: str = "auto",
     z_transform: str = NUTS_Z_TRANSFORM,
+    degrade: bool = True,
 ) -> FitResult:
     """Fit one :class:`~stellarfit.spectra.ObservedSpectrum` with an emulator.
 
@@ -368,6 +373,15 @@ def fit_star(
             logistic for rv and vsini).  The posterior in theta is the same; the cost of sampling
             it is not (docs/fitting.md, NUTS posteriors on held-out stars).  Recorded in
             ``diagnostics["posterior"]``.
+        degrade: a spectrum sharper than the emulator (R > ``emulator.native_resolution`` at a
+            pixel it reaches) is first degraded to the native R on the emulator's pixels
+            (:func:`~stellarfit.spectra.degrade_resolution`; flag
+            ``degraded_to_emulator_resolution``, numbers in ``diagnostics["degraded"]``, and the
+            result's pixels are the degraded ones); False refuses it, as before (an error).
+
+    Flags: besides the others, ``model_mismatch`` when chi^2 exceeds what the noise and the
+    emulator's error allow (:mod:`stellarfit.inference._mismatch`; ``diagnostics["chi2_ratio"]``):
+    the errors are then statistical only and too small.
 
     Returns a :class:`FitResult`; for the NUTS methods ``result.samples`` holds
     the draws and ``result.diagnostics`` R-hat, bulk/tail ESS, divergences,
@@ -385,7 +399,7 @@ def fit_star(
     start_time = time.perf_counter()
     options = dict(priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
                    continuum_degree=continuum_degree, emulator_error=emulator_error,
-                   physics_error=physics_error)
+                   physics_error=physics_error, degrade=degrade)
     surrogate = _resolve_sample_with(sample_with, emulator, method)
     init, init_info = _resolve_init(init, emulator)
     if isinstance(init, _FastPath):
@@ -643,6 +657,7 @@ def fit_stars(
     polish_steps: int | None = None,
     sample_with: str = "auto",
     z_transform: str = NUTS_Z_TRANSFORM,
+    degrade: bool = True,
 ) -> list:
     """Fits of many spectra, vectorized: spectra on the same pixels (same wavelengths and
     resolution) are fitted ``batch_size`` at a time in one ``vmap``-ed program (all starts of all
@@ -681,7 +696,7 @@ def fit_stars(
     out: list = [None] * len(spectra)
     options = dict(priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
                    continuum_degree=continuum_degree, emulator_error=emulator_error,
-                   physics_error=physics_error)
+                   physics_error=physics_error, degrade=degrade)
     inits, infos = _batch_inits(init, spectra, emulator, errors=errors, progress=progress, batch_size=batch_size,
                                 n_starts=n_starts, adam_steps=adam_steps, seed=seed, error_floor=error_floor, **options)
     prepared: dict[int, tuple[_Prepared, float]] = {}
@@ -860,6 +875,7 @@ class _Prepared:
     flux: np.ndarray
     ivar: np.ndarray
     physics_error: dict | None = None  # what PhysicsError.describe() says of the one in the noise, if any
+    degraded: dict | None = None  # degrade_for_emulator's record, when the spectrum was degraded
 
 
 def modelled_pixels(spectrum, emulator, rv_range: tuple[float, float] = (-1000.0, 1000.0)):
@@ -889,12 +905,14 @@ def modelled_pixels(spectrum, emulator, rv_range: tuple[float, float] = (-1000.0
 
 
 def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, continuum_degree, emulator_error=True,
-             physics_error=True, start: dict[str, float] | None = None) -> _Prepared:
-    """Pixels, continuum design, RV search and the FitProblem of one spectrum.
+             physics_error=True, degrade=True, start: dict[str, float] | None = None) -> _Prepared:
+    """Pixels (degraded to the emulator's R when sharper and ``degrade``), continuum design, RV search
+    and the FitProblem of one spectrum.
 
     ``start`` (name -> value, from ``init``): its rv replaces the RV search and its labels the
     box-centre template that puts the emulator's error into flux units."""
     spectrum = modelled_pixels(spectrum, emulator, rv_range)
+    spectrum, degraded = degrade_for_emulator(spectrum, emulator) if degrade else (spectrum, None)
     resolution = spectrum.require_resolution() if hasattr(spectrum, "require_resolution") else spectrum.resolution
     wavelength = np.asarray(spectrum.wavelength, dtype=np.float64)
     good = ~np.asarray(spectrum.mask) & (np.asarray(spectrum.ivar) > 0)
@@ -930,7 +948,7 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
     problem = FitProblem(model, spec, flux, fit_ivar, design, priors=priors, vsini_max=vsini_max, rv_range=(low, high),
                          error_basis=error_basis)
     return _Prepared(spectrum, problem, float(rv0), wavelength, flux, np.where(np.asarray(problem.ivar) > 0, ivar, 0.0),
-                     None if physics is None else physics.describe())
+                     None if physics is None else physics.describe(), degraded)
 
 
 def _template_continuum(model, template_labels, rv, flux, ivar, design) -> np.ndarray:
@@ -1155,6 +1173,10 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
         flags |= FLAGS["not_converged"]
     if method != "map" and sampler_warning:
         flags |= FLAGS["sampler_warning"]
+    factor = (prepared.degraded or {}).get("ivar_correlation_factor", 1.0)
+    mismatch = chi2_mismatch(result.chi2, dof, problem.ivar, ivar, factor)
+    flags |= FLAGS["model_mismatch"] if mismatch.pop("model_mismatch") else 0
+    flags |= FLAGS["degraded_to_emulator_resolution"] if prepared.degraded else 0
     return FitResult(
         method=method,
         labels=labels,
@@ -1178,6 +1200,7 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
             "physics_error": prepared.physics_error,
             # NaN/inf pixels the reader masked (ObservedSpectrum.from_arrays); catalogs copy it
             "n_nonfinite_masked": int(spectrum.metadata.get("n_nonfinite_masked", 0)),
+            **mismatch, **({"degraded": prepared.degraded} if prepared.degraded else {}),
             **{("sampler_" + k if k in ("seed", "elapsed_s") else k): v for k, v in sampler_diagnostics.items()},
         },
         wavelength=wavelength,

@@ -48,6 +48,8 @@ FLAG_DESCRIPTIONS = {
     "not_converged": "the MAP optimizer did not meet its convergence criterion",
     "rv_edge": "RV within 0.5% of the edge of its box around the RV search",
     "sampler_warning": "NUTS: max R-hat > 1.05, min bulk ESS < 100 or > 1% divergent draws",
+    "degraded_to_emulator_resolution": "the spectrum was sharper than the emulator and was degraded to its native R",
+    "model_mismatch": "chi2 exceeds what the noise and the emulator's error allow: errors are statistical only, too small",
 }
 
 #: how each fit method is named in the report
