@@ -147,6 +147,26 @@ def test_auto_recovers_labels_a_fixed_degree_2_gets_wrong(cubic_fits):
     assert document["diagnostics"]["continuum"]["degree"] == info["degree"]
 
 
+def test_fit_stars_chooses_per_spectrum_and_batches_the_repolishes(cubic_fits):
+    """fit_stars: a cubic response and a flat continuum in one batch get their own degrees (and the
+    cubic one the labels of fit_star's "auto")."""
+    from stellarfit.inference import fit_stars
+
+    _, auto = cubic_fits
+    spectra = []
+    for cubic, flat, seed in ((0.06, False, 1), (0.0, True, 2), (0.06, False, 1)):
+        wavelength, _, flux, ivar = _observed(cubic=cubic, flat=flat, seed=seed)
+        spectra.append(ObservedSpectrum.from_arrays(wavelength, flux, ivar=ivar, resolution=RESOLUTION))
+    start = {"teff": 5500.0, "logg": 3.6, "fe_h": -0.8, "rv": RV + 1.0, "vsini": 3.0}
+    results = fit_stars(spectra, ToyEmulator(), rv_range=(-100.0, 100.0), vsini_max=20.0, init=[start] * 3, batch_size=3)
+    degrees = [result.diagnostics["continuum"]["degree"] for result in results]
+    assert degrees[0] == degrees[2] == auto.diagnostics["continuum"]["degree"] and degrees[1] <= 1, degrees
+    for name in ("teff", "logg", "fe_h"):
+        assert results[0].labels[name]["value"] == pytest.approx(auto.labels[name]["value"], abs=0.5 * auto.labels[name]["error"])
+        assert abs(_z(results[0], name)) < 3.0, (name, results[0].labels[name])
+        assert abs(_z(results[1], name)) < 3.0, (name, results[1].labels[name])
+
+
 class _Stub:
     def to_dict(self):
         return {"stub": True}
