@@ -5,8 +5,8 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from _toy_emulator import NATIVE, NATIVE_R, ToyEmulator, toy_flux
+
 from stellarfit.forward import (
     ForwardModel,
     check_continuum_degree,
@@ -127,7 +127,7 @@ def cubic_fits():
     emulator = ToyEmulator()
     # Levenberg-Marquardt from a start off the truth (no multi-start search: the bias is the optimum's)
     start = {"teff": 5500.0, "logg": 3.6, "fe_h": -0.8, "rv": RV + 1.0, "vsini": 3.0}
-    options = dict(rv_range=(-100.0, 100.0), vsini_max=20.0, init=start)
+    options = {"rv_range": (-100.0, 100.0), "vsini_max": 20.0, "init": start}
     return fit_star(spectrum, emulator, continuum_degree=2, **options), fit_star(spectrum, emulator, **options)
 
 
@@ -178,9 +178,9 @@ class _Stub:
 @pytest.mark.parametrize("flag, expected", [([], "auto"), (["--continuum-degree", "3"], 3),
                                             (["--continuum-degree", "auto"], "auto")])
 def test_cli_continuum_degree_reaches_fit_star_and_batch(monkeypatch, tmp_path, capsys, flag, expected):
-    import stellarfit.inference as inference
-    import stellarfit.inference.batch as batch
+    from stellarfit import inference
     from stellarfit.cli import main as cli
+    from stellarfit.inference import batch
 
     seen = {}
 

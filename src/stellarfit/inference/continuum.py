@@ -28,6 +28,7 @@ from stellarfit.forward import (
     continuum_design_matrix,
 )
 from stellarfit.inference.likelihood import FitProblem
+from stellarfit.inference.map import laplace_covariance, polish_map, polish_map_batch
 
 __all__ = ["AUTO_START_DEGREE", "MAX_REFITS", "choose_continuum", "start_degrees"]
 
@@ -79,8 +80,6 @@ def choose_continuum(problems: Sequence[FitProblem], results: Sequence, waveleng
     The re-polishes of problems that end up with the same design are batched
     (:func:`~stellarfit.inference.polish_map_batch`).
     """
-    from stellarfit.inference.map import laplace_covariance, polish_map, polish_map_batch
-
     problems, results = list(problems), list(results)
     n_arms = [np.unique(a).size for a in arms]
     current = [tuple(d) if isinstance(d, tuple) else (int(d),) * n for d, n in zip(degrees, n_arms)]

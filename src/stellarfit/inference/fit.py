@@ -731,7 +731,7 @@ def fit_stars(
                                                space=space)
             _log.info("%s: batch of %d: MAP (%s) %.1f s", label, len(chunk),
                       "multi-start" if multi_start else "polish", time.perf_counter() - start_time)
-            results = _choose_continuum([prepared[i][0] for i in chunk], results, continuum_degree)
+            results = _choose_continuum([prepared[i][0] for i in chunk], results, continuum_degree, errors)
             mark = time.perf_counter()
             sampling, batch_draws, surrogates = None, [None] * len(chunk), [None] * len(chunk)
             if method == "nuts":
@@ -875,15 +875,25 @@ class _Prepared:
     continuum: dict | None = None  # diagnostics["continuum"]
 
 
-def _choose_continuum(items: list[_Prepared], results: list, continuum_degree) -> list:
+def _choose_continuum(items: list[_Prepared], results: list, continuum_degree, errors: str = "raise") -> list:
     """For ``continuum_degree="auto"``: each item's problem, degree and ``continuum`` diagnostics set to
     the evidence's choice at its MAP, and the MAPs (re-polished where the degree changed); otherwise
-    ``results`` as they are (:func:`~stellarfit.inference.continuum.choose_continuum`)."""
+    ``results`` as they are (:func:`~stellarfit.inference.continuum.choose_continuum`).  With
+    ``errors="collect"`` a batch whose choice fails is redone item by item, and an item whose choice
+    fails keeps its first MAP and degree (said in its diagnostics)."""
     if continuum_degree != AUTO_DEGREE:
         return results
-    problems, results, infos = choose_continuum([item.problem for item in items], results,
-                                                [item.wavelength for item in items], [item.arms for item in items],
-                                                [item.degree for item in items])
+    try:
+        problems, results, infos = choose_continuum([item.problem for item in items], results,
+                                                    [item.wavelength for item in items], [item.arms for item in items],
+                                                    [item.degree for item in items])
+    except Exception as error:  # noqa: BLE001 - recorded per spectrum on request
+        if errors == "raise":
+            raise
+        if len(items) > 1:
+            return [_choose_continuum([item], [result], continuum_degree, errors)[0] for item, result in zip(items, results)]
+        items[0].continuum = {**fixed_info(items[0].degree), "chosen_by": f"fixed (the evidence's choice failed: {error})"}
+        return results
     for item, problem, info in zip(items, problems, infos):
         item.problem, item.continuum = problem, info
         if "degrees" in info:
