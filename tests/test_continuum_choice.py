@@ -140,6 +140,7 @@ def test_auto_recovers_labels_a_fixed_degree_2_gets_wrong(cubic_fits):
     info = auto.diagnostics["continuum"]
     assert info["chosen_by"] == "evidence" and info["degree"] >= 3 and info["start_degree"] == 2 and info["refits"] >= 1
     assert info["settled"] and info["log_evidence"][info["degree"]] == 0.0 and info["log_evidence"][2] < -100.0
+    assert info["path"][0] == 2 and info["path"][-1] == info["degree"] and len(info["path"]) == info["refits"] + 1
     assert auto.reduced_chi2 < 1.2
     for name in ("teff", "logg", "fe_h"):
         assert abs(_z(auto, name)) < 3.0, (name, auto.labels[name])

@@ -76,14 +76,16 @@ def choose_continuum(problems: Sequence[FitProblem], results: Sequence, waveleng
         space: the coordinates of the re-polish (:func:`~stellarfit.inference.polish_map`).
     Returns (problems, results, infos): the problems with the chosen designs, their MAPs (a
     re-polished MAP keeps the first one's ``all_objectives``; its covariance is the Hessian's
-    again where the first had one), and each ``diagnostics["continuum"]`` dict.
+    again where the first had one), and each ``diagnostics["continuum"]`` dict (``path``: the
+    degrees fitted, in order).
     The re-polishes of problems that end up with the same design are batched
     (:func:`~stellarfit.inference.polish_map_batch`).
     """
     problems, results = list(problems), list(results)
     n_arms = [np.unique(a).size for a in arms]
     current = [tuple(d) if isinstance(d, tuple) else (int(d),) * n for d, n in zip(degrees, n_arms)]
-    infos: list[dict[str, Any]] = [{"start_degree": list(c) if n > 1 else c[0], "refits": 0} for c, n in zip(current, n_arms)]
+    infos: list[dict[str, Any]] = [{"start_degree": list(c) if n > 1 else c[0], "refits": 0, "path": [list(c) if n > 1 else c[0]]}
+                                   for c, n in zip(current, n_arms)]
     pending = list(range(len(problems)))
     for round_ in range(MAX_REFITS + 1):
         moved: dict[tuple[int, ...], list[int]] = {}
@@ -130,5 +132,6 @@ def choose_continuum(problems: Sequence[FitProblem], results: Sequence, waveleng
                 problems[i] = problem
                 current[i] = chosen
                 infos[i]["refits"] += 1
+                infos[i]["path"].append(list(chosen) if n_arms[i] > 1 else chosen[0])
                 pending.append(i)
     return problems, results, infos
