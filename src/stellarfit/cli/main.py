@@ -323,6 +323,20 @@ Z_TRANSFORM_HELP = ("NUTS: the map from the sampled coordinates to each paramete
                     "hard ones; see docs/fitting.md, 'A second seed') or probit-labels")
 
 
+CONTINUUM_DEGREE_HELP = ("Legendre degree of the continuum per arm: auto (default: the degree 0-8 with the largest "
+                         "evidence at a first MAP, see docs/guide/continuum.md) or an integer >= 0 (0: a constant scale)")
+
+
+def _continuum_degree_option(text: str):
+    """--continuum-degree of `fit` and `batch`: "auto" or an integer >= 0."""
+    from stellarfit.forward import check_continuum_degree
+
+    try:
+        return check_continuum_degree(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer >= 0 (0: a constant scale), got {text!r}") from None
+
+
 def _z_transform_option(args: argparse.Namespace) -> dict:
     """{"z_transform": ...} for a sampler given --z-transform, {} without it; a usage error with --method map."""
     if args.z_transform is None:
@@ -435,7 +449,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                                                    "sample_with": args.sample_with}
         sampler.update(z_transform)
         result = fit_star(spectrum, emulator, method=args.method, priors=priors, n_starts=args.starts, seed=args.seed,
-                          init=_init_option(args.init), degrade=not args.no_degrade, **sampler)
+                          init=_init_option(args.init), degrade=not args.no_degrade,
+                          continuum_degree=args.continuum_degree, **sampler)
     except (ObservationOutsideEmulatorError, KeyError) as error:
         raise UsageError(str(error)) from None
     _log_fit_warnings(result)
@@ -599,7 +614,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     _check_init_option(args.init, emulator)
     _check_sample_with_option(args.sample_with, emulator)
     fit_options = {"n_starts": args.starts, "seed": args.seed, "init": _init_option(args.init),
-                   "sample_with": args.sample_with, **z_transform}
+                   "sample_with": args.sample_with, "continuum_degree": args.continuum_degree, **z_transform}
     if args.no_degrade:
         fit_options["degrade"] = False
     try:
@@ -799,6 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--init", choices=["auto", "fast", "none"], default="auto", help=INIT_HELP)
     fit.add_argument("--sample-with", choices=["auto", "self", "fast"], default="auto", help=SAMPLE_WITH_HELP)
     fit.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    fit.add_argument("--continuum-degree", type=_continuum_degree_option, default="auto", metavar="{auto,0,1,...}",
+                     help=CONTINUUM_DEGREE_HELP)
     fit.add_argument("--out", default=None, help="write the result as JSON to this file")
     fit.add_argument("--save", default=None, metavar="FIT.fits",
                      help="save the whole result (spectrum, model, covariance, samples) as a FITS fit file for `stellarfit report`")
@@ -883,6 +900,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--sample-with", choices=["auto", "self", "fast"], default="auto", help=SAMPLE_WITH_HELP)
     batch.add_argument("--z-transform", choices=Z_TRANSFORMS, default=None, help=Z_TRANSFORM_HELP)
     batch.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    batch.add_argument("--continuum-degree", type=_continuum_degree_option, default="auto", metavar="{auto,0,1,...}",
+                       help=CONTINUUM_DEGREE_HELP)
     batch.add_argument("--retry-failed", action="store_true", help="refit spectra that failed in an earlier run")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     batch.add_argument("--json", action="store_true", help="print one JSON document on stdout (n_ok, n_failed, out, ...)")

@@ -23,27 +23,38 @@ from jax.custom_derivatives import SymbolicZero
 __all__ = ["continuum_design_matrix", "profile_continuum", "continuum_chi2"]
 
 
-def continuum_design_matrix(wavelength: np.ndarray, arms: np.ndarray | None = None, degree: int = 2) -> np.ndarray:
-    """Legendre design matrix, (n_pixels, n_arms * (degree + 1)), float64.
+def continuum_design_matrix(wavelength: np.ndarray, arms: np.ndarray | None = None, degree=2) -> np.ndarray:
+    """Legendre design matrix, (n_pixels, sum over arms of (degree + 1)), float64.
 
     Args:
         wavelength: (n_pixels,) [A].
         arms: (n_pixels,) integer arm ids (None: one arm).
-        degree: polynomial degree per arm (0 = a constant scale).
+        degree: polynomial degree per arm (0 = a constant scale): one integer for every arm, or
+            a sequence with one per arm, in the order of the sorted arm ids (what
+            :func:`~stellarfit.forward.choose_continuum_degree` picks).
+    Block ``a`` holds arm ``a``'s columns P_0 .. P_degree, so a lower degree's design is the
+    first columns of each block of a higher one's.
     """
     wavelength = np.asarray(wavelength, dtype=np.float64)
-    if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)) or degree < 0:
-        raise ValueError(f"continuum degree must be an integer >= 0 (0: a constant scale), got {degree!r}")
     arms = np.zeros(wavelength.size, dtype=int) if arms is None else np.asarray(arms)
     if arms.shape != wavelength.shape:
         raise ValueError(f"arms has shape {arms.shape}, wavelength {wavelength.shape}")
     arm_ids = np.unique(arms)
-    design = np.zeros((wavelength.size, arm_ids.size * (degree + 1)))
-    for block, arm in enumerate(arm_ids):
+    degrees = list(degree) if isinstance(degree, (list, tuple, np.ndarray)) else [degree] * arm_ids.size
+    for value in degrees:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"continuum degree must be an integer >= 0 (0: a constant scale), got {degree!r}")
+    if len(degrees) != arm_ids.size:
+        raise ValueError(f"{len(degrees)} continuum degrees given for {arm_ids.size} arms ({arm_ids.tolist()}); "
+                         "give one integer, or one per arm")
+    design = np.zeros((wavelength.size, sum(int(d) + 1 for d in degrees)))
+    first = 0
+    for arm, value in zip(arm_ids, degrees):
         pick = arms == arm
         lo, hi = wavelength[pick].min(), wavelength[pick].max()
         x = 2.0 * (wavelength[pick] - lo) / (hi - lo) - 1.0 if hi > lo else np.zeros(pick.sum())
-        design[np.ix_(pick, block * (degree + 1) + np.arange(degree + 1))] = np.polynomial.legendre.legvander(x, degree)
+        design[np.ix_(pick, first + np.arange(int(value) + 1))] = np.polynomial.legendre.legvander(x, int(value))
+        first += int(value) + 1
     return design
 
 

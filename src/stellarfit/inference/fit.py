@@ -8,7 +8,9 @@ Steps (each a library piece that can be used alone):
 2. RV search over ``rv_range`` (default +-1000 km/s) with a template at the
    centre of the label box (:func:`~stellarfit.inference.estimate_rv`);
 3. a :class:`~stellarfit.inference.FitProblem` around that RV (+-``rv_window``),
-   continuum a Legendre polynomial per arm, profiled;
+   continuum a Legendre polynomial per arm, profiled;  with ``continuum_degree="auto"``
+   (default) its degree per arm is then chosen by the evidence at the MAP's labels and the MAP
+   re-polished if it changed (:mod:`stellarfit.inference.continuum`, docs/guide/continuum.md);
 4. multi-start MAP (:func:`~stellarfit.inference.fit_map`) with its Laplace
    covariance;
 5. Cramér-Rao bounds at the MAP, with RV, vsini and the continuum
@@ -35,9 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stellarfit.forward import ForwardModel, continuum_design_matrix
+from stellarfit.forward import AUTO_DEGREE, ForwardModel, check_continuum_degree, continuum_design_matrix
 from stellarfit.inference._mismatch import chi2_mismatch
 from stellarfit.inference._resolution import degrade_for_emulator
+from stellarfit.inference.continuum import choose_continuum, fixed_info, start_degrees
 from stellarfit.inference.fisher import cramer_rao_from_fisher
 from stellarfit.inference.likelihood import FitProblem, GaussianPrior
 from stellarfit.inference.map import (
@@ -288,7 +291,7 @@ def fit_star(
     rv_range: tuple[float, float] = (-1000.0, 1000.0),
     rv_window: float = 50.0,
     vsini_max: float = 100.0,
-    continuum_degree: int = 2,
+    continuum_degree: int | str = "auto",
     n_starts: int = 8,
     adam_steps: int = 150,
     seed: int = 0,
@@ -318,7 +321,11 @@ def fit_star(
         rv_range: RV search range [km/s].
         rv_window: half-width [km/s] of the RV box around the search result.
         vsini_max: largest vsini [km/s] fitted.
-        continuum_degree: Legendre degree of the continuum per arm.
+        continuum_degree: Legendre degree of the continuum per arm: "auto" (default: after a
+            first MAP with degree 2, the degree 0-8 per arm with the largest evidence of the
+            continuum coefficients under a Gaussian prior scaled to the flux level, the MAP
+            re-polished with it; ``diagnostics["continuum"]`` holds the choice and the evidence
+            table; docs/guide/continuum.md), an integer >= 0 for every arm, or one per arm.
         n_starts, adam_steps, seed: multi-start MAP settings (seed also seeds the sampler).
         num_warmup, num_samples, num_chains: NUTS warm-up and kept draws per chain, number of chains.
         max_tree_depth, target_accept, mass_matrix: NUTS settings (see
@@ -397,6 +404,7 @@ def fit_star(
                                chain_method=chain_method)
         _check_z_transform(z_transform)
     start_time = time.perf_counter()
+    continuum_degree = check_continuum_degree(continuum_degree)
     options = dict(priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
                    continuum_degree=continuum_degree, emulator_error=emulator_error,
                    physics_error=physics_error, degrade=degrade)
@@ -408,7 +416,8 @@ def fit_star(
                         error_floor=error_floor, init=None, **options)
         init_info.update(elapsed_s=time.perf_counter() - first, reduced_chi2=init.reduced_chi2, flags=init.flags)
     start_values = _init_values(init, emulator.label_spec)
-    prepared = _prepare(spectrum, emulator, start=start_values, **options)
+    prepared = _prepare(spectrum, emulator, start=start_values,
+                        **{**options, "continuum_degree": start_degrees(continuum_degree, init)})
     problem = prepared.problem
     if start_values is None:
         starts = default_starts(problem, n_starts, rv=prepared.rv0, seed=seed)
@@ -419,6 +428,7 @@ def fit_star(
         result = polish_map(problem, _start_vector(problem, start_values, prepared.rv0),
                             max_steps=INIT_POLISH_STEPS if polish_steps is None else polish_steps,
                             space=init_info["polish_space"])
+    result = _choose_continuum([prepared], [result], continuum_degree)[0]
     sampling = None
     if method != "map":
         sampling = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
@@ -486,7 +496,8 @@ def _surrogate_map(spectrum, surrogate: _FastPath, prepared: _Prepared, theta: n
     theta = np.asarray(theta, dtype=np.float64)
     start = dict(zip(problem.names, theta.tolist()))
     start["rv"] = prepared.rv0  # the same RV box, so that z means the same in both problems
-    fast_problem = _prepare(spectrum, surrogate.emulator, start=start, **options).problem
+    # the design of the emulator's fit (the degree continuum_degree="auto" chose)
+    fast_problem = _prepare(spectrum, surrogate.emulator, start=start, **{**options, "continuum_degree": prepared.degree}).problem
     fast_map = polish_map(fast_problem, np.clip(theta, fast_problem.lower, fast_problem.upper), max_steps=20,
                           space=FAST_PATH_POLISH_SPACE)
     if not np.all(np.isfinite(fast_map.theta)):
@@ -637,7 +648,7 @@ def fit_stars(
     rv_range: tuple[float, float] = (-1000.0, 1000.0),
     rv_window: float = 50.0,
     vsini_max: float = 100.0,
-    continuum_degree: int = 2,
+    continuum_degree: int | str = "auto",
     n_starts: int = 8,
     adam_steps: int = 150,
     seed: int = 0,
@@ -694,6 +705,7 @@ def fit_stars(
 
     spectra = list(spectra)
     out: list = [None] * len(spectra)
+    continuum_degree = check_continuum_degree(continuum_degree)
     options = dict(priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
                    continuum_degree=continuum_degree, emulator_error=emulator_error,
                    physics_error=physics_error, degrade=degrade)
@@ -710,7 +722,8 @@ def fit_stars(
             if isinstance(inits[i], Exception):
                 raise inits[i]
             starts_of[i] = _init_values(inits[i], emulator.label_spec)
-            item = _prepare(spectrum, emulator, start=starts_of[i], **options)
+            item = _prepare(spectrum, emulator, start=starts_of[i],
+                            **{**options, "continuum_degree": start_degrees(continuum_degree, inits[i])})
         except Exception as error:  # noqa: BLE001 - recorded per spectrum on request
             if errors == "raise":
                 raise
@@ -718,8 +731,8 @@ def fit_stars(
             bar.update(1)
             continue
         prepared[i] = (item, time.perf_counter() - start_time + infos[i].get("elapsed_s", 0.0))
-        groups[(jax.tree_util.tree_structure(item.problem), starts_of[i] is None)].append(i)
-    for (_, multi_start), indices in groups.items():
+        groups[(jax.tree_util.tree_structure(item.problem), item.problem.design.shape, starts_of[i] is None)].append(i)
+    for (_, _, multi_start), indices in groups.items():
         for first in range(0, len(indices), batch_size):
             chunk = indices[first : first + batch_size]
             start_time = time.perf_counter()
@@ -744,6 +757,7 @@ def fit_stars(
                                                space=space)
             _log.info("%s: batch of %d: MAP (%s) %.1f s", label, len(chunk),
                       "multi-start" if multi_start else "polish", time.perf_counter() - start_time)
+            results = _choose_continuum([prepared[i][0] for i in chunk], results, continuum_degree, errors)
             mark = time.perf_counter()
             sampling, batch_draws, surrogates = None, [None] * len(chunk), [None] * len(chunk)
             if method == "nuts":
@@ -815,6 +829,14 @@ def _sample_batch(targets, sampling: dict, z_transform: str, errors: str) -> lis
             [problem.with_continuum("marginalize").with_transform(z_transform) for problem, _, _ in group],
             [theta for _, theta, _ in group], [covariance for _, _, covariance in group], **options)
 
+    shapes = [problem.design.shape for problem, _, _ in targets]
+    if len(set(shapes)) > 1:  # continuum_degree="auto" chose designs of several sizes: one batch per size
+        out: list = [None] * len(targets)
+        for shape in dict.fromkeys(shapes):
+            members = [k for k, other in enumerate(shapes) if other == shape]
+            for k, draws in zip(members, _sample_batch([targets[k] for k in members], sampling, z_transform, errors)):
+                out[k] = draws
+        return out
     try:
         return run(targets)
     except Exception as error:  # noqa: BLE001 - recorded per spectrum on request
@@ -876,6 +898,35 @@ class _Prepared:
     ivar: np.ndarray
     physics_error: dict | None = None  # what PhysicsError.describe() says of the one in the noise, if any
     degraded: dict | None = None  # degrade_for_emulator's record, when the spectrum was degraded
+    arms: np.ndarray | None = None
+    degree: Any = 2  # the design's continuum degree: an int for every arm or a tuple per arm
+    continuum: dict | None = None  # diagnostics["continuum"]
+
+
+def _choose_continuum(items: list[_Prepared], results: list, continuum_degree, errors: str = "raise") -> list:
+    """For ``continuum_degree="auto"``: each item's problem, degree and ``continuum`` diagnostics set to
+    the evidence's choice at its MAP, and the MAPs (re-polished where the degree changed); otherwise
+    ``results`` as they are (:func:`~stellarfit.inference.continuum.choose_continuum`).  With
+    ``errors="collect"`` a batch whose choice fails is redone item by item, and an item whose choice
+    fails keeps its first MAP and degree (said in its diagnostics)."""
+    if continuum_degree != AUTO_DEGREE:
+        return results
+    try:
+        problems, results, infos = choose_continuum([item.problem for item in items], results,
+                                                    [item.wavelength for item in items], [item.arms for item in items],
+                                                    [item.degree for item in items])
+    except Exception as error:  # noqa: BLE001 - recorded per spectrum on request
+        if errors == "raise":
+            raise
+        if len(items) > 1:
+            return [_choose_continuum([item], [result], continuum_degree, errors)[0] for item, result in zip(items, results)]
+        items[0].continuum = {**fixed_info(items[0].degree), "chosen_by": f"fixed (the evidence's choice failed: {error})"}
+        return results
+    for item, problem, info in zip(items, problems, infos):
+        item.problem, item.continuum = problem, info
+        if "degrees" in info:
+            item.degree = tuple(info["degrees"]) if len(info["degrees"]) > 1 else int(info["degrees"][0])
+    return results
 
 
 def modelled_pixels(spectrum, emulator, rv_range: tuple[float, float] = (-1000.0, 1000.0)):
@@ -919,7 +970,8 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
     ivar = np.where(good, spectrum.ivar, 0.0)
     flux = np.where(good, spectrum.flux, 0.0)
     arms = np.asarray(getattr(spectrum, "arm", np.zeros(wavelength.size, dtype=int)))
-    design = continuum_design_matrix(wavelength, arms, continuum_degree)
+    degree = start_degrees(continuum_degree)
+    design = continuum_design_matrix(wavelength, arms, list(degree) if isinstance(degree, tuple) else degree)
     spec = emulator.label_spec
     centre = box_centre(spec)
     # one forward model over the whole RV range (cached per pixel grid): the fit's RV box around
@@ -948,7 +1000,8 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
     problem = FitProblem(model, spec, flux, fit_ivar, design, priors=priors, vsini_max=vsini_max, rv_range=(low, high),
                          error_basis=error_basis)
     return _Prepared(spectrum, problem, float(rv0), wavelength, flux, np.where(np.asarray(problem.ivar) > 0, ivar, 0.0),
-                     None if physics is None else physics.describe(), degraded)
+                     None if physics is None else physics.describe(), degraded,
+                     arms=arms, degree=degree, continuum=fixed_info(degree))
 
 
 def _template_continuum(model, template_labels, rv, flux, ivar, design) -> np.ndarray:
@@ -1201,6 +1254,7 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
             # NaN/inf pixels the reader masked (ObservedSpectrum.from_arrays); catalogs copy it
             "n_nonfinite_masked": int(spectrum.metadata.get("n_nonfinite_masked", 0)),
             **mismatch, **({"degraded": prepared.degraded} if prepared.degraded else {}),
+            "continuum": prepared.continuum or fixed_info(prepared.degree),
             **{("sampler_" + k if k in ("seed", "elapsed_s") else k): v for k, v in sampler_diagnostics.items()},
         },
         wavelength=wavelength,

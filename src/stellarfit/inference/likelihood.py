@@ -252,6 +252,15 @@ class FitProblem:
         children, static = self.tree_flatten()
         return FitProblem.tree_unflatten((static[0], static[1], continuum) + static[3:], children)
 
+    def with_design(self, design: np.ndarray) -> "FitProblem":
+        """The same problem with another continuum design (n_obs, k') (another degree, e.g. the one
+        ``continuum_degree="auto"`` chose; :mod:`stellarfit.inference.continuum`)."""
+        design = np.asarray(design, dtype=np.float64)
+        if design.ndim != 2 or design.shape[0] != self.flux.shape[0] or not np.all(np.isfinite(design)):
+            raise ValueError(f"design must be finite with shape ({self.flux.shape[0]}, k), got {design.shape}")
+        children, static = self.tree_flatten()
+        return FitProblem.tree_unflatten(static, children[:2] + (jnp.asarray(design, dtype=jnp.float32),) + children[3:])
+
     def with_transform(self, transform: str) -> "FitProblem":
         """The same problem with another map from z to each box: "logit" (theta = lower + width *
         sigmoid(z)) or "probit" (lower + width * Phi(z), Phi the standard normal CDF)."""
