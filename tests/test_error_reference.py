@@ -12,7 +12,6 @@ reported errors by 1.3 fails both).
 import time
 
 import numpy as np
-import pytest
 
 from _linear_toy import LinearToyEmulator, NATIVE, observed_jacobian, observed_normalized
 from stellarfit.inference import fit_star, fit_stars, forward_model_for
