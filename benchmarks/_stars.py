@@ -12,6 +12,7 @@ import os
 import platform
 
 import numpy as np
+from _provenance import provenance
 
 
 def add_sampler_options(parser) -> None:
@@ -29,7 +30,7 @@ def document_header(benchmark: str, args) -> dict:
         "benchmark": benchmark, "emulator": args.emulator,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(), "platform": platform.platform(), "load_average_before": list(os.getloadavg()),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "runs": [],
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "runs": [], "provenance": provenance(),
     }
 
 

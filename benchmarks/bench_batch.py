@@ -50,6 +50,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _provenance import provenance  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -240,6 +241,7 @@ def main(argv=None) -> int:
             print("local vs local-vectorized:", report["agreement_local_vs_vectorized"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    report["provenance"] = provenance()
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
     print(f"saved {out}")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from _stars import robust_sigma
+from _provenance import provenance
 
 HERE = Path(__file__).resolve().parent
 
@@ -290,6 +291,7 @@ def record(document, lines, snr, results, truths, names, timing, args, n_pixels)
 
 def write(document, lines, args, name, n_stars, out: Path) -> None:
     document["load_average_after"] = list(os.getloadavg())
+    document["provenance"] = provenance()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(document, indent=1))
     how = ""

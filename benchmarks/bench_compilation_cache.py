@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _provenance import provenance
 
 HERE = Path(__file__).resolve().parent
 PROGRAM = Path(sys.executable).with_name("stellarfit")
@@ -78,7 +79,7 @@ def main() -> None:
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "cpu_count": os.cpu_count(), "platform": platform.platform(), "load_average": list(os.getloadavg()),
                 "median_seconds": medians, "warm_over_off": medians["warm"] / medians["off"],
-                "cold_over_off": medians["cold"] / medians["off"], "runs": rows}
+                "cold_over_off": medians["cold"] / medians["off"], "runs": rows, "provenance": provenance()}
     Path(args.out).write_text(json.dumps(document, indent=1))
     print(f"median: off {medians['off']:.1f} s, cold {medians['cold']:.1f} s, warm {medians['warm']:.1f} s "
           f"(warm/off {document['warm_over_off']:.2f}, cold/off {document['cold_over_off']:.2f}); wrote {args.out}")

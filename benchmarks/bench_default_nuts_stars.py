@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu_fits import load_stars  # noqa: E402
 
 import stellarfit as sf  # noqa: E402
+from _provenance import provenance  # noqa: E402
 
 args = sys.argv[1:]
 stars = ".gpu/stars_snr100_64.npz"
@@ -66,7 +67,7 @@ for k, space in runs:
                      map={n: result.labels[n]["map"] for n in result.labels}, truth=dict(zip(names, map(float, truth[k])))))
     print(k, "" if space is None else f"[{space}]", f"wall {wall:.1f} s", "" if sampler is None else f"(sampler {sampler:.1f} s, {rows[-1]['gradients']} gradients)",
           f"chi2 {result.chi2:.1f} polish: {rows[-1]['map_jac']} Jacobians, {rows[-1]['map_it']} iterations", flush=True)
-    Path(out).write_text(json.dumps({"stellarfit": sf.__file__, "stars": stars, "method": method, "rows": rows}, indent=1,
+    Path(out).write_text(json.dumps({"stellarfit": sf.__file__, "provenance": provenance(), "stars": stars, "method": method, "rows": rows}, indent=1,
                                     default=float))
 for space in spaces:
     part = [r for r in rows if r["polish_space"] == space]

@@ -40,6 +40,7 @@ import numpy as np
 
 from stellarfit.emulators import PayneEmulator, TransformerPayneEmulator, scaled_payne_config
 from stellarfit.labels import default_label_spec
+from _provenance import provenance
 
 N_PIXELS = 8600
 
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, "bench_emulators" + ("_quick" if args.quick else ""))
+    doc["provenance"] = provenance()
     with open(stem + ".json", "w") as handle:
         json.dump(doc, handle, indent=1)
     header = "| model | params | forward [ms] | grad chi2 [ms] | jacfwd 13 labels [ms] | batch throughput [Mpix/s] |\n|---|---|---|---|---|---|\n"

@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _provenance import provenance  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -65,6 +66,7 @@ def _header(step: str, args) -> dict:
 
 
 def _write(document: dict, path: Path) -> None:
+    document.setdefault("provenance", provenance())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(document, indent=1, default=float))

@@ -5,6 +5,7 @@
 import json, os, sys, time
 import numpy as np, jax, jax.numpy as jnp
 from stellarfit.synth.jaxlte import JaxLteEngine
+from _provenance import provenance
 
 def best_of(f, n=5):
     out = f(); jax.block_until_ready(out); times = []
@@ -39,6 +40,7 @@ if "turbospectrum_s" in result:
     result["speed_ratio_jax_vs_turbospectrum"] = result["turbospectrum_s"] / result["step_0.01"]["single_best_s"]
 out = Path(__file__).parent / "results" / "jaxlte.json"
 out.parent.mkdir(exist_ok=True)
+result["provenance"] = provenance()
 out.write_text(json.dumps(result, indent=1))
 print(json.dumps(result, indent=1))
 print(f"saved {out}")

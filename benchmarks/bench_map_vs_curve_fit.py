@@ -76,6 +76,7 @@ import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _provenance import provenance  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SPEED_OF_LIGHT_KMS = 299_792.458
@@ -388,6 +389,7 @@ def main() -> None:
         print("\n".join(lines[-(len(names) + 30):]), flush=True)
 
     document["load_average_after"] = list(os.getloadavg())
+    document["provenance"] = provenance()
     out = Path(args.out) if args.out else HERE / "results" / "map_vs_curve_fit"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(document, indent=1))

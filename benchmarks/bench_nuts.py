@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from _stars import two_stars
+from _provenance import provenance
 
 HERE = Path(__file__).resolve().parent
 
@@ -91,6 +92,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     document["results"] = rows
     document["load_average_after"] = list(os.getloadavg())
+    document["provenance"] = provenance()
     out = Path(args.out or HERE / "results" / f"nuts_speed_{Path(args.emulator).name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(document, indent=1))

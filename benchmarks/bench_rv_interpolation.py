@@ -66,6 +66,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _provenance import provenance
 
 HERE = Path(__file__).resolve().parent
 SPEED_OF_LIGHT_KMS = 299_792.458
@@ -395,6 +396,7 @@ def main() -> None:
         configurations = [("native", 30_000.0), ("native", 20_000.0), ("r3", 20_000.0)]
         document["accuracy"] = accuracy(emulator, star_labels(emulator), configurations, args.methods)
     document["load_average_after"] = list(os.getloadavg())
+    document["provenance"] = provenance()
     out = Path(args.out) if args.out else HERE / "results" / "rv_interpolation"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(document, indent=1))

@@ -24,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from _provenance import provenance
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -155,6 +156,7 @@ def main() -> None:
         print(f"| window [A] | s/spectrum (1 core) | spectra/hour ({args.workers} workers) |\n|---|---|---|\n"
               f"| {window[0]:g}-{window[1]:g} | {result['seconds_per_spectrum_one_core']:.1f} | {result['spectra_per_hour_all_cores']:.0f} |")
     result["load_average_after"] = os.getloadavg()
+    result["provenance"] = provenance()
     (RESULTS / name).write_text(json.dumps(result, indent=2))
     print(f"saved {RESULTS / name}")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from _stars import robust_sigma
+from _provenance import provenance
 
 
 def main() -> None:
@@ -82,6 +83,7 @@ def main() -> None:
                          f"{100 * row['inside_68']:.0f}% / {100 * row['inside_95']:.0f}% |")
         lines.append("")
     stem = Path(args.out) if args.out else Path(str(Path(args.run).with_suffix("")) + "_floored")
+    out["provenance"] = provenance()
     stem.with_suffix(".json").write_text(json.dumps(out, indent=1))
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

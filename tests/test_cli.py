@@ -69,6 +69,7 @@ def test_engines_install_unknown_engine(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.turbospectrum
 def test_synth_end_to_end(tmp_path, turbospectrum):
     from astropy.io import fits
 
@@ -86,6 +87,7 @@ def test_synth_end_to_end(tmp_path, turbospectrum):
 
 
 @pytest.mark.slow
+@pytest.mark.turbospectrum
 def test_grid_end_to_end_and_resume(tmp_path, turbospectrum):
     """A run stopped after one chunk is finished by rerunning the same command."""
     from stellarfit.grids import SpectralGrid, generate_grid, sample_labels

@@ -232,7 +232,6 @@ def two_arm_observation():
 
 
 def test_forward_models_cached_per_resolution_array_and_rv_scan():
-    from stellarfit import Label, LabelSpec
     from stellarfit.forward import continuum_design_matrix
     from stellarfit.inference import estimate_rv, forward_model_for
 

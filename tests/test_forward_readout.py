@@ -79,7 +79,7 @@ def test_forward_model_with_readout_equals_transforming_the_flux(payne, resoluti
         assert np.ptp(b) > 0.05  # lines, not a flat spectrum
         np.testing.assert_allclose(a, b, atol=3e-6)
 
-        def jacobian(model):
+        def jacobian(model, labels=labels, rv=rv, vsini=vsini):
             return jax.jacfwd(lambda p: model(p[:-2], p[-2], p[-1]))(jnp.concatenate([labels, jnp.asarray([rv, vsini + 5.0])]))
 
         ja, jb = np.asarray(jacobian(fourier)), np.asarray(jacobian(plain))

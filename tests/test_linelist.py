@@ -349,6 +349,7 @@ def test_writer_refuses_overlong_records(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- full list
 @pytest.mark.slow
+@pytest.mark.turbospectrum
 def test_full_ges_list() -> None:
     ll = read_turbospectrum_linelist(_full_ges_list())
     assert len(ll) == 104296

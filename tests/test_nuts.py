@@ -77,18 +77,30 @@ def test_numpyro_and_blackjax_agree(runs):
     mean_a, mean_b = a.samples.mean(axis=(0, 1)), b.samples.mean(axis=(0, 1))
     assert np.all(np.abs(mean_a - mean_b) < 4.0 * np.hypot(mcse_a, mcse_b)), (mean_a, mean_b, mcse_a, mcse_b)
     std_a, std_b = a.samples.reshape(-1, 5).std(axis=0), b.samples.reshape(-1, 5).std(axis=0)
+    # 20%: at the Monte Carlo limit of these short chains (measured 2026-11-28: 19% apart on teff, 3-9%
+    # on the others, while 4 MCSE of the difference of two standard deviations is 21-25%); the tight
+    # check of both samplers' widths is against an exact posterior (test_nuts_exact.py)
     np.testing.assert_allclose(std_a, std_b, rtol=0.2)
 
 
 def test_posterior_width_matches_laplace_at_high_snr(runs):
+    """At S/N 400 the posterior is close to the Laplace approximation: each sampler's widths are within
+    4 Monte Carlo standard errors (of a standard deviation, from its draws) plus 3% of it (was: 20%;
+    that bound is 16-20% with these short chains; measured 2026-11-28: NumPyro 0.5-4% off, BlackJAX
+    4-13%, i.e. within 3 MCSE)."""
+    from arviz_stats.base import array_stats
+
     best, a, b = runs
     for run in (a, b):
         std = run.samples.reshape(-1, 5).std(axis=0)
+        mcse_sd = array_stats.mcse(run.samples, chain_axis=0, draw_axis=1, method="sd")
         summary = summarize_samples(run.samples, run.names)
         for i, name in enumerate(("teff", "logg", "fe_h", "rv")):
-            assert std[i] == pytest.approx(best.sigma[i], rel=0.2), (run.diagnostics["backend"], name)
+            assert abs(std[i] - best.sigma[i]) < 4.0 * mcse_sd[i] + 0.03 * best.sigma[i], \
+                (run.diagnostics["backend"], name, std[i] / best.sigma[i], mcse_sd[i] / best.sigma[i])
             assert abs(summary[name]["value"] - TRUTH[i]) < 4.0 * summary[name]["error"], (name, summary[name])
-            assert summary[name]["error"] == pytest.approx(std[i], rel=0.2)
+            # the reported error (half the 16-84% range) is the draws' standard deviation for a near-Gaussian
+            assert summary[name]["error"] == pytest.approx(std[i], rel=0.08)
 
 
 def test_diagnostics_present_and_sane(runs):

@@ -100,6 +100,7 @@ def installation(turbospectrum):
 
 
 @pytest.mark.slow
+@pytest.mark.turbospectrum
 def test_solar_synthesis_lines_and_depths(installation):
     engine = ts.TurbospectrumEngine(window=(5000.0, 5100.0), margin=0.5, installation=installation)
     wavelength, flux, continuum = engine.synthesize_native(SOLAR)
@@ -116,6 +117,7 @@ def test_solar_synthesis_lines_and_depths(installation):
 
 
 @pytest.mark.slow
+@pytest.mark.turbospectrum
 def test_metal_poor_star_has_weaker_lines_and_convolution(installation):
     engine = ts.TurbospectrumEngine(window=(5000.0, 5050.0), installation=installation)
     solar_flux, solar_continuum = engine.synthesize(SOLAR)

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from stellarfit.wavelengths import (
-    FWHM_TO_SIGMA,
     air_to_vacuum,
     convolve_gaussian_log_lambda,
     convolve_to_resolution,
