@@ -15,7 +15,6 @@ import dataclasses
 import datetime
 import json
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,7 @@ from stellarfit.emulators.checkpoint import load_arrays, save_arrays_atomic, wri
 from stellarfit.encoders._model import EncoderConfig, SpectrumEncoder
 from stellarfit.labels import LabelSpec
 
-__all__ = ["Encoder", "EncoderFileError", "load_encoder", "ENCODER_FORMAT", "ENCODER_SCHEMA_VERSION"]
+__all__ = ["ENCODER_FORMAT", "ENCODER_SCHEMA_VERSION", "Encoder", "EncoderFileError", "load_encoder"]
 
 ENCODER_FORMAT = "stellarfit-encoder"
 ENCODER_SCHEMA_VERSION = 1
@@ -102,7 +101,7 @@ class Encoder:
         error = np.exp(0.5 * np.asarray(log_variance, np.float64)) * width
         return value, error
 
-    def replace_params(self, params) -> "Encoder":
+    def replace_params(self, params) -> Encoder:
         """A copy with other parameters (an nnx State or pure dict)."""
         tree = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
         return Encoder(self.config, self.label_spec, jax.device_get(tree), rv_range=self.rv_range,
@@ -133,14 +132,14 @@ class Encoder:
             "n_parameters": self.n_parameters,
             "metadata": _jsonable(self.metadata),
             "arrays": {k: {"shape": list(a.shape), "dtype": a.dtype.str} for k, a in arrays.items()},
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         save_arrays_atomic(os.path.join(path, _ARRAYS_FILE), arrays)
         write_json_atomic(os.path.join(path, _METADATA_FILE), meta)
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Encoder":
+    def load(cls, path: str | os.PathLike) -> Encoder:
         return load_encoder(path)
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["EncoderConfig", "SpectrumEncoder", "wavelength_encoding", "patch_features", "N_PIXEL_FEATURES"]
+__all__ = ["N_PIXEL_FEATURES", "EncoderConfig", "SpectrumEncoder", "patch_features", "wavelength_encoding"]
 
 #: features per pixel in a token: normalized flux, scaled log10 uncertainty, good flag
 N_PIXEL_FEATURES = 3

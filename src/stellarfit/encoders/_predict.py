@@ -3,7 +3,8 @@
 A spectrum is prepared as the training spectra were made: only pixels inside the
 encoder's training window are used, and a spectrum sharper than the training
 resolutions is smoothed with a Gaussian and resampled to 3 pixels per FWHM at
-R = 0.85 x the largest training R (said in the returned ``info``).
+R = 0.85 x the largest training R, and uncertainties below the training's highest
+S/N are raised to it (both said in the returned ``info``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from stellarfit.encoders._encoder import Encoder
 from stellarfit.encoders._model import patch_features, wavelength_encoding
 from stellarfit.wavelengths import FWHM_TO_SIGMA
 
-__all__ = ["predict", "predict_tokens", "prepare_pixels", "PreparedSpectrum", "UnusableSpectrumError"]
+__all__ = ["PreparedSpectrum", "UnusableSpectrumError", "predict", "predict_tokens", "prepare_pixels"]
 
 #: token counts of a batch are rounded up to a multiple of this (fewer compiled shapes)
 _TOKEN_MULTIPLE = 32
@@ -37,6 +39,10 @@ class PreparedSpectrum(NamedTuple):
     sigma: np.ndarray
     good: np.ndarray
     info: dict
+
+
+#: patch_features compiled once per (batch, token count)
+_patch_features = jax.jit(patch_features, static_argnames=("patch_size",))
 
 
 def predict_tokens(encoder: Encoder, features, encoding, token_mask) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +100,14 @@ def prepare_pixels(encoder: Encoder, spectrum) -> PreparedSpectrum:
         info["degraded_to_resolution"] = target
     if np.count_nonzero(good) < 2:
         raise UnusableSpectrumError("fewer than 2 usable pixels after masking; check the file's flux and uncertainty columns")
+    # a spectrum sharper in S/N than the training ones is read as one at the highest training S/N
+    # (the network never saw smaller uncertainties; its errors are then conservative)
+    snr_max = (encoder.metadata.get("simulation") or {}).get("snr_range", (None, None))[1]
+    if snr_max:
+        floor = abs(float(np.median(flux[good]))) / float(snr_max)
+        if np.median(sigma[good]) < floor:
+            info["snr_capped_at"] = float(snr_max)
+        sigma = np.maximum(sigma, floor)
     return PreparedSpectrum(log_wavelength, flux, sigma, good, info)
 
 
@@ -119,7 +133,7 @@ def _token_arrays(encoder: Encoder, prepared: Sequence[PreparedSpectrum]):
         log_step[row] = np.abs(patches[:, -1] - patches[:, 0]) / max(patch - 1, 1) if patch > 1 else step
         encoding[row] = wavelength_encoding(patches.mean(axis=1), encoder.config.dim, encoder.config.min_period,
                                             encoder.config.max_period)
-    features, token_mask = patch_features(flux, np.where(good, sigma, 1.0), good, log_step, patch)
+    features, token_mask = _patch_features(flux, np.where(good, sigma, 1.0), good, log_step, patch_size=patch)
     return features, encoding, token_mask
 
 

@@ -86,12 +86,12 @@ class TrainingSimulator:
         settings: what the observations span.
     """
 
-    def __init__(self, emulator, config: EncoderConfig, settings: SimulationSettings = SimulationSettings()):
+    def __init__(self, emulator, config: EncoderConfig, settings: SimulationSettings | None = None):
         if emulator.native_resolution is None:
             raise ValueError("the emulator does not record its native resolution; it cannot simulate observations")
         self.emulator = emulator
         self.config = config
-        self.settings = settings
+        self.settings = settings = settings or SimulationSettings()
         self.label_spec = emulator.label_spec
         native = np.asarray(emulator.wavelength, dtype=np.float64)
         self.log_step = float(np.log(native[-1] / native[0]) / (native.size - 1))

@@ -26,7 +26,7 @@ from stellarfit.encoders._encoder import Encoder, load_encoder
 from stellarfit.encoders._model import EncoderConfig
 from stellarfit.encoders._simulate import SimulationSettings, TrainingSimulator
 
-__all__ = ["TrainingSettings", "train_encoder", "gaussian_nll"]
+__all__ = ["TrainingSettings", "gaussian_nll", "train_encoder"]
 
 _STATE_FILE = "training_state.npz"
 _TRAINING_FILE = "training.json"
@@ -77,22 +77,23 @@ def _optimizer(settings: TrainingSettings) -> optax.GradientTransformation:
                        optax.adamw(schedule, weight_decay=settings.weight_decay))
 
 
-def train_encoder(emulator, settings: TrainingSettings = TrainingSettings(), *, config: EncoderConfig = EncoderConfig(),
-                  simulation: SimulationSettings = SimulationSettings(), encoder: Encoder | None = None) -> tuple[Encoder, list[dict]]:
+def train_encoder(emulator, settings: TrainingSettings | None = None, *, config: EncoderConfig | None = None,
+                  simulation: SimulationSettings | None = None, encoder: Encoder | None = None) -> tuple[Encoder, list[dict]]:
     """Train an encoder on observations of ``emulator`` simulated on the fly.
 
     Args:
         emulator: the simulator (e.g. ``stellarfit.load_emulator("payne-default")``); its
             label spec is the encoder's.
-        settings: steps, batch, learning rate, seed, checkpoints.
-        config: the architecture (ignored when ``encoder`` is given).
-        simulation: what the simulated observations span.
+        settings: steps, batch, learning rate, seed, checkpoints (default ``TrainingSettings()``).
+        config: the architecture (default ``EncoderConfig()``; ignored when ``encoder`` is given).
+        simulation: what the simulated observations span (default ``SimulationSettings()``).
         encoder: start from this encoder's parameters (fine-tuning) instead of a fresh one.
     Returns:
         (the trained Encoder, history: a list of {step, loss, validation_loss?, seconds}).
     """
-    if encoder is not None:
-        config = encoder.config
+    settings = settings or TrainingSettings()
+    simulation = simulation or SimulationSettings()
+    config = encoder.config if encoder is not None else (config or EncoderConfig())
     simulator = TrainingSimulator(emulator, config, simulation)
     window = tuple(float(np.exp(v)) for v in simulator.log_window)
     metadata = {"emulator": emulator.metadata.get("name", repr(emulator)[:80]), "training": dataclasses.asdict(settings),
