@@ -30,6 +30,7 @@ from stellarfit.encoders import (
     SimulationSettings,
     TrainingSettings,
     TrainingSimulator,
+    load_encoder,
     predict,
     predict_tokens,
     train_encoder,
@@ -104,6 +105,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="payne-default-sim-v1", help="cache directory name of the encoder")
     parser.add_argument("--steps", type=int, default=TRAINING.steps)
+    parser.add_argument("--learning-rate", type=float, default=TRAINING.learning_rate)
+    parser.add_argument("--init", default=None, help="continue training from this cached encoder (a name under encoders/)")
     parser.add_argument("--n", type=int, default=200, help="held-out spectra per S/N")
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--sun", default=None, help="also predict this HARPS solar spectrum (R 115,000, air wavelengths)")
@@ -111,16 +114,17 @@ def main() -> None:
     args = parser.parse_args()
     emulator = sf.load_emulator("payne-default")
     directory = cache_directory(args.name)
-    settings = dataclasses.replace(TRAINING, steps=args.steps, checkpoint_dir=str(directory))
+    settings = dataclasses.replace(TRAINING, steps=args.steps, learning_rate=args.learning_rate, checkpoint_dir=str(directory))
+    start = load_encoder(cache_directory(args.init)) if args.init else None
     t0 = time.perf_counter()
-    encoder, history = train_encoder(emulator, settings, config=CONFIG, simulation=SIMULATION)
+    encoder, history = train_encoder(emulator, settings, config=CONFIG, simulation=SIMULATION, encoder=start)
     print(f"encoder in {directory}: {encoder}; {time.perf_counter() - t0:.0f} s in this run")
     if args.train_only:
         return
     result = {
         "encoder": str(directory.name), "config": dataclasses.asdict(CONFIG), "simulation": dataclasses.asdict(SIMULATION),
         "training": dataclasses.asdict(settings) | {"checkpoint_dir": "<user cache>/encoders/" + directory.name},
-        "n_parameters": encoder.n_parameters,
+        "initialized_from": args.init, "n_parameters": encoder.n_parameters,
         "training_seconds": history[-1]["seconds"] if history else None,
         "final_validation_loss": next((h["validation_loss"] for h in reversed(history) if "validation_loss" in h), None),
         "heldout": [measure(encoder, emulator, args.n, snr, seed=12345) for snr in (30.0, 100.0)],

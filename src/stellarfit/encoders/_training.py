@@ -101,6 +101,10 @@ def train_encoder(emulator, settings: TrainingSettings | None = None, *, config:
     if encoder is None:
         encoder = Encoder(config, emulator.label_spec, None, rv_range=simulation.rv_range, wavelength_range=window,
                           resolution_range=simulation.resolution_range, metadata=metadata, seed=settings.seed)
+    else:  # continued training (on a copy): the new settings, and what the network was trained with before
+        encoder = encoder.replace_params(encoder.params)
+        previous = {k: encoder.metadata[k] for k in ("training", "simulation", "metrics") if k in encoder.metadata}
+        encoder.metadata = {**encoder.metadata, **metadata, "previous_training": previous}
     tx = _optimizer(settings)
     params = encoder.params
     opt_state = tx.init(params)
