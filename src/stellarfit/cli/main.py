@@ -606,7 +606,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             continue
         except (OSError, ValueError, KeyError, TypeError) as error:
             rows.append({"file": path, "index": 0, "status": "failed",
-                         "error": f"cannot read {path}: {error} (is it a supported FITS spectrum? give --format, --resolution or --air if needed)"})
+                         "error": f"{error if path in str(error) else f'{path}: {error}'} "
+                                  "(is it a supported FITS spectrum? give --format, --resolution or --air if needed)"})
             continue
         for index, spectrum in enumerate(loaded if isinstance(loaded, list) else [loaded]):
             row = {"file": path, "index": index, "object_id": spectrum.metadata.get("object_id")}
