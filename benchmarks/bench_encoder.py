@@ -8,9 +8,10 @@ bias, scatter (robust: 1.4826 MAD) and the coverage of the 1-sigma errors per la
 and throughput (spectra per second on this machine) to
 ``benchmarks/results/encoder_simulated.json``.  Public API only.
 
-    python benchmarks/bench_encoder.py                 # train (~30 min on 2 busy cores) + measure
-    python benchmarks/bench_encoder.py --train-only
-    python benchmarks/bench_encoder.py --sun /work/shared/real/Sun_HARPS_GBS.fits
+    python benchmarks/bench_encoder.py --train-only    # 1,500 steps (~20 min on 2 busy cores)
+    python benchmarks/bench_encoder.py --name payne-default-sim-v2 --init payne-default-sim-v1 \
+        --steps 2500 --learning-rate 1e-3 --sun /work/shared/real/Sun_HARPS_GBS.fits   # 2,500 more + measure
+(the committed results file comes from the second command)
 """
 
 from __future__ import annotations
