@@ -34,6 +34,7 @@ EXPECTED_OUTPUTS = {
     "batch.md": ["spectra/star_a.fits", "spectra/star_b.fits", "catalog.csv"],
     "crb.md": ["crb.html", "crb.csv"],
     "compare.md": ["compare.json"],
+    "predict.md": ["tiny-encoder/encoder.json", "catalog.fits"],
 }
 # tutorials over ~30 s on a busy 2-core machine (the others take 5-30 s, 2 min in all)
 SLOW: set[str] = {"compare.md"}  # two emulators' first MAP fits, each compiling: 40-80 s

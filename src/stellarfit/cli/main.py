@@ -633,6 +633,95 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- predict ------------------------------------------------------------------------
+def _add_predict_parser(commands) -> None:
+    predict = commands.add_parser(
+        "predict", help="labels and RV with errors from spectrum files with a trained encoder (amortized, fast)",
+        description="Predict labels and RV with 1-sigma errors for every spectrum in FILE... with a spectrum encoder "
+                    "(stellarfit.encoders). A file that cannot be read is reported (status 'failed', with the reason) "
+                    "and the others go on; the exit code is 1 only when no spectrum could be predicted.")
+    predict.add_argument("files", nargs="+", metavar="FILE", help="spectrum files (any supported FITS format)")
+    predict.add_argument("--encoder", required=True, help="encoder directory (encoder.json + arrays.npz, from train_encoder)")
+    predict.add_argument("--out", default=None, help="catalog FITS file: one row per spectrum, columns NAME and e_NAME")
+    predict.add_argument("--format", default=None, help="spectrum format of every file (default: detected per file)")
+    predict.add_argument("--resolution", type=float, default=None, help="resolving power, for files that do not give it")
+    predict.add_argument("--air", action="store_true", help="the files' wavelengths are in air (converted to vacuum)")
+    predict.add_argument("--json", action="store_true",
+                         help="print one JSON document on stdout: a list with one object per spectrum "
+                              "(file, index, status, labels: {name: {value, error}})")
+    predict.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from stellarfit.encoders import EncoderFileError, UnusableSpectrumError, load_encoder, predict, prepare_pixels
+    from stellarfit.spectra import read_spectrum
+
+    if args.out:
+        _check_writable(Path(args.out))
+    try:
+        encoder = load_encoder(args.encoder)
+    except (FileNotFoundError, EncoderFileError) as error:
+        raise UsageError(f"cannot load the encoder: {error}") from None
+    options = {key: value for key, value in (("resolution", args.resolution), ("air", True if args.air else None),
+                                             ("format", args.format)) if value is not None}
+    rows, usable = [], []
+    for path in args.files:
+        try:
+            loaded = read_spectrum(path, **options)
+        except FileNotFoundError:
+            rows.append({"file": path, "index": 0, "status": "failed", "error": f"no such file: {path} (check the path)"})
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            rows.append({"file": path, "index": 0, "status": "failed",
+                         "error": f"{error if path in str(error) else f'{path}: {error}'} "
+                                  "(is it a supported FITS spectrum? give --format, --resolution or --air if needed)"})
+            continue
+        for index, spectrum in enumerate(loaded if isinstance(loaded, list) else [loaded]):
+            row = {"file": path, "index": index, "object_id": spectrum.metadata.get("object_id")}
+            try:
+                prepare_pixels(encoder, spectrum)
+            except (UnusableSpectrumError, ValueError) as error:
+                rows.append({**row, "status": "failed", "error": f"{path}: {error}"})
+                continue
+            rows.append({**row, "status": "ok"})
+            usable.append((len(rows) - 1, spectrum))
+    if usable:
+        start = time.perf_counter()
+        predictions, infos = predict(encoder, [spectrum for _, spectrum in usable], return_info=True)
+        elapsed = time.perf_counter() - start
+        for (row_index, _), labels, info in zip(usable, predictions, infos):
+            rows[row_index]["labels"] = {name: {"value": value, "error": error} for name, (value, error) in labels.items()}
+            rows[row_index]["info"] = info
+        _log(f"predicted {len(usable)} spectra in {elapsed:.2f} s")
+    for row in rows:
+        if row["status"] == "failed":
+            _log(f"stellarfit predict: {row['error']}")
+    if args.out:
+        from astropy.table import Table
+
+        names = encoder.output_names
+        table = Table()
+        table["file"] = [row["file"] for row in rows]
+        table["index"] = [row["index"] for row in rows]
+        table["status"] = [row["status"] for row in rows]
+        table["error"] = [row.get("error", "") for row in rows]
+        for name in names:
+            table[name] = [row["labels"][name]["value"] if "labels" in row else np.nan for row in rows]
+            table[f"e_{name}"] = [row["labels"][name]["error"] if "labels" in row else np.nan for row in rows]
+        table.meta["ENCODER"] = os.path.basename(os.path.normpath(args.encoder))
+        table.write(args.out, overwrite=True)
+    if args.json:
+        print(json.dumps(rows, default=str))
+    else:
+        for row in rows:
+            if "labels" in row:
+                text = ", ".join(f"{name}={v['value']:.4g}+-{v['error']:.2g}" for name, v in row["labels"].items())
+                print(f"{row['file']}[{row['index']}]: {text}")
+            else:
+                print(f"{row['file']}[{row['index']}]: failed")
+    return 0 if usable else 1
+
+
 # -- crb ----------------------------------------------------------------------------
 def _cmd_crb(args: argparse.Namespace) -> int:
     from stellarfit.forward import ObservationOutsideEmulatorError
@@ -934,6 +1023,7 @@ def build_parser() -> argparse.ArgumentParser:
     engines.add_argument("--verbose", "-v", action="store_true", help="show details for every engine")
     engines.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     engines.set_defaults(func=_cmd_engines)
+    _add_predict_parser(commands)
     return parser
 
 

@@ -1,0 +1,49 @@
+"""Spectrum encoders: spectra from any instrument -> labels with uncertainties (amortized inference).
+
+- :class:`Encoder`, :func:`load_encoder`: a trained network and its file format (npz + JSON).
+- :class:`EncoderConfig`, :class:`SpectrumEncoder`: the architecture (patch tokens with a
+  float64 wavelength encoding, self-attention, one query per label cross-attending).
+- :func:`train_encoder`, :class:`TrainingSettings`: training on spectra simulated on the fly
+  (:class:`TrainingSimulator`, :class:`SimulationSettings`) from a shipped emulator.
+- :func:`predict`: ObservedSpectrum(s) -> {name: (value, error)}.
+"""
+
+from stellarfit.encoders._encoder import Encoder as Encoder
+from stellarfit.encoders._encoder import EncoderFileError as EncoderFileError
+from stellarfit.encoders._encoder import load_encoder as load_encoder
+from stellarfit.encoders._model import EncoderConfig as EncoderConfig
+from stellarfit.encoders._model import SpectrumEncoder as SpectrumEncoder
+from stellarfit.encoders._model import patch_features as patch_features
+from stellarfit.encoders._model import wavelength_encoding as wavelength_encoding
+from stellarfit.encoders._predict import PreparedSpectrum as PreparedSpectrum
+from stellarfit.encoders._predict import UnusableSpectrumError as UnusableSpectrumError
+from stellarfit.encoders._predict import predict as predict
+from stellarfit.encoders._predict import predict_tokens as predict_tokens
+from stellarfit.encoders._predict import prepare_pixels as prepare_pixels
+from stellarfit.encoders._simulate import SimulationSettings as SimulationSettings
+from stellarfit.encoders._simulate import TrainingBatch as TrainingBatch
+from stellarfit.encoders._simulate import TrainingSimulator as TrainingSimulator
+from stellarfit.encoders._training import TrainingSettings as TrainingSettings
+from stellarfit.encoders._training import gaussian_nll as gaussian_nll
+from stellarfit.encoders._training import train_encoder as train_encoder
+
+__all__ = [
+    "Encoder",
+    "EncoderConfig",
+    "EncoderFileError",
+    "PreparedSpectrum",
+    "SimulationSettings",
+    "SpectrumEncoder",
+    "TrainingBatch",
+    "TrainingSettings",
+    "TrainingSimulator",
+    "UnusableSpectrumError",
+    "gaussian_nll",
+    "load_encoder",
+    "patch_features",
+    "predict",
+    "predict_tokens",
+    "prepare_pixels",
+    "train_encoder",
+    "wavelength_encoding",
+]
