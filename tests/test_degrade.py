@@ -185,7 +185,9 @@ def test_clear_errors():
 @pytest.mark.parametrize("excess", [0.0, 1e-9, 5e-7])
 def test_forward_model_accepts_the_native_resolution(excess):
     observed = NATIVE[(NATIVE > 5100.0) & (NATIVE < 5400.0)]
-    flat = lambda labels, w: jnp.ones_like(w) * labels[0]
+    def flat(labels, w):
+        return jnp.ones_like(w) * labels[0]
+
     model = ForwardModel(flat, NATIVE, NATIVE_R, observed, NATIVE_R * (1.0 + excess), rv_range=(-50.0, 50.0))
     assert np.asarray(model.instrument_kernel).size == 1  # identity: on the native pixels, at the native R
     per_pixel = np.full(observed.size, NATIVE_R * (1.0 + excess))
