@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _provenance import provenance
 
 import stellarfit as sf
 from stellarfit.encoders import (
@@ -136,6 +137,7 @@ def main() -> None:
         sun = sf.read_spectrum(args.sun, resolution=115000, air=True)
         result["sun"] = {"file": os.path.basename(args.sun), "labels": {k: {"value": v, "error": e} for k, (v, e) in predict(encoder, sun).items()},
                          "reference": {"teff": 5771.0, "logg": 4.44, "fe_h": 0.0}}
+    result["provenance"] = provenance()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     for block in result["heldout"]:

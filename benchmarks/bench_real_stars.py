@@ -29,17 +29,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_LABELS = ("teff", "logg", "fe_h")
 BOX = {"teff": (4000.0, 7000.0), "logg": (1.0, 5.0), "fe_h": (-2.5, 0.5)}
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def fit(star: dict, real: Path, emulator: str, method: str, physics: str) -> dict:
@@ -160,9 +154,9 @@ def main(argv=None) -> int:
                         print(f"{name} {emulator} {method} physics={physics}: {brief} chi2r={row.get('reduced_chi2')} "
                               f"({row['seconds']:.0f} s)", flush=True)
     summary = summarize(rows, catalog)
-    revision = commit()
-    Path(args.out + ".json").write_text(json.dumps({"commit": revision, "date": time.strftime("%Y-%m-%d"), "rows": rows,
-                                                    "summary": summary}, indent=1))
+    record = provenance()
+    revision = record["commit"]
+    Path(args.out + ".json").write_text(json.dumps({"provenance": record, "rows": rows, "summary": summary}, indent=1))
     Path(args.out + ".md").write_text(markdown(rows, summary, revision))
     print(markdown(rows, summary, revision))
     return 0

@@ -169,6 +169,9 @@ def test_fit_stars_chooses_per_spectrum_and_batches_the_repolishes(cubic_fits):
 
 
 class _Stub:
+    diagnostics: dict = {}
+    flag_names: list = []
+
     def to_dict(self):
         return {"stub": True}
 

@@ -80,8 +80,8 @@ def test_the_physics_error_takes_missing_lines_out_of_the_labels():
     spectrum, physics = _star_with_missing_lines()
     options = dict(n_starts=2, adam_steps=100, rv_range=(-50.0, 50.0))
     plain = fit_star(spectrum, ToyEmulator(), **options)
-    weighted = fit_star(spectrum, _ToyWithPhysics(physics), **options)
-    ignored = fit_star(spectrum, _ToyWithPhysics(physics), physics_error=False, **options)
+    weighted = fit_star(spectrum, _ToyWithPhysics(physics), physics_error=True, **options)
+    ignored = fit_star(spectrum, _ToyWithPhysics(physics), **options)  # off unless asked for
     assert plain.diagnostics["physics_error"] is None and ignored.diagnostics["physics_error"] is None
     assert weighted.diagnostics["physics_error"]["stars"] == ["toy"]
     assert ignored.labels["fe_h"]["value"] == pytest.approx(plain.labels["fe_h"]["value"], abs=1e-4)

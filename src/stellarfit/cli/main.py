@@ -381,18 +381,16 @@ def _add_air_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_physics_error_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--physics-error", default="default", metavar="default|none|FILE",
-                        help="the physics error added to the noise: where the emulators' physics misses real stars, "
-                             "measured on benchmark stars (default: the one shipped emulators carry; none: off; "
-                             "FILE: one made by scripts/calibrate_physics_error.py)")
+    parser.add_argument("--physics-error", default="none", metavar="none|default|FILE",
+                        help="add a physics error to the noise: where the emulators' physics misses real stars, "
+                             "measured on benchmark stars (none: off, the default; default: the one shipped emulators "
+                             "carry; FILE: one made by scripts/calibrate_physics_error.py)")
 
 
 def _physics_error_option(emulator, text: str):
     """The emulator with --physics-error applied (usage error for a missing or bad file)."""
-    if text == "default":
+    if text in ("default", "none"):
         return emulator
-    if text == "none":
-        return emulator.with_physics_error(None)
     try:
         return emulator.with_physics_error(text)
     except (FileNotFoundError, ValueError, OSError) as error:
@@ -450,7 +448,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         sampler.update(z_transform)
         result = fit_star(spectrum, emulator, method=args.method, priors=priors, n_starts=args.starts, seed=args.seed,
                           init=_init_option(args.init), degrade=not args.no_degrade,
-                          continuum_degree=args.continuum_degree, **sampler)
+                          continuum_degree=args.continuum_degree, physics_error=args.physics_error != "none", **sampler)
     except (ObservationOutsideEmulatorError, KeyError) as error:
         raise UsageError(str(error)) from None
     _log_fit_warnings(result)
@@ -617,6 +615,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
                    "sample_with": args.sample_with, "continuum_degree": args.continuum_degree, **z_transform}
     if args.no_degrade:
         fit_options["degrade"] = False
+    if args.physics_error != "none":
+        fit_options["physics_error"] = True
     try:
         summary = fit_batch_files(args.inputs, emulator, out, method=args.method, format=args.format, resolution=args.resolution,
                                   snr=args.snr, air=args.air, backend=args.backend, retry_failed=args.retry_failed,

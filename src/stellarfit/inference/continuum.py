@@ -28,7 +28,8 @@ from stellarfit.forward import (
     continuum_design_matrix,
 )
 from stellarfit.inference.likelihood import FitProblem
-from stellarfit.inference.map import laplace_covariance, polish_map, polish_map_batch
+from stellarfit.inference import map as _map
+from stellarfit.inference.map import polish_map, polish_map_batch
 
 __all__ = ["AUTO_START_DEGREE", "MAX_REFITS", "choose_continuum", "start_degrees"]
 
@@ -127,7 +128,7 @@ def choose_continuum(problems: Sequence[FitProblem], results: Sequence, waveleng
                     continue
                 covariance = None
                 if first.covariance is not None:
-                    covariance = laplace_covariance(problem, result.theta)
+                    covariance = _map.laplace_covariance(problem, result.theta)
                 results[i] = dataclasses.replace(result, covariance=covariance, all_objectives=first.all_objectives)
                 problems[i] = problem
                 current[i] = chosen

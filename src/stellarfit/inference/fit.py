@@ -303,7 +303,7 @@ def fit_star(
     mass_matrix: str = "laplace-pooled",
     chain_method: str = "auto",
     emulator_error: bool = True,
-    physics_error: bool = True,
+    physics_error: bool = False,
     error_floor: bool = True,
     init="auto",
     polish_steps: int | None = None,
@@ -339,9 +339,11 @@ def fit_star(
             every pixel, so that errors and posteriors include the emulator's
             imperfection (The Payne's fits do the same with a model-error mask).
             ``crb`` stays the bound from the observational noise alone.
-        physics_error: when the emulator carries a physics error (``emulator.physics_error``:
+        physics_error: when True and the emulator carries a physics error (``emulator.physics_error``:
             where its physics misses real stars, measured on benchmark stars; shipped emulators
             carry one, see :mod:`stellarfit.emulators.physics_error`), add it to the noise too.
+            Off by default: on real stars it has not yet been shown to help
+            (docs/validation/real_stars.md).
         error_floor: when the emulator records error floors per label and for
             rv and vsini (``emulator.metadata["label_error_floor"]``, measured by
             injection tests on held-out realistic spectra; see docs/fitting.md), add
@@ -655,7 +657,7 @@ def fit_stars(
     progress: bool = False,
     errors: str = "raise",
     emulator_error: bool = True,
-    physics_error: bool = True,
+    physics_error: bool = False,
     error_floor: bool = True,
     method: str = "map",
     num_warmup: int = 500,
@@ -956,7 +958,7 @@ def modelled_pixels(spectrum, emulator, rv_range: tuple[float, float] = (-1000.0
 
 
 def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, continuum_degree, emulator_error=True,
-             physics_error=True, degrade=True, start: dict[str, float] | None = None) -> _Prepared:
+             physics_error=False, degrade=True, start: dict[str, float] | None = None) -> _Prepared:
     """Pixels (degraded to the emulator's R when sharper and ``degrade``), continuum design, RV search
     and the FitProblem of one spectrum.
 
