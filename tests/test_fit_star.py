@@ -271,7 +271,7 @@ def test_label_error_floor_added_in_quadrature(emulator):
     assert row["upper"] == pytest.approx(plain["value"] + np.hypot(plain["upper"] - plain["value"], 2.0))
 
 
-@pytest.mark.slow  # ~50 s: run by .ci/run's slow step
+@pytest.mark.slow  # ~2 min: run by .ci/run's slow step
 def test_fit_stars_nuts_samples_every_star_in_one_batch(emulator):
     """fit_stars(method="nuts"): the MAP batch, then all chains of all stars in one NumPyro program;
     each result carries its own draws, sampler diagnostics and intervals that cover its truth."""
@@ -280,10 +280,10 @@ def test_fit_stars_nuts_samples_every_star_in_one_batch(emulator):
     truths = ([0.4, 0.2, -0.3], [0.7, -0.1, 0.2])
     spectra = [observe(emulator, truth, rv, snr=200.0, seed=20 + i) for i, (truth, rv) in enumerate(zip(truths, [25.0, -70.0]))]
     options = dict(n_starts=4, adam_steps=150, rv_range=(-300.0, 300.0), vsini_max=20.0)
-    # 2 x 300 draws: with 2 x 150 the labels' R-hat was 1.15 on a fresh machine of 2026-11-27 (old code
-    # too: the toy emulator trained here and the chains differ in the last bits from CPU to CPU); 1.08 with 300
-    results = fit_stars(spectra, emulator, method="nuts", num_warmup=200, num_samples=300, num_chains=2, max_tree_depth=6,
-                        **options)
+    # the default warm-up (500) and 2 x 300 draws: with 200 warm-up steps the second star's chains gave 16-18
+    # divergent draws and R-hat 1.34 on one CPU (0 and 1.02 with 500; the toy emulator trained here and the
+    # chains differ in the last bits from CPU to CPU)
+    results = fit_stars(spectra, emulator, method="nuts", num_samples=300, num_chains=2, max_tree_depth=6, **options)
     for result, truth, rv in zip(results, truths, [25.0, -70.0]):
         assert result.method == "nuts" and result.samples.shape[:2] == (2, 300)
         d = result.diagnostics
