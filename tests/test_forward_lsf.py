@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import ndtr
+from scipy.special import erf, ndtr
 
 from _toy_emulator import ToyEmulator
 from stellarfit.forward import ForwardModel, ObservationOutsideEmulatorError, simulate_observation
@@ -22,15 +22,25 @@ def line_flux_numpy(wavelength):
     return 1.0 - np.sum(DEPTHS * np.exp(-0.5 * ((wavelength[:, None] - LINES) / WIDTHS) ** 2), axis=1)
 
 
+def line_flux_pixel_averaged(wavelength):
+    """The line list averaged over native pixels centred on ``wavelength`` (what an emulator's pixel holds)."""
+    half = 0.5 * wavelength[:, None] * np.log(NATIVE[1] / NATIVE[0])
+    scale = np.sqrt(2.0) * WIDTHS
+    mean = WIDTHS * np.sqrt(np.pi / 2) / (2 * half) * (erf((wavelength[:, None] + half - LINES) / scale)
+                                                       - erf((wavelength[:, None] - half - LINES) / scale))
+    return 1.0 - np.sum(DEPTHS * mean, axis=1)
+
+
 class LineEmulator:
-    """Toy emulator: the line list above on NATIVE, all depths scaled by labels[0].  The profiles are
-    computed in float64 (in float32, lambda - lambda_line is off by ~3e-4 A, 1e-3 of the line depth)."""
+    """Toy emulator: the line list above averaged over the pixels of NATIVE, all depths scaled by
+    labels[0].  The profiles are computed in float64 (in float32, lambda - lambda_line is off by ~3e-4 A,
+    1e-3 of the line depth)."""
 
     wavelength = NATIVE
     native_resolution = NATIVE_R
 
     def flux_fn(self, wavelength):
-        absorption = jnp.asarray(1.0 - line_flux_numpy(np.asarray(wavelength, np.float64)))
+        absorption = jnp.asarray(1.0 - line_flux_pixel_averaged(np.asarray(wavelength, np.float64)))
         return lambda labels: 1.0 - labels[0] * absorption
 
 
@@ -215,7 +225,7 @@ def test_sharper_than_emulator_per_pixel_names_the_wavelength():
 def test_simulate_observation_with_per_pixel_resolution():
     observed, resolution = two_overlapping_arms()
     arm = (np.arange(observed.size) > np.flatnonzero(np.diff(observed) < 0)[0]).astype(int)
-    native_flux = line_flux_numpy(NATIVE)
+    native_flux = line_flux_pixel_averaged(NATIVE)
     clean = simulate_observation(NATIVE, native_flux, NATIVE_R, observed, resolution, rv=-20.0, snr=None, arm=arm)
     assert clean.n_arms == 2 and np.array_equal(clean.resolution, resolution)
     reference = brute_force_observation(observed, resolution, -20.0)

@@ -21,6 +21,7 @@ from stellarfit.forward._broadening import cubic_interpolate as cubic_interpolat
 from stellarfit.forward._broadening import cubic_interpolate_between as cubic_interpolate_between
 from stellarfit.forward._broadening import doppler_factor as doppler_factor
 from stellarfit.forward._broadening import gaussian_kernel as gaussian_kernel
+from stellarfit.forward._broadening import instrument_kernel as instrument_kernel
 from stellarfit.forward._broadening import log_doppler_factor as log_doppler_factor
 from stellarfit.forward._broadening import rotation_kernel as rotation_kernel
 from stellarfit.forward._broadening import rotation_kernel_variance as rotation_kernel_variance
@@ -62,6 +63,7 @@ __all__ = [
     "cubic_interpolate_between",
     "doppler_factor",
     "gaussian_kernel",
+    "instrument_kernel",
     "log_doppler_factor",
     "profile_continuum",
     "continuum_chi2",

@@ -12,8 +12,10 @@ model flux at the observed pixels, in this order:
    sharper than the emulator (at any pixel, by more than 1e-6 relative) is an error here
    (the fits degrade such spectra to R_native first: stellarfit.inference._resolution);
    R_obs equal to R_native gives the identity kernel;
-4. the top-hat of an observed pixel when observed pixels are wider than native ones
-   (one width: the median observed pixel);
+4. the top-hat of an observed pixel (one width: the median observed pixel).  A native
+   flux is the spectrum averaged over its native pixel, as grids are made, so steps 3-4
+   are one band-limited kernel that divides the native pixel's top-hat out and applies
+   the observed one's (:func:`~stellarfit.forward._broadening.instrument_kernel`);
 5. the Doppler shift, a translation by ln D(rv) / (native log step) pixels (D the
    relativistic Doppler factor) evaluated with the interpolating quintic B-spline
    (``interpolation="spline"``, the default) or Keys cubic convolution
@@ -102,7 +104,6 @@ import numpy as np
 from stellarfit._precision import full_precision
 from stellarfit.forward._broadening import (
     _quintic_weights,
-    box_kernel,
     convolve_same,
     convolve_same_many,
     INTERPOLATIONS,
@@ -110,7 +111,7 @@ from stellarfit.forward._broadening import (
     cubic_interpolate,
     cubic_interpolate_between,
     doppler_factor,
-    gaussian_kernel,
+    instrument_kernel,
     log_doppler_factor,
     rotation_transfer,
     spline_interpolate,
@@ -182,7 +183,8 @@ def _anchor_lsf(resolution, native_resolution, velocity_step, pixel, anchor_step
     ln(sigma^2) (sigma = c / (2.3548 R), the LSF width in velocity), adjacent variances
     differing by at most ``anchor_step``; with ``ladder``, the rungs of the fixed ladder
     (ratio 1 + ``anchor_step``) that bracket them.  Each anchor kernel is the differential Gaussian
-    from the native R to the anchor's R, convolved with the observed-pixel top-hat ``pixel``.
+    from the native R to the anchor's R with the top-hat of an observed pixel ``pixel`` native
+    pixels wide (:func:`instrument_kernel`).
 
     Returns (kernels (K, k) float64, anchor R (K,), lower anchor index (n,) int,
     weight (n,) in [0, 1] of the upper anchor, linear in sigma^2).
@@ -204,9 +206,7 @@ def _anchor_lsf(resolution, native_resolution, velocity_step, pixel, anchor_step
     weight = np.clip((variance - anchors[lower]) / (anchors[lower + 1] - anchors[lower]), 0.0, 1.0)
     kernels = []
     for anchor in anchors:
-        lsf = gaussian_kernel(np.sqrt(max(anchor - native_variance, 0.0)) / velocity_step)
-        kernel = np.convolve(lsf, pixel)
-        kernels.append(kernel / kernel.sum())
+        kernels.append(instrument_kernel(np.sqrt(max(anchor - native_variance, 0.0)) / velocity_step, pixel))
     size = max(kernel.size for kernel in kernels)
     padded = np.zeros((n_anchors, size))
     for row, kernel in zip(padded, kernels):
@@ -299,7 +299,7 @@ class ForwardModel:
         self.vsini_max = float(vsini_max)
         self.limb_darkening = float(limb_darkening)
         observed_log_step = np.median(np.abs(np.diff(np.log(observed)))) if observed.size > 1 else 0.0
-        pixel = box_kernel(observed_log_step / self.log_step)
+        pixel = observed_log_step / self.log_step  # observed pixel width [native pixels]
 
         if per_pixel is None or per_pixel.max() / per_pixel.min() <= 1.0 + lsf_tolerance:
             # one LSF: the (median) resolving power; static kernel = differential LSF (x) observed-pixel top-hat
@@ -312,9 +312,8 @@ class ForwardModel:
             sigma_velocity = SPEED_OF_LIGHT_KMS * FWHM_TO_SIGMA * np.sqrt(
                 max(1.0 / resolution**2 - 1.0 / native_resolution**2, 0.0)
             )
-            lsf = gaussian_kernel(sigma_velocity / self.velocity_step)
-            instrument = np.convolve(lsf, pixel)
-            self.instrument_kernel = jnp.asarray(instrument / instrument.sum())
+            instrument = instrument_kernel(sigma_velocity / self.velocity_step, pixel)
+            self.instrument_kernel = jnp.asarray(instrument)
             self._anchor_lower = self._anchor_weight = None
             kernel_size = instrument.size
         else:
