@@ -25,34 +25,55 @@ Steps (each a library piece that can be used alone):
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from stellarfit.forward import AUTO_DEGREE, check_continuum_degree, continuum_design_matrix
-from stellarfit.inference._mismatch import chi2_mismatch
-from stellarfit.inference._resolution import degrade_for_emulator
-from stellarfit.inference.continuum import choose_continuum, fixed_info, start_degrees
-from stellarfit.inference.fisher import cramer_rao_from_fisher
-from stellarfit.inference._model_cache import forward_model_for
-from stellarfit.inference.likelihood import FitProblem, GaussianPrior
-from stellarfit.inference.map import (
-    box_centre,
-    covariance_is_proper,
-    default_starts,
-    estimate_rv,
-    fit_map,
-    gauss_newton_covariance,
-    polish_map,
-    polish_map_batch,
-)
+from stellarfit.forward import check_continuum_degree
+from stellarfit.inference.continuum import start_degrees
+from stellarfit.inference._model_cache import forward_model_for  # noqa: F401 - re-exported
+from stellarfit.inference.likelihood import GaussianPrior
+from stellarfit.inference.map import default_starts, fit_map, polish_map, polish_map_batch
 from stellarfit.results.fitfile import FLAGS, FitResult, _finite_or_none, _json_safe  # noqa: F401 - re-exported
+# the fit modules' names, importable from here as before the split
+from stellarfit.inference._fast_path import (  # noqa: F401
+    _FAST_PATH_CACHE,
+    EDGE_Z,
+    FAST_PATH_POLISH_SPACE,
+    INIT_POLISH_STEPS,
+    SAMPLE_WITH,
+    _FastPath,
+    _init_values,
+    _mode_search_start,
+    _polish_space,
+    _resolve_init,
+    _resolve_sample_with,
+    _start_vector,
+    _Surrogate,
+    _surrogate_map,
+    fast_path_emulator,
+    recentred_posterior,
+)
+from stellarfit.inference._fit_finish import (  # noqa: F401
+    _continuum_and_model,
+    _finish,
+    _full_model_jacobian,
+    _gauss_newton_from_jacobian,
+    _hold_vsini_near_zero,
+)
+from stellarfit.inference._fit_prepare import (  # noqa: F401
+    _choose_continuum,
+    _observed_error_modes,
+    _prepare,
+    _Prepared,
+    _template_continuum,
+    _with_emulator_error,
+    modelled_pixels,
+)
 
 #: phase timings of fit_stars' batches (INFO): logging.getLogger("stellarfit").setLevel("INFO")
 _log = logging.getLogger(__name__)
@@ -61,8 +82,6 @@ __all__ = ["FitResult", "fit_star", "fit_stars", "forward_model_for", "modelled_
 
 #: fitting methods of :func:`fit_star`
 METHODS = ("map", "nuts", "blackjax")
-#: which emulator NUTS samples with (:func:`fit_star`'s ``sample_with``)
-SAMPLE_WITH = ("auto", "self", "fast")
 #: the NUTS methods' default map from z to the boxes (fit_star's z_transform; FitProblem.with_transform)
 NUTS_Z_TRANSFORM = "logit"
 
@@ -72,27 +91,6 @@ def _check_z_transform(z_transform: str) -> None:
 
     if z_transform not in TRANSFORMS:
         raise ValueError(f"z_transform must be one of {TRANSFORMS}, got {z_transform!r}")
-
-
-@jax.jit
-def _continuum_and_model(problem: FitProblem, theta):
-    coefficients, continuum, _, _ = problem.continuum_fit(theta)
-    return coefficients, continuum * problem.model_normalized(theta)
-
-
-@jax.jit
-def _full_model_jacobian(problem: FitProblem, parameters):
-    """d(model flux)/d(theta, continuum coefficients), (n_obs, p + k).
-
-    The continuum multiplies the normalized model, so its columns are the design times the model
-    and only theta's p tangents go through the emulator (not p + k, of which k would be zeros)."""
-    n_theta = problem.n_parameters
-    theta, coefficients = parameters[:n_theta], parameters[n_theta:]
-    model, tangents = jax.vmap(lambda v: jax.jvp(problem.model_normalized, (theta,), (v,)), out_axes=(None, 1))(
-        jnp.eye(n_theta, dtype=theta.dtype))
-    continuum = problem.design @ coefficients
-    return jnp.concatenate([continuum[:, None] * tangents, problem.design * model[:, None]], axis=1)
-
 
 def fit_star(
     spectrum,
@@ -253,204 +251,6 @@ def fit_star(
                                                    curvature=_finite_curvature(getattr(result, "curvature", None)))
     return _finish(prepared, result, method, emulator, start_time, n_starts=n_starts if start_values is None else 1,
                    seed=seed, sampling=sampling, error_floor=error_floor, init_info=init_info)
-
-
-def _resolve_sample_with(sample_with: str, emulator, method: str):
-    """sample_with -> the fast path (_FastPath) to sample with, or None for the emulator itself."""
-    if sample_with not in SAMPLE_WITH:
-        raise ValueError(f"sample_with must be one of {SAMPLE_WITH}, got {sample_with!r}")
-    if method == "map" or sample_with == "self":
-        return None
-    fast = fast_path_emulator(emulator)
-    if sample_with == "fast":
-        if fast is None:
-            raise ValueError("sample_with='fast': this emulator names no fast path (emulator.metadata['fast_path']); "
-                             "use sample_with='self'")
-    elif fast is None or getattr(emulator, "model_type", None) != "transformer_payne":
-        return None  # "auto": the fast path on any backend (on an H200, ~10 s per star batched against minutes)
-    return _FastPath(emulator.metadata["fast_path"], fast)
-
-
-@dataclasses.dataclass
-class _Surrogate:
-    """The fast path's problem and MAP, and the two densities' modes in z (:func:`recentred_posterior`)."""
-
-    name: str
-    problem: FitProblem
-    map: Any  # MapResult
-    mode: np.ndarray  # (p,) z-mode of the fast path's density
-    target_mode: np.ndarray  # (p,) z-mode of the emulator's density
-
-
-#: |z| beyond which a label's MAP counts as pressed against its box edge (theta within ~0.25% of the
-#: box width from it), where the emulator's z-mode search starts at the fast path's mode instead
-EDGE_Z = 6.0
-
-
-def _mode_search_start(problem: FitProblem, theta: np.ndarray, fast_mode: np.ndarray) -> np.ndarray | None:
-    """Where the emulator's z-mode search starts: a label at a box edge has its MAP's z far in the
-    sigmoid's tail (clipped to -+8), while its mode in z is about one posterior width inside the box,
-    so such labels (|z| > EDGE_Z) start at the fast path's mode, the others at the MAP's z; None
-    (start at the MAP) where that is not finite."""
-    z_map = np.asarray(problem.to_unconstrained(jnp.asarray(theta, jnp.float32)), np.float64)
-    start = np.where(np.abs(z_map) > EDGE_Z, np.asarray(fast_mode, np.float64), np.clip(z_map, -8.0, 8.0))
-    return start if np.all(np.isfinite(start)) else None
-
-
-def _surrogate_map(spectrum, surrogate: _FastPath, prepared: _Prepared, theta: np.ndarray, options: dict,
-                   z_transform: str = "logit", curvature: np.ndarray | None = None) -> _Surrogate:
-    """The fast path's FitProblem on the same spectrum and boxes as ``prepared`` (its RV box is
-    centred on the same rv), its MAP polished from ``theta`` (the emulator's MAP), and the modes in
-    z of both densities (Gauss-Newton, :func:`~stellarfit.inference.nuts.unconstrained_laplace`).
-    ``curvature``: the emulator's data curvature from its MAP's polish (``MapResult.curvature``),
-    where its mode search starts instead of taking a Jacobian."""
-    from stellarfit.inference.nuts import unconstrained_laplace
-
-    problem = prepared.problem
-    theta = np.asarray(theta, dtype=np.float64)
-    start = dict(zip(problem.names, theta.tolist()))
-    start["rv"] = prepared.rv0  # the same RV box, so that z means the same in both problems
-    # the design of the emulator's fit (the degree continuum_degree="auto" chose)
-    fast_problem = _prepare(spectrum, surrogate.emulator, start=start, **{**options, "continuum_degree": prepared.degree}).problem
-    fast_map = polish_map(fast_problem, np.clip(theta, fast_problem.lower, fast_problem.upper), max_steps=20,
-                          space=FAST_PATH_POLISH_SPACE)
-    if not np.all(np.isfinite(fast_map.theta)):
-        raise RuntimeError(f"the fast path {surrogate.name!r} found no MAP near the emulator's; use sample_with='self'")
-    # the modes in the coordinates the chains sample (z_transform), where the draws are moved
-    fast_problem = fast_problem.with_transform(z_transform)
-    fast_mode = unconstrained_laplace(fast_problem, fast_map.theta, gauss_newton=True).mode
-    target_problem = problem.with_transform(z_transform)
-    target_mode = unconstrained_laplace(target_problem, theta, gauss_newton=True, curvature=curvature,
-                                        start=_mode_search_start(target_problem, theta, fast_mode)).mode
-    if not (np.all(np.isfinite(fast_mode)) and np.all(np.isfinite(target_mode))):
-        raise RuntimeError("the modes of the densities in z are not finite; use sample_with='self'")
-    return _Surrogate(surrogate.name, fast_problem, fast_map, fast_mode, target_mode)
-
-
-def recentred_posterior(problem: FitProblem, samples: np.ndarray, source_mode: np.ndarray, target_mode: np.ndarray) -> np.ndarray:
-    """Draws of one posterior moved to another's mode in the unconstrained coordinates:
-    z -> z + target_mode - source_mode.
-
-    ``samples`` (..., p): physical draws of ``problem``'s posterior (e.g. a fast path's);
-    ``source_mode`` and ``target_mode`` (p,): the modes in z (the coordinates of ``problem``:
-    the sigmoid of each box) of that density and of the one to move to.  In z a parameter
-    pressed against a box edge has an interior mode, so shifted draws stay inside the boxes and
-    a posterior squeezed against an edge stays squeezed.  Exact when the two log densities
-    differ by a linear term in z near the mode; otherwise the draws keep the sampled posterior's
-    shape (widths, correlations, skew) around the target's mode.
-    """
-    samples = np.asarray(samples, dtype=np.float64)
-    shift = np.asarray(target_mode, np.float64) - np.asarray(source_mode, np.float64)
-    if shift.shape != (samples.shape[-1],) or not np.all(np.isfinite(shift)):
-        raise ValueError(f"source_mode and target_mode must be finite with shape ({samples.shape[-1]},)")
-    flat = samples.reshape(-1, samples.shape[-1])
-    z = np.asarray(jax.vmap(problem.to_unconstrained)(jnp.asarray(flat, jnp.float32)), np.float64) + shift
-    moved = np.asarray(jax.vmap(problem.to_theta)(jnp.asarray(z, jnp.float32)), np.float64)
-    return moved.reshape(samples.shape)
-
-
-#: most Levenberg-Marquardt iterations of a MAP started from ``init`` (a close start: it usually
-#: stops after 4-7, see :func:`~stellarfit.inference.polish_map`).  The TransformerPayne from
-#: ``default-fast``'s MAP needed up to 18 on held-out stars (benchmarks/bench_edge_labels.py): 8,
-#: the limit until 2026-11-27, left 2 of 8 stars 27 and 48 nats of -log posterior short (logg
-#: 0.16 dex off on one)
-INIT_POLISH_STEPS = 20
-
-
-@dataclasses.dataclass
-class _FastPath:
-    name: str
-    emulator: Any
-
-
-_FAST_PATH_CACHE: dict[str, Any] = {}
-
-
-def fast_path_emulator(emulator):
-    """The emulator's fast path (``emulator.metadata["fast_path"]``: a shipped name or a directory),
-    loaded once per process (so its compiled fits are reused), or None when it names none."""
-    name = (getattr(emulator, "metadata", {}) or {}).get("fast_path")
-    if not name:
-        return None
-    # the fast path sees the emulator's physics error (one copy per physics error, so that its
-    # compiled forward models are reused from fit to fit)
-    physics = getattr(emulator, "physics_error", None)
-    cached = _FAST_PATH_CACHE.get(name)
-    if cached is None or cached.physics_error is not physics:
-        from stellarfit.emulators import load_emulator
-
-        try:
-            fast = load_emulator(name)
-        except (FileNotFoundError, KeyError, ValueError) as error:
-            raise ValueError(f"the emulator's fast path {name!r} cannot be loaded ({error}); pass init=None to fit "
-                             "without it") from None
-        if list(fast.label_names) != list(emulator.label_names):
-            raise ValueError(f"the fast path {name!r} has labels {fast.label_names}, the emulator {emulator.label_names}")
-        _FAST_PATH_CACHE[name] = fast.with_physics_error(physics)
-    return _FAST_PATH_CACHE[name]
-
-
-#: the coordinates of a MAP polish that starts from another emulator's MAP (the fast path's, or the
-#: emulator's own for the fast path): "unit", where labels whose MAP is at a box edge reach it in a
-#: step or two; a start given by the user polishes in z, which copes better with distant starts
-#: (:func:`~stellarfit.inference.map.polish_map`; docs/fitting.md)
-FAST_PATH_POLISH_SPACE = "unit"
-
-
-def _polish_space(init_info: dict) -> str:
-    """polish_map's ``space`` for a start of this source (``diagnostics["init"]``)."""
-    return FAST_PATH_POLISH_SPACE if str(init_info.get("source", "")).startswith("fast path") else "z"
-
-
-def _resolve_init(init, emulator):
-    """init argument -> (None | FitResult | Mapping | array | _FastPath, diagnostics dict)."""
-    if isinstance(init, str):
-        if init not in ("auto", "fast"):
-            raise ValueError(f"init must be None, 'auto', 'fast', a FitResult, a mapping or an array; got {init!r}")
-        fast = fast_path_emulator(emulator)
-        if fast is None:
-            if init == "fast":
-                raise ValueError("init='fast': this emulator names no fast path (emulator.metadata['fast_path']); "
-                                 "use init=None (multi-start) or a previous fit")
-            return None, {"source": "multi-start"}
-        name = emulator.metadata["fast_path"]
-        return _FastPath(name, fast), {"source": f"fast path {name}"}
-    if init is None:
-        return None, {"source": "multi-start"}
-    return init, {"source": "given"}
-
-
-def _init_values(init, spec) -> dict[str, float] | None:
-    """A start as name -> value (labels, and rv / vsini when known), validated against ``spec``."""
-    if init is None:
-        return None
-    names = list(spec.names) + ["rv", "vsini"]
-    if isinstance(init, FitResult):
-        values = {name: row.get("map", row["value"]) for name, row in init.labels.items()}
-    elif isinstance(init, Mapping):
-        values = dict(init)
-    else:
-        array = np.asarray(init, dtype=np.float64)
-        if array.ndim != 1 or array.size != len(names):
-            raise ValueError(f"init as an array needs {len(names)} values ({names}), got shape {array.shape}")
-        values = dict(zip(names, array))
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"init has unknown parameters {unknown}; the parameters are {names}")
-    values = {name: float(value) for name, value in values.items()}
-    bad = [name for name, value in values.items() if not np.isfinite(value)]
-    if bad:
-        raise ValueError(f"init has non-finite values for {bad}")
-    return values
-
-
-def _start_vector(problem: FitProblem, values: dict[str, float], rv0: float) -> np.ndarray:
-    """(p,) start in problem order: given values, box centres for missing labels, rv0, vsini 5 km/s."""
-    spec = problem.label_spec
-    centre = box_centre(spec)
-    start = [values.get(name, centre[i]) for i, name in enumerate(spec.names)]
-    start += [rv0, values.get("vsini", 5.0)]
-    return np.clip(np.asarray(start, dtype=np.float64), problem.lower, problem.upper)
 
 
 def fit_stars(
@@ -700,384 +500,3 @@ def _progress_bar(total: int, description: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=description, unit="spec", disable=not enabled)
-
-
-@dataclasses.dataclass
-class _Prepared:
-    spectrum: Any
-    problem: FitProblem
-    rv0: float
-    wavelength: np.ndarray
-    flux: np.ndarray
-    ivar: np.ndarray
-    physics_error: dict | None = None  # what PhysicsError.describe() says of the one in the noise, if any
-    degraded: dict | None = None  # degrade_for_emulator's record, when the spectrum was degraded
-    arms: np.ndarray | None = None
-    degree: Any = 2  # the design's continuum degree: an int for every arm or a tuple per arm
-    continuum: dict | None = None  # diagnostics["continuum"]
-
-
-def _choose_continuum(items: list[_Prepared], results: list, continuum_degree, errors: str = "raise") -> list:
-    """For ``continuum_degree="auto"``: each item's problem, degree and ``continuum`` diagnostics set to
-    the evidence's choice at its MAP, and the MAPs (re-polished where the degree changed); otherwise
-    ``results`` as they are (:func:`~stellarfit.inference.continuum.choose_continuum`).  With
-    ``errors="collect"`` a batch whose choice fails is redone item by item, and an item whose choice
-    fails keeps its first MAP and degree (said in its diagnostics)."""
-    if continuum_degree != AUTO_DEGREE:
-        return results
-    try:
-        problems, results, infos = choose_continuum([item.problem for item in items], results,
-                                                    [item.wavelength for item in items], [item.arms for item in items],
-                                                    [item.degree for item in items])
-    except Exception as error:  # noqa: BLE001 - recorded per spectrum on request
-        if errors == "raise":
-            raise
-        if len(items) > 1:
-            return [_choose_continuum([item], [result], continuum_degree, errors)[0] for item, result in zip(items, results)]
-        items[0].continuum = {**fixed_info(items[0].degree), "chosen_by": f"fixed (the evidence's choice failed: {error})"}
-        return results
-    for item, problem, info in zip(items, problems, infos):
-        item.problem, item.continuum = problem, info
-        if "degrees" in info:
-            item.degree = tuple(info["degrees"]) if len(info["degrees"]) > 1 else int(info["degrees"][0])
-    return results
-
-
-def modelled_pixels(spectrum, emulator, rv_range: tuple[float, float] = (-1000.0, 1000.0)):
-    """``spectrum`` cut to the pixels the emulator can reach at some RV in ``rv_range``:
-    rest wavelengths inside the emulator's native range (the rest carry no information for it).
-
-    What ``fit_star`` and ``fit_stars`` fit, and what their FitResult holds.  Spectra on one
-    wavelength lattice with different first and last pixels (BOSS coadds, LAMOST: log10 steps
-    of 1e-4 from per-spectrum starts) become the same pixels after the cut, so they share one
-    forward model and its compiled programs (docs/fitting.md, "Spectra on one wavelength
-    lattice").  A spectrum with fewer than two such pixels is returned whole, for the forward
-    model to report it as outside the emulator.
-    """
-    if not hasattr(spectrum, "select"):
-        return spectrum
-    from stellarfit.forward import doppler_factor
-
-    native = np.asarray(emulator.wavelength, dtype=np.float64)
-    rv_min, rv_max = (float(v) for v in rv_range)
-    lower = native[0] * float(doppler_factor(rv_min)) * (1.0 - 1e-9)
-    upper = native[-1] * float(doppler_factor(rv_max)) * (1.0 + 1e-9)
-    wavelength = np.asarray(spectrum.wavelength, dtype=np.float64)
-    keep = (wavelength >= lower) & (wavelength <= upper)
-    if keep.all() or keep.sum() < 2:
-        return spectrum
-    return spectrum.select(lower, upper)
-
-
-def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, continuum_degree, emulator_error=True,
-             physics_error=False, degrade=True, start: dict[str, float] | None = None) -> _Prepared:
-    """Pixels (degraded to the emulator's R when sharper and ``degrade``), continuum design, RV search
-    and the FitProblem of one spectrum.
-
-    ``start`` (name -> value, from ``init``): its rv replaces the RV search and its labels the
-    box-centre template that puts the emulator's error into flux units."""
-    spectrum = modelled_pixels(spectrum, emulator, rv_range)
-    spectrum, degraded = degrade_for_emulator(spectrum, emulator) if degrade else (spectrum, None)
-    resolution = spectrum.require_resolution() if hasattr(spectrum, "require_resolution") else spectrum.resolution
-    wavelength = np.asarray(spectrum.wavelength, dtype=np.float64)
-    good = ~np.asarray(spectrum.mask) & (np.asarray(spectrum.ivar) > 0)
-    ivar = np.where(good, spectrum.ivar, 0.0)
-    flux = np.where(good, spectrum.flux, 0.0)
-    arms = np.asarray(getattr(spectrum, "arm", np.zeros(wavelength.size, dtype=int)))
-    degree = start_degrees(continuum_degree)
-    design = continuum_design_matrix(wavelength, arms, list(degree) if isinstance(degree, tuple) else degree)
-    spec = emulator.label_spec
-    centre = box_centre(spec)
-    # one forward model over the whole RV range (cached per pixel grid): the fit's RV box around
-    # the search result is data of the FitProblem, so nothing recompiles from star to star
-    model = forward_model_for(emulator, wavelength, resolution, rv_range=tuple(rv_range), vsini_max=vsini_max)
-    if start is not None:
-        centre = np.clip([start.get(name, centre[i]) for i, name in enumerate(spec.names)], spec.lower, spec.upper)
-    if start is not None and "rv" in start:
-        if not model.rv_range[0] <= start["rv"] <= model.rv_range[1]:
-            raise ValueError(f"init rv {start['rv']:g} km/s is outside rv_range {tuple(rv_range)}")
-        rv0 = start["rv"]
-    else:
-        rv0, _, _ = estimate_rv(model, centre, flux, ivar, design)
-    low = max(rv0 - rv_window, model.rv_range[0])
-    high = min(rv0 + rv_window, model.rv_range[1])
-    fit_ivar, error_basis = ivar, None
-    pixel_error = getattr(emulator, "pixel_error", None) if emulator_error else None
-    error_modes = getattr(emulator, "error_modes", None) if emulator_error else None
-    physics = getattr(emulator, "physics_error", None) if physics_error else None
-    if pixel_error is not None or error_modes is not None or physics is not None:
-        template_continuum = _template_continuum(model, centre, rv0, flux, ivar, design)
-        if pixel_error is not None or physics is not None:
-            fit_ivar = _with_emulator_error(model, emulator, rv0, ivar, pixel_error, template_continuum, physics)
-        if error_modes is not None:
-            error_basis = _observed_error_modes(model, error_modes, rv0, template_continuum)
-    problem = FitProblem(model, spec, flux, fit_ivar, design, priors=priors, vsini_max=vsini_max, rv_range=(low, high),
-                         error_basis=error_basis)
-    return _Prepared(spectrum, problem, float(rv0), wavelength, flux, np.where(np.asarray(problem.ivar) > 0, ivar, 0.0),
-                     None if physics is None else physics.describe(), degraded,
-                     arms=arms, degree=degree, continuum=fixed_info(degree))
-
-
-def _template_continuum(model, template_labels, rv, flux, ivar, design) -> np.ndarray:
-    """The continuum (n_obs,) of the RV-search template fit (a few per cent off at most: enough
-    to put the emulator's error, a fraction of normalized flux, into flux units)."""
-    from stellarfit.forward import profile_continuum
-
-    template = model(jnp.asarray(template_labels, jnp.float32), rv, 0.0)
-    good = np.where(model.covered, ivar, 0.0)
-    _, continuum, _, _ = profile_continuum(template, jnp.asarray(flux, jnp.float32), jnp.asarray(good, jnp.float32),
-                                           jnp.asarray(design, jnp.float32))
-    return np.asarray(continuum, np.float64)
-
-
-def _with_emulator_error(model, emulator, rv, ivar, pixel_error, continuum, physics=None) -> np.ndarray:
-    """ivar with the emulator's own error and the physics error added to the noise:
-    1 / (1/ivar + C^2 (sigma_emu^2 + sigma_phys^2)).
-
-    sigma_emu is the emulator's per-pixel error (normalized flux; None: 0) and sigma_phys the
-    physics error (:class:`~stellarfit.emulators.physics_error.PhysicsError`; None: 0), moved to
-    the observed frame at the RV-search velocity; C is the template continuum (:func:`_template_continuum`).
-    """
-    from stellarfit.forward import doppler_factor
-
-    rest = model.observed_wavelength / float(doppler_factor(rv))
-    variance = np.zeros(rest.shape)
-    if pixel_error is not None:
-        variance += np.interp(rest, emulator.wavelength, np.asarray(pixel_error, np.float64)) ** 2
-    if physics is not None:
-        variance += physics.at(rest) ** 2
-    variance *= continuum**2
-    with np.errstate(divide="ignore"):
-        return np.where(ivar > 0, 1.0 / (1.0 / np.where(ivar > 0, ivar, 1.0) + variance), 0.0)
-
-
-def _observed_error_modes(model, error_modes, rv, continuum) -> np.ndarray:
-    """The emulator's error modes (n_modes, n_native) seen through the observation: broadened by
-    the instrument (no rotation), shifted to the RV-search velocity, resampled to the observed
-    pixels and multiplied by the template continuum; (n_obs, n_modes)."""
-    native = jnp.asarray(np.asarray(error_modes, np.float32)[:, model.native_slice])
-    observed = jax.vmap(lambda mode: model.shift_to_observed(model.broaden(mode, 0.0), rv))(native)
-    return (np.asarray(observed, np.float64) * continuum[None, :]).T
-
-
-def _hold_vsini_near_zero(covariance, theta, index):
-    """``covariance`` with the other parameters conditioned on vsini (held at its value) when vsini's
-    standard deviation exceeds vsini itself, i.e. its posterior reaches 0.
-
-    Near vsini = 0 the model changes as vsini^2: a linearization at a small vsini sees a direction that
-    mimics line-width changes of the labels over a range of vsini the posterior does not have (it stops
-    at 0), and inflates their errors. The Cramér-Rao bounds of a planned observation hold vsini fixed
-    below 3 km/s for the same reason (:func:`~stellarfit.inference.crb.cramer_rao`). vsini keeps its own
-    variance; its covariances with the rest become 0.
-    """
-    if index is None or covariance is None:
-        return covariance
-    covariance = np.asarray(covariance, dtype=np.float64)
-    variance = covariance[index, index]
-    if not (np.isfinite(variance) and variance > 0 and np.sqrt(variance) > theta[index]):
-        return covariance
-    others = np.arange(covariance.shape[0]) != index
-    column = covariance[others, index]
-    column = np.where(np.isfinite(column), column, 0.0)
-    held = covariance.copy()
-    held[np.ix_(others, others)] = covariance[np.ix_(others, others)] - np.outer(column, column) / variance
-    held[others, index] = 0.0
-    held[index, others] = 0.0
-    return held
-
-
-def _gauss_newton_from_jacobian(problem: FitProblem, jacobian: np.ndarray, names, prior_sigma, scales) -> np.ndarray:
-    """The Gauss-Newton covariance of theta, J^T W J with the fit's weights W (noise plus emulator
-    pixel error) from the Jacobian in theta and the continuum coefficients that the Cramér-Rao bounds
-    use, the continuum marginalized and the priors added; an unconstrained direction gets NaN.
-
-    The same matrix as :func:`stellarfit.inference.map.gauss_newton_covariance` (which profiles
-    the continuum out of the residuals: for a continuum linear in its coefficients that is the
-    same Schur complement) for a problem without error modes, with no further program to compile.
-    """
-    fit_weights = np.asarray(problem.ivar, dtype=np.float64)
-    bound = cramer_rao_from_fisher(jacobian.T @ (jacobian * fit_weights[:, None]), names,
-                                   prior_sigma=prior_sigma, scales=scales)
-    n_theta = problem.n_parameters
-    covariance = np.array(bound.covariance[:n_theta, :n_theta])
-    covariance[np.isinf(bound.sigma[:n_theta]), :] = np.nan
-    return covariance
-
-
-def _finish(prepared: _Prepared, result, method: str, emulator, start_time: float, *, n_starts: int, seed: int,
-            sampling: dict | None, error_floor: bool = True, draws=None, init_info: dict | None = None) -> FitResult:
-    """Cramér-Rao bounds, optional NUTS, flags and the FitResult from a MAP result."""
-    problem = prepared.problem
-    spec = problem.label_spec
-    flux, ivar, wavelength, rv0 = prepared.flux, prepared.ivar, prepared.wavelength, prepared.rv0
-    spectrum = prepared.spectrum
-    theta = result.theta
-    theta_jax = jnp.asarray(theta, jnp.float32)
-    coefficients, model_flux = (np.asarray(v, dtype=np.float64) for v in _continuum_and_model(problem, theta_jax))
-
-    # Cramér-Rao bounds at the MAP, continuum coefficients as nuisance parameters
-    jacobian = np.asarray(_full_model_jacobian(problem, jnp.concatenate([theta_jax, jnp.asarray(coefficients, jnp.float32)])),
-                          dtype=np.float64)
-    fisher = jacobian.T @ (jacobian * ivar[:, None])
-    names = list(problem.names) + [f"continuum_{i}" for i in range(coefficients.size)]
-    prior_sigma = problem.prior_sigmas() + [None] * coefficients.size
-    scales = np.concatenate([problem.box_widths(), np.maximum(np.abs(coefficients), 1e-30)])
-    crb = cramer_rao_from_fisher(fisher, names, prior_sigma=prior_sigma, scales=scales)
-    laplace = "hessian"
-
-    def gauss_newton() -> np.ndarray:
-        if problem.error_basis is not None:  # error modes are not in W: the residuals hold them
-            return gauss_newton_covariance(problem, theta)
-        return _gauss_newton_from_jacobian(problem, jacobian, names, prior_sigma, scales)
-
-    if result.covariance is None and problem.error_basis is not None:  # error modes: the full Hessian
-        from stellarfit.inference.map import laplace_covariance
-
-        result = dataclasses.replace(result, covariance=laplace_covariance(problem, theta))
-    elif result.covariance is None:
-        # a MAP polished from an init (polish_map) has no Hessian: the Laplace covariance is the
-        # Gauss-Newton one (exact for a model linear near the MAP; it omits the residual-weighted
-        # curvature, small when the fit is good)
-        result = dataclasses.replace(result, covariance=gauss_newton())
-        laplace = "gauss-newton"
-    elif not covariance_is_proper(result.covariance, problem.box_widths()):
-        # a MAP pressed against a box edge (or an [alpha/Fe]-relative abundance against the interval
-        # its reference leaves it) is no stationary point: the Hessian there can be indefinite, and
-        # its inverse gave negative variances, which read as errors of 0; J^T W J cannot
-        result = dataclasses.replace(result, covariance=gauss_newton())
-        laplace = "gauss-newton-indefinite-hessian"
-    # a vsini consistent with 0 is far from Gaussian (the model changes as vsini^2): hold it at the MAP
-    # for the other parameters' errors and bounds instead of letting its linearized coupling inflate them
-    vsini_index = problem.names.index("vsini") if "vsini" in problem.names else None
-    result = dataclasses.replace(result, covariance=_hold_vsini_near_zero(result.covariance, theta, vsini_index))
-    crb_sigma = np.array(crb.sigma, dtype=np.float64)
-    if vsini_index is not None and np.isfinite(crb_sigma[vsini_index]) and crb_sigma[vsini_index] > 0:
-        constrained = np.isfinite(crb.sigma) & (crb.sigma > 0)
-        held = _hold_vsini_near_zero(np.where(np.outer(constrained, constrained), crb.covariance, 0.0),
-                                     np.concatenate([theta, coefficients]), vsini_index)
-        crb_sigma = np.where(constrained, np.sqrt(np.clip(np.diag(held), 0.0, None)), crb_sigma)
-    sigma = result.sigma
-    labels = {}
-    for i, name in enumerate(problem.names):
-        error = float(sigma[i]) if np.isfinite(sigma[i]) else float("nan")
-        labels[name] = {
-            "value": float(theta[i]), "error": error, "lower": float(theta[i] - error), "upper": float(theta[i] + error),
-            "map": float(theta[i]), "crb": float(crb_sigma[i]),
-        }
-    samples = None
-    covariance = result.covariance
-    sampler_diagnostics: dict = {}
-    if method != "map":
-        from stellarfit.inference.nuts import sample_blackjax, sample_numpyro, summarize_samples
-
-        options = dict(sampling)
-        chain_method = options.pop("chain_method")
-        z_transform = options.pop("z_transform", "logit")
-        sampling_problem = problem.with_continuum("marginalize").with_transform(z_transform)
-        surrogate = options.pop("surrogate", None)
-        num_chains, num_samples = options["num_chains"], options["num_samples"]
-        start_theta, start_covariance = theta, result.covariance
-        if surrogate is not None:  # sample the fast path's posterior, then move it to this MAP
-            sampling_problem = surrogate.problem.with_continuum("marginalize")
-            start_theta, start_covariance = surrogate.map.theta, None
-        if draws is not None:  # sampled already, in a batch of stars (fit_stars)
-            pass
-        elif method == "nuts":
-            draws = sample_numpyro(sampling_problem, start_theta, start_covariance, chain_method=chain_method, **options)
-        else:
-            draws = sample_blackjax(sampling_problem, start_theta, start_covariance, chain_method=chain_method, **options)
-        if surrogate is not None:
-            draws = dataclasses.replace(draws, samples=recentred_posterior(surrogate.problem, draws.samples,
-                                                                           surrogate.mode, surrogate.target_mode))
-            posterior_info = {
-                "sampled_with": surrogate.name, "recentred_on": "mode in z", "z_transform": z_transform,
-                "shift_z": dict(zip(problem.names, map(float, surrogate.target_mode - surrogate.mode))),
-                "sampled_map": dict(zip(problem.names, map(float, surrogate.map.theta))),
-            }
-        else:
-            posterior_info = {"sampled_with": "self", "z_transform": z_transform}
-        samples = draws.samples
-        covariance = np.cov(samples.reshape(-1, samples.shape[-1]), rowvar=False)
-        for name, row in summarize_samples(samples, problem.names).items():
-            labels[name].update(value=row["value"], error=row["error"], lower=row["lower"], upper=row["upper"])
-        sampler_diagnostics = dict(draws.diagnostics)
-        sampler_diagnostics["posterior"] = posterior_info
-        ess = min(sampler_diagnostics["ess_bulk"].values())
-        sampler_diagnostics["gradient_evaluations_per_effective_sample"] = sampler_diagnostics["gradient_evaluations_per_ess"]
-        sampler_warning = (
-            max(sampler_diagnostics["r_hat"].values()) > 1.05 or not np.isfinite(ess) or ess < 100
-            or sampler_diagnostics["divergences"] > 0.01 * num_chains * num_samples
-        )
-    floors = (getattr(emulator, "metadata", {}) or {}).get("label_error_floor") if error_floor else None
-    for name, floor in (floors or {}).items():
-        # a parameter held fixed (error 0, e.g. vsini with vsini_max=0) gets no floor
-        if name in labels and floor and np.isfinite(labels[name]["error"]) and labels[name]["error"] > 0:
-            row = labels[name]
-            statistical = row["error"]
-            row["error_statistical"] = statistical
-            row["error"] = float(np.hypot(statistical, floor))
-            row["lower"] = float(row["value"] - np.hypot(row["value"] - row["lower"], floor))
-            row["upper"] = float(row["value"] + np.hypot(row["upper"] - row["value"], floor))
-            if name == "vsini":  # a floor widens the interval, but vsini stays >= 0
-                row["lower"] = max(row["lower"], 0.0)
-    n_pixels = problem.n_good
-    dof = max(n_pixels - theta.size - coefficients.size, 1)
-    snr = float(np.median((np.abs(flux) * np.sqrt(ivar))[ivar > 0]))
-    flags = 0
-    # label boxes, and the +-h interval of a label bounded relative to another (the grid's edge too)
-    near_edge = problem.near_edges(theta)
-    if np.any(near_edge[: len(spec)]):
-        flags |= FLAGS["grid_edge"]
-    if near_edge[len(spec)]:
-        flags |= FLAGS["rv_edge"]
-    if snr < 10:
-        flags |= FLAGS["low_snr"]
-    if result.chi2 / dof > 3:
-        flags |= FLAGS["high_chi2"]
-    if not np.all(np.isfinite(theta)):
-        flags |= FLAGS["fit_failed"]
-    if not result.converged:
-        flags |= FLAGS["not_converged"]
-    if method != "map" and sampler_warning:
-        flags |= FLAGS["sampler_warning"]
-    factor = (prepared.degraded or {}).get("ivar_correlation_factor", 1.0)
-    mismatch = chi2_mismatch(result.chi2, dof, problem.ivar, ivar, factor)
-    flags |= FLAGS["model_mismatch"] if mismatch.pop("model_mismatch") else 0
-    flags |= FLAGS["degraded_to_emulator_resolution"] if prepared.degraded else 0
-    return FitResult(
-        method=method,
-        labels=labels,
-        chi2=result.chi2,
-        reduced_chi2=result.chi2 / dof,
-        snr=snr,
-        n_pixels=n_pixels,
-        flags=flags,
-        diagnostics={
-            "rv_search": float(rv0),
-            "n_starts": int(n_starts),
-            "start_objectives": [float(v) for v in result.all_objectives],
-            "converged": bool(result.converged),
-            "crb_unconstrained": list(crb.unconstrained),
-            "fisher_condition_number": crb.condition_number,
-            "seed": seed,
-            "init": init_info or {"source": "multi-start"},
-            "laplace": laplace,
-            "map_iterations": result.iterations,
-            "map_jacobians": result.jacobians,
-            "physics_error": prepared.physics_error,
-            # NaN/inf pixels the reader masked (ObservedSpectrum.from_arrays); catalogs copy it
-            "n_nonfinite_masked": int(spectrum.metadata.get("n_nonfinite_masked", 0)),
-            **mismatch, **({"degraded": prepared.degraded} if prepared.degraded else {}),
-            "continuum": prepared.continuum or fixed_info(prepared.degree),
-            **{("sampler_" + k if k in ("seed", "elapsed_s") else k): v for k, v in sampler_diagnostics.items()},
-        },
-        wavelength=wavelength,
-        flux=np.asarray(spectrum.flux, dtype=np.float64),
-        ivar=ivar,
-        model_flux=model_flux,
-        covariance=covariance,
-        emulator=str(emulator.metadata.get("name", type(emulator).__name__)),
-        elapsed_s=time.perf_counter() - start_time,
-        samples=samples,
-        sample_stats=None if method == "map" else draws.sample_stats,
-    )
