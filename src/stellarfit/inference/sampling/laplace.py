@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stellarfit.inference.likelihood import FitProblem
-from stellarfit.inference.map import _gauss_newton_hessian_scaled
+from stellarfit.inference._covariance import _gauss_newton_hessian_scaled
 
 __all__ = ["UnconstrainedLaplace", "initial_positions", "laplace_inverse_mass_matrix", "unconstrained_laplace"]
 
