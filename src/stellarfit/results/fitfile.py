@@ -67,7 +67,7 @@ FLAGS = {"grid_edge": 1, "fit_failed": 2, "low_snr": 4, "high_chi2": 8, "not_con
 
 @dataclasses.dataclass
 class FitResult:
-    """Result of :func:`~stellarfit.inference.fit_star` for one spectrum.
+    """Result of :func:`fit_star` for one spectrum.
 
     ``labels`` maps each parameter (labels, then rv and vsini) to a dict with
     ``value``, ``error``, ``lower``, ``upper``, ``map`` and ``crb``; for MAP fits
