@@ -502,6 +502,7 @@ def _cmd_crb(args: argparse.Namespace) -> int:
               f"{result.wavelength[0]:.2f}-{result.wavelength[-1]:.2f} A" + (f"; report {args.out}" if args.out else ""))
     return 0
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stellarfit", description="Stellar parameters from spectra with neural emulators.")
     parser.add_argument("--version", action="version", version=f"stellarfit {_version()}")

@@ -92,6 +92,7 @@ def _check_z_transform(z_transform: str) -> None:
     if z_transform not in TRANSFORMS:
         raise ValueError(f"z_transform must be one of {TRANSFORMS}, got {z_transform!r}")
 
+
 def fit_star(
     spectrum,
     emulator,
