@@ -417,18 +417,17 @@ def shutdown_pools() -> None:
 atexit.register(shutdown_pools)
 
 
-#: what ``python -m stellarfit._workers --check`` imports when no module is named
+#: what ``python -m stellarfit._workers --check`` imports
 _CHECK_MODULE = "stellarfit.inference"
 
 
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["--check"]:
-        # what a worker needs must import (by default the fitting code; a module named after --check instead):
-        # imported by name, as this low-level module imports nothing of the package at its level or above
+        # what a worker needs must import; by name, as this generic pool sits below the fitting code and
+        # imports none of it
         import importlib
 
-        for module in argv[1:] or [_CHECK_MODULE]:
-            importlib.import_module(module)
+        importlib.import_module(_CHECK_MODULE)
         print("stellarfit worker: imports fine")
         return 0
     address, core = argv[0], int(argv[1])
