@@ -530,6 +530,7 @@ def test_adaptation_windows_follow_stan_and_reach_both_samplers(monkeypatch):
     from numpyro.infer import hmc_util
 
     from stellarfit.inference import nuts as nuts_module
+    from stellarfit.inference.sampling import schedule
 
     for n in (10, 19, 20, 100, 149, 150, 151, 300, 500, 1000):
         stan = nuts_module.adaptation_windows(n, "laplace-windows")
@@ -544,7 +545,7 @@ def test_adaptation_windows_follow_stan_and_reach_both_samplers(monkeypatch):
 
     # both samplers build their warm-up from it (a num_warmup no other test uses, so the programs are traced afresh)
     original, numpyro_original, calls = nuts_module.adaptation_windows, hmc_util.build_adaptation_schedule, []
-    monkeypatch.setattr(nuts_module, "adaptation_windows", lambda n, m="laplace": calls.append((n, m)) or original(n, m))
+    monkeypatch.setattr(schedule, "adaptation_windows", lambda n, m="laplace": calls.append((n, m)) or original(n, m))
     profiled, marginalized = make_problem(snr=200.0, seed=5)
     covariance = laplace_covariance(profiled, TRUTH)
     for sampler, mass_matrix in ((sample_numpyro, "laplace"), (sample_blackjax, "laplace-windows"),
@@ -586,15 +587,15 @@ def test_pooled_phases_and_metric():
 
 
 def test_first_phase_depth_caps_only_the_pooled_schedule(monkeypatch):
-    from stellarfit.inference import nuts as nuts_module
+    from stellarfit.inference.sampling import schedule
     from stellarfit.inference.nuts import first_phase_depth
 
-    monkeypatch.setattr(nuts_module, "_FIRST_PHASE_DEPTH", 5)
+    monkeypatch.setattr(schedule, "_FIRST_PHASE_DEPTH", 5)
     assert first_phase_depth(500, "laplace-pooled", 8) == 5
     assert first_phase_depth(500, "laplace-pooled", 3) == 3  # never above max_tree_depth
     assert first_phase_depth(19, "laplace-pooled", 8) is None  # too short to pool: no first phase
     assert first_phase_depth(500, "laplace-fixed", 8) is None and first_phase_depth(500, "laplace", 8) is None
-    monkeypatch.setattr(nuts_module, "_FIRST_PHASE_DEPTH", None)
+    monkeypatch.setattr(schedule, "_FIRST_PHASE_DEPTH", None)
     assert first_phase_depth(500, "laplace-pooled", 8) == 8
 
 
@@ -605,11 +606,12 @@ def test_pooled_schedule_estimates_one_metric_from_all_chains(sampler, monkeypat
     phase's trajectories are capped at 2^cap - 1 leapfrog steps (here cap 1: single steps), the rest of
     the warm-up and the draws run to max_tree_depth."""
     from stellarfit.inference import nuts as nuts_module
+    from stellarfit.inference.sampling import schedule
 
-    monkeypatch.setattr(nuts_module, "_FIRST_PHASE_DEPTH", 1)
+    monkeypatch.setattr(schedule, "_FIRST_PHASE_DEPTH", 1)
     seen = []
     original = nuts_module.pooled_inverse_mass
-    monkeypatch.setattr(nuts_module, "pooled_inverse_mass", lambda w, v: seen.append((np.array(w), original(w, v))) or seen[-1][1])
+    monkeypatch.setattr(schedule, "pooled_inverse_mass", lambda w, v: seen.append((np.array(w), original(w, v))) or seen[-1][1])
     profiled, marginalized = make_problem(snr=200.0, seed=6)
     covariance = laplace_covariance(profiled, TRUTH)
     result = sampler(marginalized, TRUTH, covariance, num_warmup=60, num_samples=40, num_chains=3, seed=1,

@@ -102,6 +102,7 @@ def test_z_laplace_keeps_the_last_finite_curvature_and_reports_none(problem, pay
     tail, say) leave the approximation at the last finite point; with none finite the covariance is NaN
     and the chain starts fall back to the MAP (a batch on the GPU once failed here, in eigh)."""
     from stellarfit.inference import nuts
+    from stellarfit.inference.sampling import laplace
 
     theta = _theta(payne_map)
     real, calls = nuts._log_density_and_derivatives, []
@@ -111,13 +112,13 @@ def test_z_laplace_keeps_the_last_finite_curvature_and_reports_none(problem, pay
         calls.append(np.asarray(z, np.float64))
         return value, gradient, hessian * (jnp.nan if len(calls) > after else 1.0)
 
-    monkeypatch.setattr(nuts, "_log_density_and_derivatives", flaky)
+    monkeypatch.setattr(laplace, "_log_density_and_derivatives", flaky)
     kept = unconstrained_laplace(problem, theta)
     assert len(calls) >= 2, "the first Newton step was not taken: the test does not reach the non-finite curvature"
     assert not kept.converged and np.all(np.isfinite(kept.covariance))
     np.testing.assert_array_equal(kept.mode, calls[0])  # the start, where the curvature was finite
     assert np.all(np.linalg.eigvalsh(kept.covariance) > 0)
-    monkeypatch.setattr(nuts, "_log_density_and_derivatives", lambda problem, z: flaky(problem, z, after=-1))
+    monkeypatch.setattr(laplace, "_log_density_and_derivatives", lambda problem, z: flaky(problem, z, after=-1))
     none = unconstrained_laplace(problem, theta)
     assert np.all(np.isnan(none.covariance)) and not none.converged
     start = nuts._prepare(problem, theta, None, 2, "laplace", 1.0, 0)

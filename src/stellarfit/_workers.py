@@ -417,10 +417,17 @@ def shutdown_pools() -> None:
 atexit.register(shutdown_pools)
 
 
+#: what ``python -m stellarfit._workers --check`` imports
+_CHECK_MODULE = "stellarfit.inference"
+
+
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["--check"]:
-        import stellarfit.inference  # noqa: F401 - what a worker needs must import
+        # what a worker needs must import; by name, as this generic pool sits below the fitting code and
+        # imports none of it
+        import importlib
 
+        importlib.import_module(_CHECK_MODULE)
         print("stellarfit worker: imports fine")
         return 0
     address, core = argv[0], int(argv[1])

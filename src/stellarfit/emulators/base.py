@@ -493,6 +493,8 @@ class Emulator:
 
     def save(self, path: str, *, overwrite: bool = False) -> None:
         """Write the emulator to directory ``path`` (see :func:`stellarfit.emulators.save_emulator`)."""
+        # deferred, and the one import circle the package allows (tests/test_import_graph.py): the checkpoint
+        # module builds on this class and imports the model types it reads
         from stellarfit.emulators.checkpoint import save_emulator
 
         save_emulator(self, path, overwrite=overwrite)
@@ -500,6 +502,8 @@ class Emulator:
     @classmethod
     def load(cls, path: str, *, label_spec: LabelSpec | None = None) -> "Emulator":
         """Read an emulator directory written by :meth:`save`; checks the model type."""
+        # deferred, and the one import circle the package allows (tests/test_import_graph.py): the checkpoint
+        # module builds on this class and imports the model types it reads
         from stellarfit.emulators.checkpoint import read_emulator
 
         emulator = read_emulator(path, label_spec=label_spec)

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from stellarfit.grids._grid import (
+from stellarfit.grids._format import (
     GridFailures,
     SCHEMA_VERSION,
     _default_file_mode,

@@ -22,15 +22,13 @@ no compilation.
 
 from __future__ import annotations
 
-import collections
-import tempfile
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-#: parent side: id(emulator) -> (emulator, key, files) of recently sent emulators
-_PAYLOADS: "collections.OrderedDict[int, tuple[Any, str, dict]]" = collections.OrderedDict()
+from stellarfit.inference._shipping import _emulator_files, load_emulator_files
+
 #: worker side: pickled label specs -> one LabelSpec object (the compiled programs are keyed on its identity)
 _SPECS: dict[bytes, Any] = {}
 
@@ -61,33 +59,6 @@ def n_workers(num_chains: int) -> int:
     return max(1, min(num_chains, len(_workers.usable_cores())))
 
 
-def _emulator_files(emulator) -> tuple[str, dict[str, bytes]]:
-    cached = _PAYLOADS.get(id(emulator))
-    if cached is not None and cached[0] is emulator:
-        _PAYLOADS.move_to_end(id(emulator))
-        return cached[1], cached[2]
-    from stellarfit.inference.batch import _checkpoint_digest
-
-    with tempfile.TemporaryDirectory(prefix="stellarfit-emulator-") as directory:
-        emulator.save(directory, overwrite=True)
-        files = {path.name: path.read_bytes() for path in sorted(Path(directory).iterdir()) if path.is_file()}
-    key = "emulator-" + _checkpoint_digest(files)
-    _PAYLOADS[id(emulator)] = (emulator, key, files)
-    while len(_PAYLOADS) > 2:
-        _PAYLOADS.popitem(last=False)
-    return key, files
-
-
-def load_emulator_files(files: dict[str, bytes]):
-    """Worker side: an emulator from its checkpoint files' bytes."""
-    from stellarfit.emulators import load_emulator
-
-    with tempfile.TemporaryDirectory(prefix="stellarfit-emulator-") as directory:
-        for name, data in files.items():
-            Path(directory, name).write_bytes(data)
-        return load_emulator(directory)  # reads every array into memory: the files can go
-
-
 def _label_spec(emulator, spec):
     if spec == emulator.label_spec:
         return emulator.label_spec
@@ -101,7 +72,7 @@ def _problem_in_worker(emulator_key: str, source: tuple, children: tuple, static
     import jax.numpy as jnp
 
     from stellarfit import _workers
-    from stellarfit.inference.fit import forward_model_for
+    from stellarfit.inference._model_cache import forward_model_for
     from stellarfit.inference.likelihood import FitProblem, _Identity
 
     emulator = _workers.shared(emulator_key)
@@ -112,26 +83,24 @@ def _problem_in_worker(emulator_key: str, source: tuple, children: tuple, static
     return FitProblem.tree_unflatten((model, _Identity(_label_spec(emulator, spec)), *rest), children)
 
 
-def run_chains_in_worker(sampler: str, emulator_key: str, source: tuple, children: tuple, static: tuple,
+def run_chains_in_worker(chains: Callable, emulator_key: str, source: tuple, children: tuple, static: tuple,
                          arrays: tuple, options: Any):
-    """Worker side: the chains of ``arrays`` (keys, starts, whitening, mass matrix), as numpy outputs."""
+    """Worker side: ``chains(problem, keys, w_init, center, factor, inverse_mass, options)`` (the sampler's
+    chains one after another) for the chains of ``arrays``, as numpy outputs."""
     import jax
-
-    from stellarfit.inference import nuts
 
     problem = _problem_in_worker(emulator_key, source, children, static)
     keys, *rest = (jax.numpy.asarray(a) for a in arrays)
-    if sampler == "numpyro":
-        outputs = nuts._numpyro_chains(problem, keys, *rest, options=options, chain_method="sequential")
-    else:
-        outputs = nuts._blackjax_chains(problem, keys, *rest, **{**options, "chain_method": "sequential"})
+    outputs = chains(problem, keys, *rest, options)
     return jax.tree.map(np.asarray, jax.device_get(outputs))
 
 
-def run_chains(sampler: str, problem, keys, w_init, center, factor, inverse_mass, options):
+def run_chains(chains: Callable, problem, keys, w_init, center, factor, inverse_mass, options):
     """Parent side: the chains dealt out to pinned worker processes, outputs joined along the chain axis.
 
-    ``options``: the sampler's static settings (``_NumpyroOptions`` or the BlackJAX keyword dict).
+    ``chains``: the sampler's worker-side function (module level, so that it travels by name), called
+    there as ``chains(problem, keys, w_init, center, factor, inverse_mass, options)``; ``options``: the
+    sampler's static settings (``_NumpyroOptions`` or the BlackJAX keyword dict).
     """
     import jax
 
@@ -149,7 +118,7 @@ def run_chains(sampler: str, problem, keys, w_init, center, factor, inverse_mass
     # one chain per task: the pool gives each task to the next free worker (greedy scheduling)
     shares = [np.array([chain]) for chain in range(num_chains)]
     pool = _workers.get_pool(workers)
-    calls = [(sampler, key, (wavelength, resolution, model_options), children, static,
+    calls = [(chains, key, (wavelength, resolution, model_options), children, static,
               (keys[part], w_init[part], center, factor, inverse_mass), options) for part in shares]
     outputs = pool.map(run_chains_in_worker, calls, shared={key: (load_emulator_files, (files,))})
     return jax.tree.map(lambda *parts: np.concatenate(parts, axis=0), *outputs)

@@ -1,4 +1,5 @@
-"""Fit files: one :class:`~stellarfit.inference.FitResult` in a FITS file (no pickle).
+"""Fit results and fit files: :class:`FitResult` (the result of one fit, its flag bits and
+summaries) and its FITS file (no pickle).
 
 Everything needed to rebuild the result (and its report) is stored as plain
 arrays and JSON, so the file can be read by any FITS reader:
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FIT_FILE_KIND", "FIT_FILE_SCHEMA", "FitFileError", "is_fit_file", "read_fit", "read_fit_metadata", "write_fit"]
+__all__ = ["FLAGS", "FitResult", "FIT_FILE_KIND", "FIT_FILE_SCHEMA", "FitFileError", "is_fit_file", "read_fit", "read_fit_metadata", "write_fit"]
 
 #: value of the primary-header keyword ``SFKIND`` of a fit file
 FIT_FILE_KIND = "FITRESULT"
@@ -55,6 +56,140 @@ _SPECTRUM_COLUMNS = {"wavelength": "WAVELENGTH", "flux": "FLUX", "ivar": "IVAR",
 
 class FitFileError(ValueError):
     """A file that is not a readable stellarfit fit file (foreign, corrupt, truncated or newer)."""
+
+
+# -- the result ----------------------------------------------------------------------
+
+#: flag name -> bit
+FLAGS = {"grid_edge": 1, "fit_failed": 2, "low_snr": 4, "high_chi2": 8, "not_converged": 16, "rv_edge": 32, "sampler_warning": 64,
+         "degraded_to_emulator_resolution": 128, "model_mismatch": 256}
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Result of :func:`fit_star` for one spectrum.
+
+    ``labels`` maps each parameter (labels, then rv and vsini) to a dict with
+    ``value``, ``error``, ``lower``, ``upper``, ``map`` and ``crb``; for MAP fits
+    value = map, error = the Laplace sigma and lower/upper = value -/+ error.
+    For NUTS fits value = the posterior median, lower/upper = the 16th/84th
+    percentiles, error = half their difference, and ``samples`` holds the
+    draws (n_chains, n_draws, p) in physical units, parameters in ``labels``
+    order; ``covariance`` is then the sample covariance.  ``chi2`` and
+    ``model_flux`` are at the MAP for every method.
+    """
+
+    method: str
+    labels: dict[str, dict[str, float]]
+    chi2: float
+    reduced_chi2: float
+    snr: float
+    n_pixels: int
+    flags: int
+    diagnostics: dict[str, Any]
+    wavelength: np.ndarray
+    flux: np.ndarray
+    ivar: np.ndarray
+    model_flux: np.ndarray
+    covariance: np.ndarray
+    emulator: str = ""
+    elapsed_s: float = 0.0
+    samples: np.ndarray | None = None
+    sample_stats: dict[str, np.ndarray] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.labels)
+
+    def to_arviz(self):
+        """The posterior as an ArviZ ``DataTree`` (``arviz_base.from_dict``): one variable per
+        parameter with dims (chain, draw), plus ``sample_stats`` when the sampler recorded them.
+
+        Raises ValueError for fits without samples (``method="map"``).
+        """
+        if self.samples is None:
+            raise ValueError(f"this {self.method!r} fit has no posterior samples; fit with method='nuts' or 'blackjax'")
+        from arviz_base import from_dict
+
+        posterior = {name: np.asarray(self.samples[:, :, i]) for i, name in enumerate(self.names)}
+        data = {"posterior": posterior}
+        if self.sample_stats:
+            data["sample_stats"] = {key: np.asarray(value) for key, value in self.sample_stats.items()}
+        return from_dict(data, attrs={"/": {"method": self.method, "emulator": self.emulator}})
+
+    @property
+    def flag_names(self) -> list[str]:
+        return [name for name, bit in FLAGS.items() if self.flags & bit]
+
+    def value(self, name: str) -> float:
+        return self.labels[name]["value"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (the CLI's ``--json`` document)."""
+        from stellarfit import __version__
+
+        return {
+            "method": self.method,
+            "labels": {k: {kk: _finite_or_none(vv) for kk, vv in v.items()} for k, v in self.labels.items() if k not in ("rv", "vsini")},
+            "rv": {k: _finite_or_none(v) for k, v in self.labels["rv"].items()},
+            "vsini": {k: _finite_or_none(v) for k, v in self.labels["vsini"].items()},
+            "chi2": self.chi2,
+            "reduced_chi2": self.reduced_chi2,
+            "snr": self.snr,
+            "n_pixels": self.n_pixels,
+            "flags": self.flags,
+            "flag_names": self.flag_names,
+            "diagnostics": _json_safe(self.diagnostics),
+            "emulator": self.emulator,
+            "elapsed_s": self.elapsed_s,
+            "stellarfit_version": __version__,
+        }
+
+    def summary(self) -> str:
+        """A human-readable table."""
+        lines = [f"{'parameter':<10} {'value':>12} {'error':>10} {'CRB':>10}"]
+        for name, row in self.labels.items():
+            lines.append(f"{name:<10} {row['value']:>12.4f} {row['error']:>10.4f} {row['crb']:>10.4f}")
+        lines.append(f"chi2 = {self.chi2:.1f} over {self.n_pixels} pixels (reduced {self.reduced_chi2:.3f}), S/N = {self.snr:.1f}")
+        lines.append(f"flags = {self.flags} {self.flag_names}")
+        return "\n".join(lines)
+
+    def write(self, path) -> None:
+        """Write :meth:`to_dict` as JSON."""
+        with open(path, "w") as handle:
+            json.dump(self.to_dict(), handle, indent=2)
+
+    def save(self, path, *, overwrite: bool = True, metadata: dict | None = None):
+        """Save the whole result (arrays, samples, diagnostics) to a FITS fit file, no pickle
+        (:func:`stellarfit.results.fitfile.write_fit`; ``metadata``: optional JSON-able facts such as
+        ``{"source": "star.fits"}``); :meth:`load` reads it back."""
+        return write_fit(self, path, overwrite=overwrite, metadata=metadata)
+
+    @classmethod
+    def load(cls, path) -> "FitResult":
+        """Read a fit file written by :meth:`save` (:func:`stellarfit.results.fitfile.read_fit`);
+        raises ``FitFileError`` (a ValueError) for foreign or damaged files."""
+        return read_fit(path)
+
+
+def _json_safe(value):
+    """Nested dicts/lists with NaN and infinities replaced by None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 # -- JSON with non-finite floats -----------------------------------------------------
@@ -227,7 +362,7 @@ def read_fit_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return dict(metadata) if isinstance(metadata, dict) else {}
 
 
-def read_fit(path: str | os.PathLike):
+def read_fit(path: str | os.PathLike) -> FitResult:
     """Read a fit file written by :func:`write_fit` back into a :class:`~stellarfit.inference.FitResult`.
 
     Raises:
@@ -235,8 +370,6 @@ def read_fit(path: str | os.PathLike):
         FitFileError: not a FITS file, a FITS file that is not a stellarfit fit file, a newer
             format version, or missing/inconsistent parts (truncated or edited file).
     """
-    from stellarfit.inference.fit import FitResult
-
     document, arrays, covariance, samples, sample_stats = _read(path)
     names, labels = document.get("names"), document.get("labels")
     if (not isinstance(names, list) or not isinstance(labels, dict) or list(labels) != names

