@@ -2,7 +2,7 @@
 
 The emulator's normalized flux is 1 - sum_j (w_j . theta) g_j(lambda): Gaussian lines at the
 native resolution (in velocity, sigma_nat = c FWHM_TO_SIGMA / R_native) whose depths are linear in
-the labels.  Seen at R_obs at velocity rv, each line is still a Gaussian, of width
+the labels, averaged over each native pixel (what an emulator's pixel holds).  Seen at R_obs at velocity rv, each line is still a Gaussian, of width
 sigma_obs = c FWHM_TO_SIGMA / R_obs (the differential LSF adds in quadrature), depth scaled by
 sigma_nat / sigma_obs (its area is kept), centred at ln(mu_j) + ln D(rv); each observed pixel then
 averages it over its width (a top-hat of one pixel, an erf difference).
@@ -53,7 +53,9 @@ class LinearToyEmulator:
     metadata = {"name": "linear-toy"}
 
     def flux_fn(self, wavelength):
-        lines = jnp.asarray(WEIGHTS.T @ _profiles(wavelength, SIGMA_NATIVE), jnp.float32)  # (3, n)
+        # an emulator's pixel holds the spectrum averaged over that native pixel (as grids are made)
+        native_pixel = C * np.log(NATIVE[1] / NATIVE[0])
+        lines = jnp.asarray(WEIGHTS.T @ _profiles(wavelength, SIGMA_NATIVE, pixel=native_pixel), jnp.float32)  # (3, n)
         return lambda labels: 1.0 - labels @ lines
 
 

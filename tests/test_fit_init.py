@@ -209,13 +209,14 @@ def test_cli_init_fast_needs_a_fast_path(capsys):
 
 def test_the_kept_curvature_learns_along_its_steps_from_far_away(payne, spectrum, multi_start):
     """From a start 8x as far as in the test above (~9,000 nats above the MAP), plain
-    Levenberg-Marquardt does not converge in 20 iterations; the chord polish, whose kept curvature
-    gets a BFGS correction after every accepted step (CHORD_SECANT), converges within them and ends
-    at least as high.  Without the correction it ran out of its 20 iterations too (6 Jacobians,
-    0.17 nats below plain)."""
+    Levenberg-Marquardt needs a Jacobian per iteration (19 of its 20 on the example star); the chord
+    polish, whose kept curvature gets a BFGS correction after every accepted step (CHORD_SECANT),
+    converges within the 20 iterations on a quarter of the Jacobians and ends at least as high
+    (measured: 17 iterations, 5 Jacobians; plain 19 and 19).  Without the correction it ran out of its
+    20 iterations (6 Jacobians, 0.17 nats below plain) on the earlier example file."""
     plain, chord, sigma = _polish_from_afar(payne, spectrum, multi_start, 8.0)
-    assert not plain.converged
+    assert plain.jacobians == plain.iterations >= 15
     assert chord.converged and chord.iterations < 20
-    assert chord.jacobians < chord.iterations
+    assert chord.jacobians <= plain.jacobians / 2
     assert chord.log_posterior > plain.log_posterior - 0.05
     assert np.max(np.abs(chord.theta - plain.theta) / sigma) < 0.35
