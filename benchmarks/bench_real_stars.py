@@ -67,7 +67,14 @@ def row_of(star: dict, emulator: str, method: str, physics: str, outcome: dict) 
     row["offset_sigma"] = {k: row["offset"][k] / float(np.hypot(labels[k]["error"], star.get("errors", {}).get(k, 0.0)))
                            for k in MAIN_LABELS}
     row["reduced_chi2"] = document.get("reduced_chi2")
-    row["flags"] = document.get("flags")
+    row["flags"] = document.get("flag_names", document.get("flags"))
+    row["snr"] = document.get("snr")
+    # the model mismatch as an RMS of the continuum, and the reduced chi2 it would give at S/N 150
+    # (noise and mismatch add in quadrature): the real files' own S/N is 300-1500 per native pixel
+    if row["reduced_chi2"] is not None and row["snr"]:
+        mismatch = float(np.sqrt(max(row["reduced_chi2"] - 1.0, 0.0))) / float(row["snr"])
+        row["mismatch_rms"] = mismatch
+        row["reduced_chi2_at_snr150"] = 1.0 + (150.0 * mismatch) ** 2
     row["vsini"] = document.get("vsini", {}).get("value")
     row["notes"] = outcome.get("stderr", [])
     return row
@@ -95,7 +102,7 @@ def summarize(rows: list[dict], stars: dict) -> list[dict]:
 def markdown(rows: list[dict], summary: list[dict], revision: str) -> str:
     lines = [f"Real benchmark stars (commit {revision[:10]}): fitted - literature; in brackets the offset in "
              "reported errors (literature errors added in quadrature).", "",
-             "| star | emulator | method | physics error | Teff | logg | [Fe/H] | reduced chi2 | flags | s |",
+             "| star | emulator | method | physics error | Teff | logg | [Fe/H] | reduced chi2 (at S/N 150) | flags | s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -105,7 +112,7 @@ def markdown(rows: list[dict], summary: list[dict], revision: str) -> str:
                  f"{r['offset_sigma'][k]:+.1f} sigma)" for k in MAIN_LABELS]
         flags = ", ".join(r["flags"]) if isinstance(r["flags"], list) else str(r["flags"])
         lines.append(f"| {r['star']} | {r['emulator']} | {r['method']} | {r['physics_error']} | " + " | ".join(cells)
-                     + f" | {r['reduced_chi2']:.2f} | {flags} | {r['seconds']:.0f} |")
+                     + f" | {r['reduced_chi2']:.2f} ({r.get('reduced_chi2_at_snr150', float('nan')):.2f}) | {flags} | {r['seconds']:.0f} |")
     lines += ["", "FGK stars inside the label box with [Fe/H] > -1:", "",
               "| emulator | method | physics error | stars | median abs dTeff | dlogg | d[Fe/H] | all offsets within 3 errors |",
               "|---|---|---|---|---|---|---|---|"]

@@ -25,8 +25,11 @@ from stellarfit.synth.linelist import (
     VDW_LOG_GAMMA6,
     VDW_UNSOLD,
     LineList,
+    SHIPPED_LINELISTS,
     LineListFormatError,
     load_default_linelist,
+    load_shipped_linelist,
+    shipped_linelist_covering,
     read_turbospectrum_linelist,
     write_turbospectrum_linelist,
 )
@@ -366,3 +369,28 @@ def test_full_ges_list() -> None:
     assert np.count_nonzero(li6) == 2 and np.all(ll.isotope[li6] == 6)
     shipped = load_default_linelist()
     assert ll.select(4950.0, 5550.0, air=True).compact().equals(shipped)
+
+
+@pytest.mark.parametrize("key", list(SHIPPED_LINELISTS))
+def test_every_shipped_subset_reads_and_covers_its_window(key) -> None:
+    linelist = load_shipped_linelist(*key)
+    assert linelist.wavelength_air.min() >= key[0] and linelist.wavelength_air.max() <= key[1]
+    window = SHIPPED_LINELISTS[key][1]
+    inside = linelist.select(*window)  # vacuum window
+    assert len(inside) > 3000
+    assert shipped_linelist_covering(window[0] - 45.0, window[1] + 45.0) == key
+    assert load_shipped_linelist(*key) is linelist  # cached
+
+
+def test_shipped_subsets_hold_the_lines_the_windows_are_for() -> None:
+    red = load_shipped_linelist(6250.0, 6850.0)
+    rvs = load_shipped_linelist(8400.0, 8800.0)
+    # Ca II infrared triplet (air 8498.02, 8542.09, 8662.14 A) and the Fe I 6302.49 A line
+    ca2 = rvs.wavelength_air[(rvs.atomic_number == 20) & (rvs.ion == 2)]
+    for centre in (8498.02, 8542.09, 8662.14):
+        assert np.min(np.abs(ca2 - centre)) < 0.01
+    fe1 = red.wavelength_air[(red.atomic_number == 26) & (red.ion == 1)]
+    assert np.min(np.abs(fe1 - 6302.49)) < 0.01
+    assert shipped_linelist_covering(5990.0, 6100.0) is None
+    with pytest.raises(ValueError, match="no shipped line list"):
+        load_shipped_linelist(6000.0, 6100.0)

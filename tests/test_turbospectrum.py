@@ -9,6 +9,7 @@ from scipy.signal import find_peaks
 
 from stellarfit.synth import turbospectrum as ts
 from stellarfit.synth.abundances import atomic_number
+from stellarfit.synth.linelist import read_turbospectrum_linelist
 
 SOLAR = {"teff": 5777.0, "logg": 4.44, "fe_h": 0.0, "vmic": 1.0}
 
@@ -62,10 +63,33 @@ def test_label_errors_come_before_any_run(tmp_path):
 
 
 def test_window_beyond_shipped_linelist():
-    with pytest.raises(ValueError, match="beyond the shipped Gaia-ESO subset"):
+    with pytest.raises(ValueError, match="beyond every shipped Gaia-ESO subset"):
         ts.TurbospectrumEngine(window=(6000.0, 6100.0))
+    with pytest.raises(ValueError, match="beyond every shipped Gaia-ESO subset"):  # straddles the red subset's end
+        ts.TurbospectrumEngine(window=(6750.0, 6860.0))
     with pytest.raises(ValueError, match="lower < upper"):
         ts.TurbospectrumEngine(window=(5100.0, 5000.0))
+
+
+@pytest.mark.parametrize("window, subset", [((5000.0, 5500.0), "4950-5550"), ((6300.0, 6800.0), "6250-6850"),
+                                             ((8450.0, 8750.0), "8400-8800"), ((6500.0, 6600.0), "6250-6850")])
+def test_window_picks_the_shipped_subset_covering_it(window, subset):
+    engine = ts.TurbospectrumEngine(window=window)
+    path = engine.linelist_path
+    assert path.name.startswith("ges_linelist_" + subset.replace("-", "_") + "_air_")
+    wavelengths = read_turbospectrum_linelist(path).wavelength_air
+    lo, hi = (float(x) for x in subset.split("-"))
+    assert wavelengths.min() >= lo and wavelengths.max() <= hi
+    assert wavelengths.min() < window[0] - 40 and wavelengths.max() > window[1] + 40  # the margin is there
+    assert subset in engine.metadata()["linelist"]
+    # hydrogen lines where a Balmer / Paschen line is near: H-alpha in the red, Paschen in the RVS window
+    assert engine.hydrogen_lines == (window[0] > 6000)
+
+
+def test_astrophysical_log_gf_only_for_the_window_it_was_fitted_in():
+    assert ts.TurbospectrumEngine(window=(5000.0, 5500.0), linelist="astro").linelist_path.is_file()
+    with pytest.raises(ValueError, match="only for the 5000-5500 A window"):
+        ts.TurbospectrumEngine(window=(6300.0, 6800.0), linelist="astro")
 
 
 def test_failed_program_reports_its_log(tmp_path):

