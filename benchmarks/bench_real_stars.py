@@ -62,6 +62,7 @@ def row_of(star: dict, emulator: str, method: str, physics: str, outcome: dict) 
     labels = document["labels"]
     row["fitted"] = {k: labels[k]["value"] for k in MAIN_LABELS}
     row["errors"] = {k: labels[k]["error"] for k in MAIN_LABELS}
+    row["all_labels"] = {k: v["value"] for k, v in labels.items()}
     row["offset"] = {k: labels[k]["value"] - star["labels"][k] for k in MAIN_LABELS}
     # the offset in units of the reported error and the literature error together
     row["offset_sigma"] = {k: row["offset"][k] / float(np.hypot(labels[k]["error"], star.get("errors", {}).get(k, 0.0)))

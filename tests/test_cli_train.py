@@ -32,6 +32,14 @@ def test_train_then_evaluate(tmp_path, capsys):
     flux = SpectralGrid.read(grid).flux
     baseline = float(np.mean(np.abs(flux - flux.mean(axis=0))))
     assert document["mae"] < 0.6 * baseline
+    # the emulator's error per pixel, measured on the validation split, comes with it (fits add it to the noise)
+    from stellarfit.emulators import TrainingData, load_emulator
+
+    grid_data = SpectralGrid.read(grid)
+    emulator = load_emulator(str(out))
+    validation = TrainingData.from_grid(grid_data, grid_data.split((0.8, 0.1, 0.1), seed=0)[1])
+    expected = np.sqrt(np.mean((emulator.predict(validation.labels, check_bounds=False) - validation.flux) ** 2, axis=0))
+    assert emulator.pixel_error is not None and np.allclose(emulator.pixel_error, expected, rtol=1e-4, atol=1e-7)
     # refuses to overwrite; clear errors for bad files
     assert main(["train", "--grid", str(grid), "--out", str(out), "--steps", "1"]) == 2
     assert main(["train", "--grid", str(grid), "--out", str(tmp_path / "t"), "--model", "transformer-payne",
@@ -62,6 +70,7 @@ def test_train_init_finetunes_a_pretrained_emulator(tmp_path, capsys):
         assert summary["best_val_mae"] <= parent_mae * 1.02
         emulator = load_emulator(str(child))
         assert emulator.metadata["finetuned_from"]["mode"] == mode
+        assert emulator.pixel_error is not None and emulator.pixel_error.shape == (80,)
         # LoRA adapters are merged on save: the saved emulator has the parent's architecture
         assert emulator.config.get("lora_rank", 0) == 0
         assert not any("lora" in name for name in flatten_params(emulator.params))

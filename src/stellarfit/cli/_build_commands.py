@@ -132,6 +132,19 @@ def _load_grid_split(path: str, part: str, seed: int):
     return grid, TrainingData.from_grid(grid, parts[part])
 
 
+def _with_validation_pixel_error(emulator, validation):
+    """The emulator with its error per native pixel measured on the validation split (fits add it to the noise).
+
+    Without it, a fit at high S/N would count the emulator's own error as misfit.  Needs >= 10
+    validation spectra; otherwise the emulator is returned as it is.
+    """
+    from stellarfit.emulators import estimate_pixel_error
+
+    if len(validation.labels) < 10:
+        return emulator
+    return emulator.with_pixel_error(estimate_pixel_error(emulator, validation))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from stellarfit.emulators import (
         PayneEmulator,
@@ -175,6 +188,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(str(error)) from None
         emulator = merge_lora(result.emulator) if args.finetune == "lora" else result.emulator
         emulator = emulator.replace(metadata={**emulator.metadata, **extra, "init": str(args.init)})
+        emulator = _with_validation_pixel_error(emulator, validation)
         emulator.save(str(out), overwrite=args.overwrite)
         summary = {"out": str(out), "init": str(args.init), "mode": args.finetune, "n_train": len(train.labels),
                    "best_step": result.best_step, "best_val_mae": result.best_val_mae, "final_step": result.final_step,
@@ -194,7 +208,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = transformer_payne_config(dim=args.dim, n_layers=args.layers, n_tokens=args.tokens)
         emulator = TransformerPayneEmulator.create(train.label_spec, train.wavelength, config, **common)
     result = train_emulator(emulator, train, validation, config, checkpoint_dir=args.checkpoint_dir, extra_metadata=extra)
-    result.emulator.save(str(out), overwrite=args.overwrite)
+    _with_validation_pixel_error(result.emulator, validation).save(str(out), overwrite=args.overwrite)
     summary = {"out": str(out), "model": args.model, "n_train": len(train.labels), "best_step": result.best_step,
                "best_val_mae": result.best_val_mae, "final_step": result.final_step, "stopped_early": result.stopped_early}
     print(json.dumps(summary) if args.json else ", ".join(f"{k}={v}" for k, v in summary.items()))
