@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -77,6 +77,9 @@ from stellarfit.inference._fit_prepare import (  # noqa: F401
     modelled_pixels,
 )
 
+if TYPE_CHECKING:
+    from stellarfit.emulators.model_types import FittableEmulator
+
 #: phase timings of fit_stars' batches (INFO): logging.getLogger("stellarfit").setLevel("INFO")
 _log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ METHODS = ("map", "nuts", "blackjax")
 
 def fit_star(
     spectrum,
-    emulator,
+    emulator: FittableEmulator,
     method: str = "map",
     *,
     priors: Mapping[str, GaussianPrior] | None = None,
@@ -121,7 +124,8 @@ def fit_star(
 
     Args:
         spectrum: the observation (vacuum wavelengths, flux, ivar, mask, resolution).
-        emulator: a stellarfit emulator (``load_emulator(...)``).
+        emulator: a stellarfit emulator (``load_emulator(...)``), or any object with the members of
+            :class:`~stellarfit.emulators.FittableEmulator`.
         method: "map" (MAP + Laplace errors), "nuts" (NumPyro NUTS) or "blackjax" (BlackJAX NUTS).
         priors: optional Gaussian priors by parameter name, e.g. ``{"logg": GaussianPrior(4.4, 0.05)}``.
         rv_range: RV search range [km/s].
@@ -255,7 +259,7 @@ def fit_star(
 
 def fit_stars(
     spectra: Sequence,
-    emulator,
+    emulator: FittableEmulator,
     *,
     batch_size: int = 32,
     priors: Mapping[str, GaussianPrior] | None = None,
