@@ -213,11 +213,9 @@ def fit_star(
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not available yet; use one of {METHODS}")
-    # fails on bad settings before the (slow) MAP fit
-    map_settings, nuts_settings = resolve_settings(map_settings, nuts_settings, dict(
-        n_starts=n_starts, adam_steps=adam_steps, polish_steps=polish_steps, init=init, num_warmup=num_warmup,
-        num_samples=num_samples, num_chains=num_chains, max_tree_depth=max_tree_depth, target_accept=target_accept,
-        mass_matrix=mass_matrix, chain_method=chain_method, sample_with=sample_with, z_transform=z_transform))
+    # the individual keywords by name (resolve_settings takes the settings' fields); bad settings fail
+    # here, before the (slow) MAP fit
+    map_settings, nuts_settings = resolve_settings(map_settings, nuts_settings, locals())
     start_time = time.perf_counter()
     continuum_degree = check_continuum_degree(continuum_degree)
     options = dict(priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
@@ -312,10 +310,7 @@ def fit_stars(
     if method not in ("map", "nuts"):
         raise ValueError(f"fit_stars fits method 'map' or 'nuts' (NumPyro, batched), got {method!r}; "
                          "use fit_star for 'blackjax'")
-    map_settings, nuts_settings = resolve_settings(map_settings, nuts_settings, dict(
-        n_starts=n_starts, adam_steps=adam_steps, polish_steps=polish_steps, init=init, num_warmup=num_warmup,
-        num_samples=num_samples, num_chains=num_chains, max_tree_depth=max_tree_depth, target_accept=target_accept,
-        mass_matrix=mass_matrix, sample_with=sample_with, z_transform=z_transform))
+    map_settings, nuts_settings = resolve_settings(map_settings, nuts_settings, locals())  # as in fit_star
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
     surrogate = _resolve_sample_with(nuts_settings.sample_with, emulator, method)
