@@ -123,3 +123,20 @@ def test_io_imports_nothing_from_stellarfit():
     imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
     imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
     assert not [name for name in imported if name.split(".")[0] == "stellarfit"], imported
+
+
+def test_turbospectrum_line_lists_reach_the_cache_whole(tmp_path, monkeypatch):
+    """The line lists Turbospectrum reads are written into the cache atomically, once."""
+    import gzip
+    from importlib import resources
+
+    from stellarfit.synth import turbospectrum
+
+    monkeypatch.setenv("STELLARFIT_CACHE", str(tmp_path))
+    plain = turbospectrum._default_linelist_path()
+    shipped = resources.files("stellarfit.data").joinpath(turbospectrum._DEFAULT_LINELIST).read_bytes()
+    assert plain.read_bytes() == gzip.decompress(shipped)
+    astro = turbospectrum._astro_linelist_path()
+    assert astro.stat().st_size > 0 and astro != plain
+    assert sorted(p.name for p in plain.parent.iterdir()) == sorted([plain.name, astro.name])  # no temporary left
+    assert turbospectrum._default_linelist_path() == plain  # written once
