@@ -230,10 +230,10 @@ def test_cli_batch_usage_errors(files, tmp_path, capsys):
 
 
 def test_cli_batch_passes_the_z_transform_to_the_fits(files, tmp_path, monkeypatch):
-    """`stellarfit batch --method nuts --z-transform probit` hands z_transform to every fit; without the
-    option the fits get none (fit_star's default, and journals of earlier runs still match)."""
+    """`stellarfit batch --method nuts --z-transform probit` hands z_transform to every fit (in its
+    NutsSettings); without the option the fits get fit_star's default."""
     from stellarfit.cli.main import main
-    from stellarfit.inference import batch
+    from stellarfit.inference import MapSettings, batch
 
     seen = []
 
@@ -245,7 +245,8 @@ def test_cli_batch_passes_the_z_transform_to_the_fits(files, tmp_path, monkeypat
     for extra in (["--z-transform", "probit"], []):
         assert main(["batch", str(files), "--out", str(tmp_path / "c.fits"), "--emulator", "payne-default",
                      "--method", "nuts", *extra]) == 2
-    assert seen[0]["z_transform"] == "probit" and "z_transform" not in seen[1]
+    assert seen[0]["nuts_settings"].z_transform == "probit" and seen[1]["nuts_settings"].z_transform == "logit"
+    assert seen[0]["map_settings"] == MapSettings(n_starts=8, init="auto")
 
 
 def test_vectorized_batch_fits_and_records_failures(emulator, tmp_path):

@@ -39,6 +39,8 @@ _LAZY = {
     "fit_star": "stellarfit.inference",
     "fit_stars": "stellarfit.inference",
     "fit_batch": "stellarfit.inference",
+    "MapSettings": "stellarfit.inference",
+    "NutsSettings": "stellarfit.inference",
     "example_spectrum": "stellarfit.spectra",
     "degrade_resolution": "stellarfit.spectra",
     "cramer_rao": "stellarfit.inference",
@@ -71,6 +73,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from stellarfit.inference import cramer_rao as cramer_rao
     from stellarfit.inference import fit_star as fit_star
     from stellarfit.inference import fit_batch as fit_batch
+    from stellarfit.inference import MapSettings as MapSettings
+    from stellarfit.inference import NutsSettings as NutsSettings
     from stellarfit.inference import fit_stars as fit_stars
     from stellarfit.spectra import example_spectrum as example_spectrum
     from stellarfit.spectra import degrade_resolution as degrade_resolution

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from stellarfit._io import atomic_path
 from stellarfit.labels import default_label_spec
 
 from stellarfit.cli._common import UsageError, _check_writable, _engine_from_args, _load_emulator_option, _log
@@ -49,9 +49,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     for name, value in labels.items():
         header[name.upper()[:8]] = (value, f"label {name}")
     header["SFMETA"] = json.dumps(engine.metadata())[:68]
-    tmp = out.with_name(out.name + ".tmp")
-    fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp, overwrite=True)
-    os.replace(tmp, out)
+    with atomic_path(out) as temporary:
+        fits.HDUList([fits.PrimaryHDU(), table]).writeto(temporary, overwrite=True)
     result = {
         "out": str(out),
         "engine": args.engine,

@@ -141,7 +141,7 @@ def _read_spectrum_option(path: str, format, options: dict):
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from stellarfit.forward import ObservationOutsideEmulatorError
-    from stellarfit.inference import GaussianPrior, fit_star
+    from stellarfit.inference import GaussianPrior, MapSettings, NutsSettings, fit_star
 
     _check_fit_outputs(args)  # --save / --report: fail before the fit, not after it
     options = {}
@@ -169,13 +169,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise UsageError(f"--prior {text!r}: expected NAME:MEAN:SIGMA, e.g. logg:4.4:0.05") from None
     _log(f"fitting {args.spectrum} ({spectrum.n_good} good pixels) with {args.emulator} by {args.method}")
     try:
-        sampler = {} if args.method == "map" else {"num_chains": args.chains, "num_warmup": args.warmup, "num_samples": args.samples,
-                                                   "chain_method": args.chain_method, "target_accept": args.target_accept,
-                                                   "sample_with": args.sample_with}
-        sampler.update(z_transform)
-        result = fit_star(spectrum, emulator, method=args.method, priors=priors, n_starts=args.starts, seed=args.seed,
-                          init=_init_option(args.init), degrade=not args.no_degrade,
-                          continuum_degree=args.continuum_degree, physics_error=args.physics_error != "none", **sampler)
+        map_settings = MapSettings(n_starts=args.starts, init=_init_option(args.init))
+        nuts_settings = None if args.method == "map" else NutsSettings(
+            num_chains=args.chains, num_warmup=args.warmup, num_samples=args.samples, chain_method=args.chain_method,
+            target_accept=args.target_accept, sample_with=args.sample_with, **z_transform)
+        result = fit_star(spectrum, emulator, method=args.method, priors=priors, seed=args.seed, degrade=not args.no_degrade,
+                          continuum_degree=args.continuum_degree, physics_error=args.physics_error != "none",
+                          map_settings=map_settings, nuts_settings=nuts_settings)
     except (ObservationOutsideEmulatorError, KeyError) as error:
         raise UsageError(str(error)) from None
     _log_fit_warnings(result)
@@ -206,6 +206,7 @@ def _log_fit_warnings(result) -> None:
 
 # -- compare ------------------------------------------------------------------------
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from stellarfit.inference import MapSettings
     from stellarfit.inference.compare import compare_emulators, comparison_table, observe_grid
 
     if bool(args.grid) == bool(args.spectra):
@@ -245,7 +246,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     emulators = {name: _load_emulator_option(name) for name in args.emulators}
     try:
         document = compare_emulators(spectra, emulators, truths=truths, names=names, method=args.method,
-                                     progress=not args.no_progress, n_starts=args.starts, seed=args.seed)
+                                     progress=not args.no_progress, map_settings=MapSettings(n_starts=args.starts),
+                                     seed=args.seed)
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.grid:
@@ -338,8 +340,15 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     emulator = _physics_error_option(_load_emulator_option(args.emulator), args.physics_error)
     _check_init_option(args.init, emulator)
     _check_sample_with_option(args.sample_with, emulator)
-    fit_options = {"n_starts": args.starts, "seed": args.seed, "init": _init_option(args.init),
-                   "sample_with": args.sample_with, "continuum_degree": args.continuum_degree, **z_transform}
+    from stellarfit.inference import MapSettings, NutsSettings
+
+    try:
+        fit_options = {"map_settings": MapSettings(n_starts=args.starts, init=_init_option(args.init)), "seed": args.seed,
+                       "continuum_degree": args.continuum_degree}
+        if args.method != "map":
+            fit_options["nuts_settings"] = NutsSettings(sample_with=args.sample_with, **z_transform)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if args.no_degrade:
         fit_options["degrade"] = False
     if args.physics_error != "none":

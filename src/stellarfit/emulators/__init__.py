@@ -2,7 +2,8 @@
 
 Owns: the Emulator interface (``predict``, pure ``apply_fn`` for jit/vmap/grad),
 the models (:mod:`.transformer_payne`, :mod:`.payne`), the checkpoint format
-(:mod:`.checkpoint`: npz arrays + JSON metadata, no pickle), training with
+(:mod:`.checkpoint`: npz arrays + JSON metadata, no pickle; the model types it knows are
+registered in :mod:`.model_types`, which also holds :class:`FittableEmulator`, what a fit needs), training with
 optax (:mod:`.training`), fine-tuning (full / head / LoRA, :mod:`.finetune`),
 evaluation (:mod:`.evaluation`) and the registry of shipped emulators
 (:mod:`.registry`).  See docs/emulators.md.
@@ -23,6 +24,9 @@ from stellarfit.emulators.distill import teacher_data as teacher_data
 from stellarfit.emulators.finetune import add_lora as add_lora
 from stellarfit.emulators.finetune import finetune as finetune
 from stellarfit.emulators.finetune import merge_lora as merge_lora
+from stellarfit.emulators.model_types import FittableEmulator as FittableEmulator
+from stellarfit.emulators.model_types import available_model_types as available_model_types
+from stellarfit.emulators.model_types import register_model_type as register_model_type
 from stellarfit.emulators.payne import PayneEmulator as PayneEmulator
 from stellarfit.emulators.payne import payne_config as payne_config
 from stellarfit.emulators.payne import scaled_payne_config as scaled_payne_config
@@ -39,6 +43,9 @@ from stellarfit.emulators.transformer_payne import transformer_payne_config as t
 
 __all__ = [
     "Emulator",
+    "FittableEmulator",
+    "available_model_types",
+    "register_model_type",
     "PayneEmulator",
     "TransformerPayneEmulator",
     "payne_config",

@@ -27,9 +27,7 @@ inside traced code.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Self
 
@@ -38,21 +36,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from stellarfit._io import to_jsonable
+# the registry of model types (MODEL_TYPES, register_model_type) lives in stellarfit.emulators.model_types
+from stellarfit.emulators.model_types import MODEL_TYPES as MODEL_TYPES
+from stellarfit.emulators.model_types import register_model_type as register_model_type
 from stellarfit._precision import INFERENCE_MATMUL_PRECISION, full_precision
 from stellarfit.emulators._params import count_parameters, flatten_params, unflatten_params
 from stellarfit.labels import LabelSpec
 
 __all__ = ["Emulator", "MODEL_TYPES", "register_model_type", "is_concrete"]
-
-#: model_type string -> Emulator subclass (filled by ``register_model_type``).
-MODEL_TYPES: dict[str, type["Emulator"]] = {}
-
-
-def register_model_type(cls: type["Emulator"]) -> type["Emulator"]:
-    """Class decorator: make a subclass loadable from checkpoints by its ``model_type``."""
-    MODEL_TYPES[cls.model_type] = cls
-    return cls
-
 
 def is_concrete(x: Any) -> bool:
     """True if ``x`` can be turned into a NumPy array (i.e. is not a JAX tracer)."""
@@ -515,14 +507,14 @@ class Emulator:
         """JSON-able summary (the checkpoint's metadata without arrays)."""
         return {
             "model_type": self.model_type,
-            "config": _jsonable(self.config),
+            "config": to_jsonable(self.config),
             "label_names": list(self.label_names),
             "wavelength_coverage": list(self.wavelength_range),
             "n_pixels": self.n_pixels,
             "native_resolution": self.native_resolution,
             "has_continuum": self.has_continuum,
             "n_parameters": self.n_parameters,
-            "metadata": _jsonable(self.metadata),
+            "metadata": to_jsonable(self.metadata),
         }
 
 
@@ -584,20 +576,3 @@ def _check_params(params: Mapping[Any, Any], template: Mapping[Any, Any], model_
             raise ValueError(f"parameter {name!r} has shape {tuple(np.shape(value))}; the config implies {tuple(spec.shape)}")
         out[name] = jnp.asarray(value, dtype=spec.dtype)
     return unflatten_params(out)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    return value

@@ -26,14 +26,16 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from stellarfit.emulators._params import flatten_params, unflatten_params
-from stellarfit.emulators.base import MODEL_TYPES, Emulator, _jsonable
+from stellarfit._io import atomic_path, atomic_write, to_jsonable
+from stellarfit._io import write_json_atomic as write_json_atomic  # JSON written atomically (training checkpoints)
+from stellarfit.emulators.base import Emulator
+from stellarfit.emulators.model_types import MODEL_TYPES, available_model_types, get_model_type
 from stellarfit.labels import LabelSpec
 
 __all__ = ["FORMAT_NAME", "SCHEMA_VERSION", "save_emulator", "read_emulator", "read_metadata", "CheckpointError"]
@@ -83,7 +85,7 @@ def save_emulator(emulator: Emulator, path: str | os.PathLike, *, overwrite: boo
         "format": FORMAT_NAME,
         "schema_version": SCHEMA_VERSION,
         "model_type": emulator.model_type,
-        "config": _jsonable(emulator.config),
+        "config": to_jsonable(emulator.config),
         "label_spec": emulator.label_spec.to_json(),
         "label_names": list(emulator.label_names),
         "wavelength_coverage": list(emulator.wavelength_range),
@@ -91,22 +93,19 @@ def save_emulator(emulator: Emulator, path: str | os.PathLike, *, overwrite: boo
         "native_resolution": emulator.native_resolution,
         "has_continuum": emulator.has_continuum,
         "training_grid_hash": emulator.metadata.get("training_grid_hash"),
-        "metrics": _jsonable(emulator.metadata.get("metrics", {})),
-        "metadata": _jsonable({k: v for k, v in emulator.metadata.items() if k not in ("training_grid_hash", "metrics")}),
+        "metrics": to_jsonable(emulator.metadata.get("metrics", {})),
+        "metadata": to_jsonable({k: v for k, v in emulator.metadata.items() if k not in ("training_grid_hash", "metrics")}),
         "n_parameters": emulator.n_parameters,
         "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.str} for name, a in arrays.items()},
         "stellarfit_version": _version(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     text = json.dumps(meta, indent=1, allow_nan=False)
-    fd, tmp_npz = tempfile.mkstemp(suffix=".npz", dir=path)
-    os.close(fd)
-    np.savez(tmp_npz, **arrays)
-    fd, tmp_json = tempfile.mkstemp(suffix=".json", dir=path)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp_npz, os.path.join(path, ARRAYS_FILE))
-    os.replace(tmp_json, os.path.join(path, METADATA_FILE))
+    # both files written before either is renamed (the arrays first); an error leaves the old pair
+    with atomic_path(os.path.join(path, METADATA_FILE)) as json_file, atomic_path(os.path.join(path, ARRAYS_FILE)) as npz_file:
+        with open(npz_file, "wb") as handle:
+            np.savez(handle, **arrays)
+        json_file.write_text(text)
     return path
 
 
@@ -130,16 +129,14 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("model_type", "config", "label_spec", "label_names", "has_continuum"):
         if key not in meta:
             raise CheckpointError(f"{meta_path} lacks the required key {key!r}; the file is incomplete, re-save the emulator")
-    if meta["model_type"] not in _model_types():
-        raise CheckpointError(f"{path}: unknown model type {meta['model_type']!r}; known: {sorted(_model_types())}")
+    if meta["model_type"] not in available_model_types():
+        raise CheckpointError(f"{path}: unknown model type {meta['model_type']!r}; known: {sorted(available_model_types())} "
+                              "(a new type is registered with stellarfit.emulators.register_model_type)")
     return meta
 
 
-def _model_types() -> dict[str, type[Emulator]]:
-    # importing the model modules registers them
-    import stellarfit.emulators.payne  # noqa: F401
-    import stellarfit.emulators.transformer_payne  # noqa: F401
-
+def _model_types() -> Mapping[str, type[Emulator]]:
+    """model_type -> class (the registry, :mod:`stellarfit.emulators.model_types`)."""
     return MODEL_TYPES
 
 
@@ -185,7 +182,7 @@ def read_emulator(path: str | os.PathLike, *, label_spec: LabelSpec | None = Non
     if coverage is not None and not np.allclose([wavelength[0], wavelength[-1]], coverage, rtol=1e-12, atol=0):
         raise CheckpointError(f"{path}: wavelength array [{wavelength[0]}, {wavelength[-1]}] disagrees with wavelength_coverage {coverage}")
     params = unflatten_params({name[len("params/"):]: value for name, value in arrays.items() if name.startswith("params/")})
-    cls = _model_types()[meta["model_type"]]
+    cls = get_model_type(meta["model_type"])
     metadata = dict(meta.get("metadata") or {})
     if meta.get("training_grid_hash") is not None:
         metadata["training_grid_hash"] = meta["training_grid_hash"]
@@ -216,22 +213,9 @@ def read_emulator(path: str | os.PathLike, *, label_spec: LabelSpec | None = Non
         raise CheckpointError(f"{path}: {error}") from None
 
 
-def write_json_atomic(path: str, data: Mapping[str, Any]) -> None:
-    """Write JSON to ``path`` via a temporary file and rename (used by training checkpoints)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=directory)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(_jsonable(dict(data)), handle, indent=1, allow_nan=False)
-    os.replace(tmp, path)
-
-
-def save_arrays_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-    """``np.savez`` to ``path`` via a temporary file and rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
-    os.close(fd)
-    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-    os.replace(tmp, path)
+def save_arrays_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez`` to ``path``, atomically (:func:`stellarfit._io.atomic_write`)."""
+    atomic_write(path, lambda handle: np.savez(handle, **{k: np.asarray(v) for k, v in arrays.items()}))
 
 
 def load_arrays(path: str) -> dict[str, np.ndarray]:

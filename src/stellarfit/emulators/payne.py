@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stellarfit.emulators.base import Emulator, is_concrete, register_model_type
+from stellarfit.emulators.base import Emulator, is_concrete
 from stellarfit.emulators.layers import Dense
 
 __all__ = ["PayneNet", "PayneEmulator", "payne_config", "scaled_payne_config", "smooth_leaky_relu"]
@@ -108,7 +108,6 @@ class PayneNet(nnx.Module):
         return jnp.swapaxes(out, 1, 2)
 
 
-@register_model_type
 class PayneEmulator(Emulator):
     """The Payne on a fixed pixel grid (see the module docstring).
 

@@ -45,7 +45,8 @@ from tqdm import tqdm
 
 from stellarfit.emulators._params import flatten_params, hash_arrays, unflatten_params
 from stellarfit.emulators.base import Emulator
-from stellarfit.emulators.checkpoint import load_arrays, read_emulator, save_arrays_atomic, save_emulator, write_json_atomic
+from stellarfit._io import write_json_atomic
+from stellarfit.emulators.checkpoint import load_arrays, read_emulator, save_arrays_atomic, save_emulator
 from stellarfit.labels import LabelSpec
 
 __all__ = ["TrainingData", "TrainConfig", "TrainResult", "train_emulator", "make_optimizer", "validation_metrics"]

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stellarfit.emulators.base import Emulator, is_concrete, register_model_type
+from stellarfit.emulators.base import Emulator, is_concrete
 from stellarfit.emulators.layers import Dense
 
 __all__ = [
@@ -240,7 +240,6 @@ class TransformerPayneNet(nnx.Module):
         return self.head_out(jax.nn.gelu(self.head_hidden(self.head_norm(h))))
 
 
-@register_model_type
 class TransformerPayneEmulator(Emulator):
     """TransformerPayne: any wavelength inside the native coverage, no interpolation.
 

@@ -22,8 +22,8 @@ import numpy as np
 from flax import nnx
 
 from stellarfit.emulators._params import count_parameters, flatten_params, unflatten_params
-from stellarfit.emulators.base import _jsonable
-from stellarfit.emulators.checkpoint import load_arrays, save_arrays_atomic, write_json_atomic
+from stellarfit._io import to_jsonable, write_json_atomic
+from stellarfit.emulators.checkpoint import load_arrays, save_arrays_atomic
 from stellarfit.encoders._model import EncoderConfig, SpectrumEncoder
 from stellarfit.labels import LabelSpec
 
@@ -130,7 +130,7 @@ class Encoder:
             "wavelength_range": list(self.wavelength_range),
             "resolution_range": list(self.resolution_range),
             "n_parameters": self.n_parameters,
-            "metadata": _jsonable(self.metadata),
+            "metadata": to_jsonable(self.metadata),
             "arrays": {k: {"shape": list(a.shape), "dtype": a.dtype.str} for k, a in arrays.items()},
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }

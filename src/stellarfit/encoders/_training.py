@@ -21,7 +21,8 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from stellarfit.emulators.checkpoint import load_arrays, save_arrays_atomic, write_json_atomic
+from stellarfit._io import write_json_atomic
+from stellarfit.emulators.checkpoint import load_arrays, save_arrays_atomic
 from stellarfit.encoders._encoder import Encoder, load_encoder
 from stellarfit.encoders._model import EncoderConfig
 from stellarfit.encoders._simulate import SimulationSettings, TrainingSimulator

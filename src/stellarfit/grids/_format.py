@@ -36,6 +36,7 @@ import dataclasses
 import datetime
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +45,7 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
+from stellarfit._io import atomic_path, default_file_mode, to_jsonable
 from stellarfit.labels import LabelSpec
 
 __all__ = [
@@ -137,15 +139,9 @@ class GridFailures:
 # helpers
 # ---------------------------------------------------------------------------
 def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"metadata value {value!r} of type {type(value).__name__} cannot be stored as JSON")
+    """``json.dumps``' ``default`` hook of grid metadata and settings: numpy values, paths and sets as
+    JSON types (:func:`stellarfit._io.to_jsonable`; NaN kept as NaN, as before), a TypeError for the rest."""
+    return to_jsonable(value, non_finite="keep", other="error")
 
 
 def _metadata_json(metadata: Mapping[str, Any]) -> str:
@@ -159,12 +155,8 @@ def _now_utc() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _default_file_mode() -> int:
-    """0o666 minus the process umask: the mode ``open()`` would give a new file
-    (``tempfile.mkstemp`` creates files 0o600; renamed into place they would stay so)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
+#: the mode a new file gets (the umask's); the name the grid modules import
+_default_file_mode = default_file_mode
 
 
 def check_writable(path: str | os.PathLike[str]) -> Path:
@@ -301,13 +293,13 @@ class _GridWriter:
         self._tmp: str | None = None
 
     def __enter__(self) -> "_GridWriter":
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
+        self._atomic = atomic_path(self.path)  # renamed over self.path by __exit__, removed on an error
+        self._tmp = str(self._atomic.__enter__())
         try:
             self._file = h5py.File(self._tmp, "w")
             self._write_header()
         except BaseException:
-            self._abort()
+            self._abort(*sys.exc_info())
             raise
         return self
 
@@ -350,31 +342,28 @@ class _GridWriter:
                 raise ValueError("this grid has a continuum; give continuum rows too")
             self._file["continuum"][start:stop] = np.asarray(continuum, dtype=np.float32)
 
-    def _abort(self) -> None:
+    def _abort(self, exc_type, exc, tb) -> None:
         if self._file is not None:
             try:
                 self._file.close()
             except Exception:  # noqa: BLE001 - best effort cleanup
                 pass
             self._file = None
-        if self._tmp is not None and os.path.exists(self._tmp):
-            os.unlink(self._tmp)
-        self._tmp = None
+        if self._tmp is not None:
+            self._tmp = None
+            self._atomic.__exit__(exc_type, exc, tb)  # removes the temporary file
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            self._abort()
+            self._abort(exc_type, exc, tb)
             return
         assert self._file is not None and self._tmp is not None
         try:
             self._file.flush()
             self._file.close()
             self._file = None
-            with open(self._tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.chmod(self._tmp, _default_file_mode())
-            os.replace(self._tmp, self.path)
-            self._tmp = None
         except BaseException:
-            self._abort()
+            self._abort(*sys.exc_info())
             raise
+        self._tmp = None
+        self._atomic.__exit__(None, None, None)  # fsync, the usual file mode, os.replace

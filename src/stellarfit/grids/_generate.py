@@ -43,7 +43,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -53,10 +52,10 @@ from typing import Any
 
 import numpy as np
 
+from stellarfit._io import atomic_write
 from stellarfit.grids._format import (
     GridFailures,
     SCHEMA_VERSION,
-    _default_file_mode,
     _GridWriter,
     _json_default,
     _now_utc,
@@ -131,22 +130,6 @@ def _stellarfit_version() -> str:
         return importlib_metadata.version("stellarfit")
     except importlib_metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temp file next to ``path``, fsync, then os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _chunk_path(parts: Path, chunk: int, width: int) -> Path:
@@ -240,7 +223,7 @@ def _compute_chunk(chunk: int, start: int, labels: np.ndarray) -> tuple[int, int
             seconds=np.array(seconds),
         )
 
-    _atomic_write_bytes(path, write)
+    atomic_write(path, write)
     return chunk, k, int(failed.sum())
 
 
@@ -328,9 +311,9 @@ def _prepare_parts(parts: Path, manifest: dict[str, Any], labels: np.ndarray, ch
     if parts.exists() and not parts.is_dir():
         raise GenerationError(f"{parts} exists and is not a directory; remove it or choose another output path")
     parts.mkdir(exist_ok=True)
-    _atomic_write_bytes(parts / _LABELS, lambda handle: np.save(handle, labels, allow_pickle=False))
+    atomic_write(parts / _LABELS, lambda handle: np.save(handle, labels, allow_pickle=False))
     text = json.dumps(manifest, indent=1, sort_keys=True)
-    _atomic_write_bytes(parts / _MANIFEST, lambda handle: handle.write(text.encode()))
+    atomic_write(parts / _MANIFEST, lambda handle: handle.write(text.encode()))
     return json.loads(text)
 
 

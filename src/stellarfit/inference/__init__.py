@@ -14,6 +14,8 @@ from stellarfit.inference.fit import modelled_pixels as modelled_pixels
 from stellarfit.inference.fit import fit_batch as fit_batch
 from stellarfit.inference.fit import fit_stars as fit_stars
 from stellarfit.inference.likelihood import FitProblem as FitProblem
+from stellarfit.inference.settings import MapSettings as MapSettings
+from stellarfit.inference.settings import NutsSettings as NutsSettings
 from stellarfit.inference.likelihood import GaussianPrior as GaussianPrior
 from stellarfit.inference.compare import compare_emulators as compare_emulators
 from stellarfit.inference.compare import observe_grid as observe_grid
@@ -38,6 +40,8 @@ __all__ = [
     "FitResult",
     "GaussianPrior",
     "MapResult",
+    "MapSettings",
+    "NutsSettings",
     "SamplerResult",
     "cramer_rao",
     "cramer_rao_from_fisher",

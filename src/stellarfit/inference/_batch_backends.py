@@ -131,9 +131,17 @@ class _WorkerSetupError(RuntimeError):
 
 
 def _one_core_options(method: str, fit_options: Mapping[str, Any]) -> Mapping[str, Any]:
-    """In a worker that owns one core: NUTS chains one after another unless the options say otherwise."""
-    if method in ("nuts", "blackjax") and "chain_method" not in fit_options:
+    """In a worker that owns one core: NUTS chains one after another unless the options say otherwise
+    (a ``chain_method`` keyword, or ``nuts_settings`` whose chain_method is not "auto")."""
+    if method not in ("nuts", "blackjax") or "chain_method" in fit_options:
+        return fit_options
+    settings = fit_options.get("nuts_settings")
+    if settings is None:
         return {**fit_options, "chain_method": "sequential"}
+    if settings.chain_method == "auto":
+        import dataclasses
+
+        return {**fit_options, "nuts_settings": dataclasses.replace(settings, chain_method="sequential")}
     return fit_options
 
 

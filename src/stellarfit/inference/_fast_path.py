@@ -16,10 +16,7 @@ from stellarfit.inference.likelihood import FitProblem
 from stellarfit.inference.map import box_centre, polish_map
 from stellarfit.results.fitfile import FitResult
 from stellarfit.inference._fit_prepare import _prepare, _Prepared
-
-
-#: which emulator NUTS samples with (:func:`~stellarfit.inference.fit_star`'s ``sample_with``)
-SAMPLE_WITH = ("auto", "self", "fast")
+from stellarfit.inference.settings import SAMPLE_WITH
 
 
 def _resolve_sample_with(sample_with: str, emulator, method: str):

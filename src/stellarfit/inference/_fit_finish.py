@@ -18,6 +18,7 @@ from stellarfit.inference.map import covariance_is_proper, gauss_newton_covarian
 from stellarfit.results.fitfile import FLAGS, FitResult
 from stellarfit.inference._fast_path import recentred_posterior
 from stellarfit.inference._fit_prepare import _Prepared
+from stellarfit.inference.settings import NutsSettings
 
 
 @jax.jit
@@ -85,8 +86,13 @@ def _gauss_newton_from_jacobian(problem: FitProblem, jacobian: np.ndarray, names
 
 
 def _finish(prepared: _Prepared, result, method: str, emulator, start_time: float, *, n_starts: int, seed: int,
-            sampling: dict | None, error_floor: bool = True, draws=None, init_info: dict | None = None) -> FitResult:
-    """Cramér-Rao bounds, optional NUTS, flags and the FitResult from a MAP result."""
+            nuts: NutsSettings | None = None, surrogate=None, error_floor: bool = True, draws=None,
+            init_info: dict | None = None) -> FitResult:
+    """Cramér-Rao bounds, optional NUTS, flags and the FitResult from a MAP result.
+
+    ``nuts``: the sampler's settings for a NUTS method (None for "map"); ``surrogate``: the fast
+    path's MAP and modes (``_Surrogate``) when the chains sample the fast path; ``draws``: the
+    SamplerResult when the star was sampled already (in a batch, :func:`fit_stars`)."""
     problem = prepared.problem
     spec = problem.label_spec
     flux, ivar, wavelength, rv0 = prepared.flux, prepared.ivar, prepared.wavelength, prepared.rv0
@@ -150,12 +156,10 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
     if method != "map":
         from stellarfit.inference.nuts import sample_blackjax, sample_numpyro, summarize_samples
 
-        options = dict(sampling)
-        chain_method = options.pop("chain_method")
-        z_transform = options.pop("z_transform", "logit")
+        options = dict(nuts.sampler_options(), seed=seed, chain_method=nuts.chain_method)
+        z_transform = nuts.z_transform
         sampling_problem = problem.with_continuum("marginalize").with_transform(z_transform)
-        surrogate = options.pop("surrogate", None)
-        num_chains, num_samples = options["num_chains"], options["num_samples"]
+        num_chains, num_samples = nuts.num_chains, nuts.num_samples
         start_theta, start_covariance = theta, result.covariance
         if surrogate is not None:  # sample the fast path's posterior, then move it to this MAP
             sampling_problem = surrogate.problem.with_continuum("marginalize")
@@ -163,9 +167,9 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
         if draws is not None:  # sampled already, in a batch of stars (fit_stars)
             pass
         elif method == "nuts":
-            draws = sample_numpyro(sampling_problem, start_theta, start_covariance, chain_method=chain_method, **options)
+            draws = sample_numpyro(sampling_problem, start_theta, start_covariance, **options)
         else:
-            draws = sample_blackjax(sampling_problem, start_theta, start_covariance, chain_method=chain_method, **options)
+            draws = sample_blackjax(sampling_problem, start_theta, start_covariance, **options)
         if surrogate is not None:
             draws = dataclasses.replace(draws, samples=recentred_posterior(surrogate.problem, draws.samples,
                                                                            surrogate.mode, surrogate.target_mode))

@@ -118,7 +118,8 @@ def _check_vectorize(vectorize: int | None, method: str, fit_function, fit_optio
     accepted = set(inspect.signature(fit_stars).parameters) - {"spectra", "emulator", "batch_size", "errors", "progress",
                                                                  "method"}
     if method == "map":
-        accepted -= {"num_warmup", "num_samples", "num_chains", "max_tree_depth", "target_accept", "mass_matrix"}
+        accepted -= {"num_warmup", "num_samples", "num_chains", "max_tree_depth", "target_accept", "mass_matrix",
+                     "nuts_settings"}
     unknown = sorted(set(fit_options) - accepted)
     if unknown:
         raise ValueError(f"fit option(s) {', '.join(unknown)} do not apply to vectorized {method} fits; "

@@ -25,10 +25,11 @@ Steps (each a library piece that can be used alone):
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -38,6 +39,7 @@ from stellarfit.inference.continuum import start_degrees
 from stellarfit.inference._model_cache import forward_model_for  # noqa: F401 - re-exported
 from stellarfit.inference.likelihood import GaussianPrior
 from stellarfit.inference.map import default_starts, fit_map, polish_map, polish_map_batch
+from stellarfit.inference.settings import NUTS_Z_TRANSFORM, MapSettings, NutsSettings, _DEFAULT, resolve_settings  # noqa: F401 - NUTS_Z_TRANSFORM re-exported
 from stellarfit.results.fitfile import FLAGS, FitResult, _finite_or_none, _json_safe  # noqa: F401 - re-exported
 # the fit modules' names, importable from here as before the split
 from stellarfit.inference._fast_path import (  # noqa: F401
@@ -75,27 +77,21 @@ from stellarfit.inference._fit_prepare import (  # noqa: F401
     modelled_pixels,
 )
 
+if TYPE_CHECKING:
+    from stellarfit.emulators.model_types import FittableEmulator
+
 #: phase timings of fit_stars' batches (INFO): logging.getLogger("stellarfit").setLevel("INFO")
 _log = logging.getLogger(__name__)
 
-__all__ = ["FitResult", "fit_star", "fit_stars", "forward_model_for", "modelled_pixels", "recentred_posterior", "FLAGS", "SAMPLE_WITH"]
+__all__ = ["FitResult", "MapSettings", "NutsSettings", "fit_star", "fit_stars", "forward_model_for", "modelled_pixels", "recentred_posterior", "FLAGS", "SAMPLE_WITH"]
 
 #: fitting methods of :func:`fit_star`
 METHODS = ("map", "nuts", "blackjax")
-#: the NUTS methods' default map from z to the boxes (fit_star's z_transform; FitProblem.with_transform)
-NUTS_Z_TRANSFORM = "logit"
-
-
-def _check_z_transform(z_transform: str) -> None:
-    from stellarfit.inference.likelihood import TRANSFORMS
-
-    if z_transform not in TRANSFORMS:
-        raise ValueError(f"z_transform must be one of {TRANSFORMS}, got {z_transform!r}")
 
 
 def fit_star(
     spectrum,
-    emulator,
+    emulator: FittableEmulator,
     method: str = "map",
     *,
     priors: Mapping[str, GaussianPrior] | None = None,
@@ -103,30 +99,33 @@ def fit_star(
     rv_window: float = 50.0,
     vsini_max: float = 100.0,
     continuum_degree: int | str = "auto",
-    n_starts: int = 8,
-    adam_steps: int = 150,
+    n_starts: int = _DEFAULT.n_starts,
+    adam_steps: int = _DEFAULT.adam_steps,
     seed: int = 0,
-    num_warmup: int = 500,
-    num_samples: int = 500,
-    num_chains: int = 4,
-    max_tree_depth: int = 8,
-    target_accept: float = 0.8,
-    mass_matrix: str = "laplace-pooled",
-    chain_method: str = "auto",
+    num_warmup: int = _DEFAULT.num_warmup,
+    num_samples: int = _DEFAULT.num_samples,
+    num_chains: int = _DEFAULT.num_chains,
+    max_tree_depth: int = _DEFAULT.max_tree_depth,
+    target_accept: float = _DEFAULT.target_accept,
+    mass_matrix: str = _DEFAULT.mass_matrix,
+    chain_method: str = _DEFAULT.chain_method,
     emulator_error: bool = True,
     physics_error: bool = False,
     error_floor: bool = True,
-    init="auto",
-    polish_steps: int | None = None,
-    sample_with: str = "auto",
-    z_transform: str = NUTS_Z_TRANSFORM,
+    init=_DEFAULT.init,
+    polish_steps: int | None = _DEFAULT.polish_steps,
+    sample_with: str = _DEFAULT.sample_with,
+    z_transform: str = _DEFAULT.z_transform,
     degrade: bool = True,
+    map_settings: MapSettings | None = None,
+    nuts_settings: NutsSettings | None = None,
 ) -> FitResult:
     """Fit one :class:`~stellarfit.spectra.ObservedSpectrum` with an emulator.
 
     Args:
         spectrum: the observation (vacuum wavelengths, flux, ivar, mask, resolution).
-        emulator: a stellarfit emulator (``load_emulator(...)``).
+        emulator: a stellarfit emulator (``load_emulator(...)``), or any object with the members of
+            :class:`~stellarfit.emulators.FittableEmulator`.
         method: "map" (MAP + Laplace errors), "nuts" (NumPyro NUTS) or "blackjax" (BlackJAX NUTS).
         priors: optional Gaussian priors by parameter name, e.g. ``{"logg": GaussianPrior(4.4, 0.05)}``.
         rv_range: RV search range [km/s].
@@ -198,6 +197,11 @@ def fit_star(
             (:func:`~stellarfit.spectra.degrade_resolution`; flag
             ``degraded_to_emulator_resolution``, numbers in ``diagnostics["degraded"]``, and the
             result's pixels are the degraded ones); False refuses it, as before (an error).
+        map_settings, nuts_settings: the same settings as objects, :class:`MapSettings` (n_starts,
+            adam_steps, polish_steps, init) and :class:`NutsSettings` (num_warmup, num_samples,
+            num_chains, max_tree_depth, target_accept, mass_matrix, chain_method, sample_with,
+            z_transform), to make once and pass to many fits; a setting given both as a keyword and
+            in an object is a ValueError.  Bad values fail when the object is made, before any fit.
 
     Flags: besides the others, ``model_mismatch`` when chi^2 exceeds what the noise and the
     emulator's error allow (:mod:`stellarfit.inference._mismatch`; ``diagnostics["chi2_ratio"]``):
@@ -209,32 +213,31 @@ def fit_star(
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not available yet; use one of {METHODS}")
-    if method != "map":
-        from stellarfit.inference.nuts import check_sampler_settings
-
-        # fail on bad sampler settings before the (slow) MAP fit
-        check_sampler_settings(None, num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
-                               chain_method=chain_method)
-        _check_z_transform(z_transform)
+    # the individual keywords by name (resolve_settings takes the settings' fields); bad settings fail
+    # here, before the (slow) MAP fit
+    map_settings, nuts_settings = resolve_settings(map_settings, nuts_settings, locals())
     start_time = time.perf_counter()
     continuum_degree = check_continuum_degree(continuum_degree)
     options = dict(priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
                    continuum_degree=continuum_degree, emulator_error=emulator_error,
                    physics_error=physics_error, degrade=degrade)
-    surrogate = _resolve_sample_with(sample_with, emulator, method)
-    init, init_info = _resolve_init(init, emulator)
+    surrogate = _resolve_sample_with(nuts_settings.sample_with, emulator, method)
+    init, init_info = _resolve_init(map_settings.init, emulator)
     if isinstance(init, _FastPath):
         first = time.perf_counter()
-        init = fit_star(spectrum, init.emulator, "map", n_starts=n_starts, adam_steps=adam_steps, seed=seed,
-                        error_floor=error_floor, init=None, **options)
+        # the fast path's own multi-start search, with its default polish
+        init = fit_star(spectrum, init.emulator, "map", seed=seed, error_floor=error_floor,
+                        map_settings=dataclasses.replace(map_settings, init=None, polish_steps=None), **options)
         init_info.update(elapsed_s=time.perf_counter() - first, reduced_chi2=init.reduced_chi2, flags=init.flags)
     start_values = _init_values(init, emulator.label_spec)
     prepared = _prepare(spectrum, emulator, start=start_values,
                         **{**options, "continuum_degree": start_degrees(continuum_degree, init)})
     problem = prepared.problem
+    polish_steps = map_settings.polish_steps
     if start_values is None:
-        starts = default_starts(problem, n_starts, rv=prepared.rv0, seed=seed)
-        result = fit_map(problem, starts, adam_steps=adam_steps, polish_steps=50 if polish_steps is None else polish_steps)
+        starts = default_starts(problem, map_settings.n_starts, rv=prepared.rv0, seed=seed)
+        result = fit_map(problem, starts, adam_steps=map_settings.adam_steps,
+                         polish_steps=50 if polish_steps is None else polish_steps)
     else:
         init_info["values"] = dict(zip(problem.names, _start_vector(problem, start_values, prepared.rv0).tolist()))
         init_info["polish_space"] = _polish_space(init_info)
@@ -242,21 +245,19 @@ def fit_star(
                             max_steps=INIT_POLISH_STEPS if polish_steps is None else polish_steps,
                             space=init_info["polish_space"])
     result = _choose_continuum([prepared], [result], continuum_degree)[0]
-    sampling = None
-    if method != "map":
-        sampling = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
-                        max_tree_depth=max_tree_depth, target_accept=target_accept, mass_matrix=mass_matrix,
-                        chain_method=chain_method, z_transform=z_transform)
-        if surrogate is not None:
-            sampling["surrogate"] = _surrogate_map(spectrum, surrogate, prepared, result.theta, options, z_transform,
-                                                   curvature=_finite_curvature(getattr(result, "curvature", None)))
-    return _finish(prepared, result, method, emulator, start_time, n_starts=n_starts if start_values is None else 1,
-                   seed=seed, sampling=sampling, error_floor=error_floor, init_info=init_info)
+    fast_map = None
+    if method != "map" and surrogate is not None:
+        fast_map = _surrogate_map(spectrum, surrogate, prepared, result.theta, options, nuts_settings.z_transform,
+                                  curvature=_finite_curvature(getattr(result, "curvature", None)))
+    return _finish(prepared, result, method, emulator, start_time,
+                   n_starts=map_settings.n_starts if start_values is None else 1, seed=seed,
+                   nuts=None if method == "map" else nuts_settings, surrogate=fast_map, error_floor=error_floor,
+                   init_info=init_info)
 
 
 def fit_stars(
     spectra: Sequence,
-    emulator,
+    emulator: FittableEmulator,
     *,
     batch_size: int = 32,
     priors: Mapping[str, GaussianPrior] | None = None,
@@ -264,8 +265,8 @@ def fit_stars(
     rv_window: float = 50.0,
     vsini_max: float = 100.0,
     continuum_degree: int | str = "auto",
-    n_starts: int = 8,
-    adam_steps: int = 150,
+    n_starts: int = _DEFAULT.n_starts,
+    adam_steps: int = _DEFAULT.adam_steps,
     seed: int = 0,
     progress: bool = False,
     errors: str = "raise",
@@ -273,17 +274,19 @@ def fit_stars(
     physics_error: bool = False,
     error_floor: bool = True,
     method: str = "map",
-    num_warmup: int = 500,
-    num_samples: int = 500,
-    num_chains: int = 4,
-    max_tree_depth: int = 8,
-    target_accept: float = 0.8,
-    mass_matrix: str = "laplace-pooled",
-    init="auto",
-    polish_steps: int | None = None,
-    sample_with: str = "auto",
-    z_transform: str = NUTS_Z_TRANSFORM,
+    num_warmup: int = _DEFAULT.num_warmup,
+    num_samples: int = _DEFAULT.num_samples,
+    num_chains: int = _DEFAULT.num_chains,
+    max_tree_depth: int = _DEFAULT.max_tree_depth,
+    target_accept: float = _DEFAULT.target_accept,
+    mass_matrix: str = _DEFAULT.mass_matrix,
+    init=_DEFAULT.init,
+    polish_steps: int | None = _DEFAULT.polish_steps,
+    sample_with: str = _DEFAULT.sample_with,
+    z_transform: str = _DEFAULT.z_transform,
     degrade: bool = True,
+    map_settings: MapSettings | None = None,
+    nuts_settings: NutsSettings | None = None,
 ) -> list:
     """Fits of many spectra, vectorized: spectra on the same pixels (same wavelengths and
     resolution) are fitted ``batch_size`` at a time in one ``vmap``-ed program (all starts of all
@@ -300,20 +303,17 @@ def fit_stars(
     "fast" as in :func:`fit_star` (the fast path fits all spectra first, batched), or one start
     per spectrum (each None, a FitResult, a mapping or an array).  ``sample_with`` as in
     :func:`fit_star` (with "fast", each batch samples the fast path's posteriors and moves them
-    to the emulator's MAPs).  Returns one :class:`FitResult` (or exception) per spectrum, in order.
+    to the emulator's MAPs).  ``map_settings`` and ``nuts_settings`` as in :func:`fit_star`
+    (``NutsSettings.chain_method`` is not used: each batch's chains run in one program).  Returns one
+    :class:`FitResult` (or exception) per spectrum, in order.
     """
     if method not in ("map", "nuts"):
         raise ValueError(f"fit_stars fits method 'map' or 'nuts' (NumPyro, batched), got {method!r}; "
                          "use fit_star for 'blackjax'")
-    if method == "nuts":
-        from stellarfit.inference.nuts import check_sampler_settings
-
-        check_sampler_settings(None, num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
-                               chain_method="vectorized")
-        _check_z_transform(z_transform)
+    map_settings, nuts_settings = resolve_settings(map_settings, nuts_settings, locals())  # as in fit_star
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
-    surrogate = _resolve_sample_with(sample_with, emulator, method)
+    surrogate = _resolve_sample_with(nuts_settings.sample_with, emulator, method)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     from stellarfit.inference.map import fit_map_batch
@@ -324,8 +324,9 @@ def fit_stars(
     options = dict(priors=priors, rv_range=rv_range, rv_window=rv_window, vsini_max=vsini_max,
                    continuum_degree=continuum_degree, emulator_error=emulator_error,
                    physics_error=physics_error, degrade=degrade)
-    inits, infos = _batch_inits(init, spectra, emulator, errors=errors, progress=progress, batch_size=batch_size,
-                                n_starts=n_starts, adam_steps=adam_steps, seed=seed, error_floor=error_floor, **options)
+    inits, infos = _batch_inits(map_settings, spectra, emulator, errors=errors, progress=progress,
+                                batch_size=batch_size, seed=seed, error_floor=error_floor, **options)
+    n_starts, polish_steps = map_settings.n_starts, map_settings.polish_steps
     prepared: dict[int, tuple[_Prepared, float]] = {}
     starts_of: dict[int, dict | None] = {}
     groups: dict[Any, list[int]] = collections.defaultdict(list)
@@ -354,7 +355,7 @@ def fit_stars(
             if multi_start:
                 starts = np.stack([default_starts(prepared[i][0].problem, n_starts, rv=prepared[i][0].rv0, seed=seed)
                                    for i in chunk])
-                results = fit_map_batch([prepared[i][0].problem for i in chunk], starts, adam_steps=adam_steps,
+                results = fit_map_batch([prepared[i][0].problem for i in chunk], starts, adam_steps=map_settings.adam_steps,
                                         polish_steps=50 if polish_steps is None else polish_steps)
             else:
                 starts = np.stack([_start_vector(prepared[i][0].problem, starts_of[i], prepared[i][0].rv0)[None]
@@ -374,11 +375,8 @@ def fit_stars(
                       "multi-start" if multi_start else "polish", time.perf_counter() - start_time)
             results = _choose_continuum([prepared[i][0] for i in chunk], results, continuum_degree, errors)
             mark = time.perf_counter()
-            sampling, batch_draws, surrogates = None, [None] * len(chunk), [None] * len(chunk)
+            batch_draws, surrogates = [None] * len(chunk), [None] * len(chunk)
             if method == "nuts":
-                sampling = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, seed=seed,
-                                max_tree_depth=max_tree_depth, target_accept=target_accept, mass_matrix=mass_matrix,
-                                chain_method="batched", z_transform=z_transform)
                 # stars whose MAP failed (non-finite) stay out of the batch and are recorded as failed below
                 good = [k for k, result in enumerate(results) if np.all(np.isfinite(result.theta))]
                 if surrogate is not None:  # the fast path's MAP of each star, to sample its posterior
@@ -386,7 +384,7 @@ def fit_stars(
                         try:
                             # the polish's last curvature (one Jacobian through the emulator fewer per star)
                             surrogates[k] = _surrogate_map(spectra[chunk[k]], surrogate, prepared[chunk[k]][0],
-                                                           results[k].theta, options, z_transform,
+                                                           results[k].theta, options, nuts_settings.z_transform,
                                                            curvature=_finite_curvature(results[k].curvature))
                         except Exception as error:  # noqa: BLE001 - recorded per spectrum on request
                             if errors == "raise":
@@ -399,7 +397,7 @@ def fit_stars(
                     mark = time.perf_counter()
                     targets = [(surrogates[k].problem, surrogates[k].map.theta, None) if surrogate is not None
                                else (prepared[chunk[k]][0].problem, results[k].theta, results[k].covariance) for k in good]
-                    for k, draws in zip(good, _sample_batch(targets, sampling, z_transform, errors)):
+                    for k, draws in zip(good, _sample_batch(targets, nuts_settings, seed, errors)):
                         batch_draws[k] = draws
                     _log.info("%s: batch of %d: NUTS %.1f s", label, len(good), time.perf_counter() - mark)
                     mark = time.perf_counter()
@@ -414,7 +412,7 @@ def fit_stars(
                         raise RuntimeError(f"the MAP fit failed (labels {result.theta}), so this spectrum was not sampled")
                     out[i] = _finish(prepared[i][0], result, method, emulator, begin,
                                      n_starts=n_starts if multi_start else 1, seed=seed,
-                                     sampling=sampling if fast_map is None else {**sampling, "surrogate": fast_map},
+                                     nuts=nuts_settings if method == "nuts" else None, surrogate=fast_map,
                                      error_floor=error_floor, draws=draws, init_info=infos[i])
                 except Exception as error:  # noqa: BLE001
                     if errors == "raise":
@@ -431,25 +429,24 @@ def _finite_curvature(array):
     return array if array is not None and np.all(np.isfinite(array)) else None
 
 
-def _sample_batch(targets, sampling: dict, z_transform: str, errors: str) -> list:
+def _sample_batch(targets, nuts_settings: NutsSettings, seed: int, errors: str) -> list:
     """Batched NUTS of :func:`fit_stars`' chunk: one SamplerResult per (problem, MAP, covariance) target.
     If the batch fails (one star's numerics, say) and errors are collected, each star is sampled on its
     own, so that one star's failure is recorded as its exception and costs the others nothing."""
     from stellarfit.inference.nuts import sample_numpyro_batch
 
-    options = {k: v for k, v in sampling.items() if k not in ("chain_method", "z_transform")}
-
     def run(group):
         return sample_numpyro_batch(
-            [problem.with_continuum("marginalize").with_transform(z_transform) for problem, _, _ in group],
-            [theta for _, theta, _ in group], [covariance for _, _, covariance in group], **options)
+            [problem.with_continuum("marginalize").with_transform(nuts_settings.z_transform) for problem, _, _ in group],
+            [theta for _, theta, _ in group], [covariance for _, _, covariance in group], seed=seed,
+            **nuts_settings.sampler_options())
 
     shapes = [problem.design.shape for problem, _, _ in targets]
     if len(set(shapes)) > 1:  # continuum_degree="auto" chose designs of several sizes: one batch per size
         out: list = [None] * len(targets)
         for shape in dict.fromkeys(shapes):
             members = [k for k, other in enumerate(shapes) if other == shape]
-            for k, draws in zip(members, _sample_batch([targets[k] for k in members], sampling, z_transform, errors)):
+            for k, draws in zip(members, _sample_batch([targets[k] for k in members], nuts_settings, seed, errors)):
                 out[k] = draws
         return out
     try:
@@ -473,17 +470,20 @@ def _sample_batch(targets, sampling: dict, z_transform: str, errors: str) -> lis
 fit_batch = fit_stars
 
 
-def _batch_inits(init, spectra, emulator, *, errors, progress, batch_size, n_starts, adam_steps, seed, error_floor,
+def _batch_inits(map_settings: MapSettings, spectra, emulator, *, errors, progress, batch_size, seed, error_floor,
                  **options):
     """Per-spectrum starts for :func:`fit_stars` (None, FitResult, mapping, array, or the exception of a
-    failed fast-path fit) and their diagnostics."""
+    failed fast-path fit) and their diagnostics, from ``map_settings.init``."""
+    init = map_settings.init
     if init is None or isinstance(init, str):
         resolved, info = _resolve_init(init, emulator)
         if not isinstance(resolved, _FastPath):
             return [None] * len(spectra), [dict(info) for _ in spectra]
         first = time.perf_counter()
-        inits = fit_stars(spectra, resolved.emulator, batch_size=batch_size, n_starts=n_starts, adam_steps=adam_steps,
-                          seed=seed, progress=progress, errors=errors, error_floor=error_floor, init=None, **options)
+        # the fast path's own multi-start search, with its default polish
+        inits = fit_stars(spectra, resolved.emulator, batch_size=batch_size, seed=seed, progress=progress, errors=errors,
+                          error_floor=error_floor, map_settings=dataclasses.replace(map_settings, init=None, polish_steps=None),
+                          **options)
         share = (time.perf_counter() - first) / max(len(spectra), 1)
         infos = []
         for fast in inits:

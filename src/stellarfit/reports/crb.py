@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from stellarfit._io import atomic_path
+
 __all__ = ["CrbReport", "catalog_crb_report", "crb_report", "default_resolutions", "default_snrs"]
 
 
@@ -118,9 +120,8 @@ def crb_report(
     csv_path = out.with_suffix(".csv")
     _write_csv(csv_path, names, result, base, snr_values, sigma_vs_snr, resolution_values, sigma_vs_resolution)
     document = _html(result, names, base, images, emulator, csv_path)
-    temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    temporary.write_text(document, encoding="utf-8")
-    os.replace(temporary, out)
+    with atomic_path(out) as temporary:
+        temporary.write_text(document, encoding="utf-8")
     return CrbReport(html=str(out), csv=str(csv_path), result=result, snr_values=snr_values, resolution_values=resolution_values,
                      sigma_vs_snr=sigma_vs_snr, sigma_vs_resolution=sigma_vs_resolution)
 
@@ -293,7 +294,6 @@ td,th{{border:1px solid #ccc;padding:0.2em 0.6em}} img{{max-width:48%}}</style><
 {figures}
 </body></html>
 """
-    temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    temporary.write_text(document, encoding="utf-8")
-    os.replace(temporary, out)
+    with atomic_path(out) as temporary:
+        temporary.write_text(document, encoding="utf-8")
     return {"html": str(out), "csv": str(csv_path), "ratios": ratios}

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from stellarfit._io import atomic_path
+
 __all__ = ["FitReport", "FLAG_DESCRIPTIONS", "corner_parameters", "fit_report", "require_matplotlib", "trace_parameters",
            "zoom_window"]
 
@@ -229,9 +231,8 @@ def fit_report(
         images["correlation"] = _plot_correlation(result)
 
     document, sections = _html(result, title, source, images, diagnostics, chosen_corner, chosen_trace, zoom)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(document, encoding="utf-8")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(document, encoding="utf-8")
     image_files = {}
     if images_dir is not None:
         folder = Path(images_dir)

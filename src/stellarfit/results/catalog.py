@@ -23,13 +23,14 @@ CSV (``.csv``) or Parquet (``.parquet``, needs ``pyarrow``).
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from stellarfit._io import atomic_path, to_jsonable
 
 __all__ = [
     "BASE_COLUMNS",
@@ -61,13 +62,8 @@ class JournalMismatchError(ValueError):
 
 
 def _clean(value: Any) -> Any:
-    """JSON-safe scalar: non-finite floats -> None, numpy scalars -> Python."""
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
+    """JSON-safe scalar: non-finite floats -> None, numpy scalars -> Python (:func:`stellarfit._io.to_jsonable`)."""
+    return to_jsonable(value)
 
 
 def result_row(result, *, source: str, index: int, object_id: str | None = None, format: str | None = None) -> dict[str, Any]:  # noqa: A002
@@ -263,8 +259,7 @@ def write_catalog(rows_or_table, path: str | os.PathLike) -> Path:
         except ImportError:
             raise ImportError(f"writing {path.name} as Parquet needs pyarrow: pip install pyarrow (or use a .fits or .csv catalog)") from None
     table = rows_or_table if isinstance(rows_or_table, Table) else rows_to_table(rows_or_table)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as temporary:
         if kind == "fits":
             from astropy.io import fits
 
@@ -275,12 +270,6 @@ def write_catalog(rows_or_table, path: str | os.PathLike) -> Path:
             table.write(temporary, format="ascii.csv", overwrite=True)
         else:
             table.write(temporary, format="parquet", overwrite=True)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
     return path
 
 

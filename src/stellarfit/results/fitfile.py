@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from stellarfit._io import atomic_path, to_jsonable
+
 __all__ = ["FLAGS", "FitResult", "FIT_FILE_KIND", "FIT_FILE_SCHEMA", "FitFileError", "is_fit_file", "read_fit", "read_fit_metadata", "write_fit"]
 
 #: value of the primary-header keyword ``SFKIND`` of a fit file
@@ -173,18 +175,8 @@ class FitResult:
 
 
 def _json_safe(value):
-    """Nested dicts/lists with NaN and infinities replaced by None (strict JSON)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
+    """Nested dicts/lists with NaN and infinities replaced by None (strict JSON; :func:`stellarfit._io.to_jsonable`)."""
+    return to_jsonable(value)
 
 
 def _finite_or_none(value):
@@ -194,25 +186,9 @@ def _finite_or_none(value):
 
 # -- JSON with non-finite floats -----------------------------------------------------
 def _encode(value: Any) -> Any:
-    """JSON-ready copy: numpy scalars/arrays to Python, non-finite floats tagged as {"$float": ...}."""
-    if isinstance(value, dict):
-        return {str(k): _encode(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _encode(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if math.isfinite(value):
-            return value
-        return {"$float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
-    if value is None or isinstance(value, str):
-        return value
-    return str(value)  # anything else (paths, enums): its text, never a pickle
+    """JSON-ready copy: numpy scalars/arrays to Python, non-finite floats tagged as {"$float": ...},
+    anything else (paths, enums) as its text, never a pickle (:func:`stellarfit._io.to_jsonable`)."""
+    return to_jsonable(value, non_finite="tag", other="str")
 
 
 def _decode(value: Any) -> Any:
@@ -320,13 +296,8 @@ def write_fit(result, path: str | os.PathLike, *, overwrite: bool = True, metada
                 columns[key] = value.reshape(-1)
             hdus.append(_table_hdu(columns, "SAMPLE_STATS"))
 
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as temporary:
         fits.HDUList(hdus).writeto(temporary, overwrite=True)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
     return path
 
 

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from stellarfit._cache import cache_dir
+from stellarfit._io import atomic_path
 from stellarfit.synth._engine import DEFAULT_LINELIST_RANGE_AIR, PixelEngine, merge_labels
 from stellarfit.synth.abundances import abundances_from_labels
 from stellarfit.synth.linelist import SHIPPED_LINELISTS, shipped_linelist_covering, write_turbospectrum_linelist
@@ -256,9 +257,8 @@ def _default_linelist_path(air_range: tuple[float, float] = DEFAULT_LINELIST_RAN
     digest = hashlib.sha256(data).hexdigest()[:16]
     target = cache_dir("linelists") / f"{name.removesuffix('.txt.gz')}_{digest}.txt"
     if not target.exists():
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(gzip.decompress(data))
-        os.replace(tmp, target)
+        with atomic_path(target) as temporary:
+            temporary.write_bytes(gzip.decompress(data))
     return target
 
 
@@ -269,9 +269,8 @@ def _astro_linelist_path() -> Path:
     digest = hashlib.sha256(data).hexdigest()[:16]
     target = cache_dir("linelists") / f"ges_linelist_astro_4950_5550_air_{digest}.txt"
     if not target.exists():
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        write_turbospectrum_linelist(load_astrophysical_linelist(), tmp)
-        os.replace(tmp, target)
+        with atomic_path(target) as temporary:
+            write_turbospectrum_linelist(load_astrophysical_linelist(), temporary)
     return target
 
 

@@ -14,13 +14,15 @@ from stellarfit.inference.likelihood import FitProblem
 from stellarfit.inference.sampling.common import (
     SamplerResult,
     _chains,
+    _draw_stats,
     _finish,
     _prepare,
     _resolve_chain_method,
+    _run_settings,
     _to_z,
     check_sampler_settings,
 )
-from stellarfit.inference.sampling.schedule import _blackjax_schedule, _dense_adaptation, _run_schedule, first_phase_depth
+from stellarfit.inference.sampling.schedule import _blackjax_schedule, _dense_adaptation, _run_schedule
 
 __all__ = ["sample_blackjax"]
 
@@ -122,9 +124,7 @@ def sample_blackjax(
 
     (w, lp, diverging, n_steps, depths, acceptance), step_size, warmup_steps = _run_schedule(
         run, keys, start.w_init, start.inverse_mass, num_warmup, num_samples, mass_matrix, int(max_tree_depth))
-    stats = {"diverging": diverging, "n_steps": n_steps, "tree_depth": depths, "acceptance_rate": acceptance, "lp": lp}
-    settings = dict(backend="blackjax", num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
-                    max_tree_depth=depth, first_phase_max_tree_depth=first_phase_depth(num_warmup, mass_matrix, depth),
-                    target_accept=float(target_accept), mass_matrix=mass_matrix,
-                    chain_method=chain_method, seed=int(seed))
+    stats = _draw_stats(lp, diverging, n_steps, acceptance, tree_depth=depths)
+    settings = _run_settings("blackjax", num_warmup, num_samples, num_chains, depth, target_accept, mass_matrix,
+                             chain_method, seed)
     return _finish(problem, _to_z(start, w), stats, warmup_steps, step_size, settings, start_time, start.laplace)

@@ -14,7 +14,7 @@ import numpy as np
 from stellarfit.inference.likelihood import FitProblem
 from stellarfit.inference.sampling.diagnostics import sampling_diagnostics
 from stellarfit.inference.sampling.laplace import UnconstrainedLaplace, laplace_inverse_mass_matrix, unconstrained_laplace
-from stellarfit.inference.sampling.schedule import _WHITENED_VARIANCE, _laplace_inverse_mass, _whitened
+from stellarfit.inference.sampling.schedule import _WHITENED_VARIANCE, _laplace_inverse_mass, _whitened, first_phase_depth
 
 __all__ = ["CHAIN_METHODS", "MASS_MATRICES", "SamplerResult", "check_sampler_settings"]
 
@@ -81,6 +81,24 @@ def check_sampler_settings(problem, num_warmup, num_samples, num_chains, max_tre
         raise ValueError(f"jitter must be >= 0, got {jitter!r}")
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}")
+
+
+def _run_settings(backend: str, num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
+                  chain_method: str, seed) -> dict[str, Any]:
+    """The settings a run records in its diagnostics (both drivers; :func:`_finish` adds them)."""
+    return dict(backend=backend, num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
+                max_tree_depth=int(max_tree_depth),
+                first_phase_max_tree_depth=first_phase_depth(num_warmup, mass_matrix, int(max_tree_depth)),
+                target_accept=float(target_accept), mass_matrix=mass_matrix, chain_method=chain_method, seed=int(seed))
+
+
+def _draw_stats(lp, diverging, n_steps, acceptance, tree_depth=None) -> dict[str, Any]:
+    """Per-draw statistics, (num_chains, num_samples) each; the tree depth from the leapfrog counts
+    (2^depth - 1 steps at most) where the kernel does not report it (NumPyro's)."""
+    if tree_depth is None:
+        n_steps = np.asarray(n_steps)
+        tree_depth = np.ceil(np.log2(n_steps + 1.0)).astype(int)
+    return {"diverging": diverging, "n_steps": n_steps, "tree_depth": tree_depth, "acceptance_rate": acceptance, "lp": lp}
 
 
 def _finish(problem, z, stats, warmup_steps, step_size, settings, start_time, laplace=None) -> SamplerResult:

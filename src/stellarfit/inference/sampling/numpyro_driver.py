@@ -17,13 +17,15 @@ from stellarfit.inference.likelihood import FitProblem
 from stellarfit.inference.sampling.common import (
     SamplerResult,
     _chains,
+    _draw_stats,
     _finish,
     _prepare,
     _resolve_chain_method,
+    _run_settings,
     _to_z,
     check_sampler_settings,
 )
-from stellarfit.inference.sampling.schedule import _dense_adaptation, _numpyro_schedule, _run_schedule, first_phase_depth
+from stellarfit.inference.sampling.schedule import _dense_adaptation, _numpyro_schedule, _run_schedule
 
 __all__ = ["numpyro_fit_model", "numpyro_model", "sample_numpyro", "sample_numpyro_batch"]
 
@@ -298,25 +300,10 @@ def sample_numpyro(
 
     (w, lp, diverging, n_steps, acceptance), step_size, warmup_steps = _run_schedule(
         run, keys, start.w_init, start.inverse_mass, num_warmup, num_samples, mass_matrix, int(max_tree_depth))
-    stats = _numpyro_stats(lp, diverging, n_steps, acceptance)
-    settings = _numpyro_settings(num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
-                                 chain_method, seed)
+    stats = _draw_stats(lp, diverging, n_steps, acceptance)
+    settings = _run_settings("numpyro", num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
+                             chain_method, seed)
     return _finish(problem, _to_z(start, w), stats, warmup_steps, step_size, settings, start_time, start.laplace)
-
-
-def _numpyro_stats(lp, diverging, n_steps, acceptance) -> dict:
-    """Per-draw statistics of NumPyro chains, (num_chains, num_samples) each."""
-    n_steps = np.asarray(n_steps)
-    return {"diverging": diverging, "n_steps": n_steps, "tree_depth": np.ceil(np.log2(n_steps + 1.0)).astype(int),
-            "acceptance_rate": acceptance, "lp": lp}
-
-
-def _numpyro_settings(num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix, chain_method,
-                      seed) -> dict:
-    return dict(backend="numpyro", num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
-                max_tree_depth=int(max_tree_depth),
-                first_phase_max_tree_depth=first_phase_depth(num_warmup, mass_matrix, max_tree_depth),
-                target_accept=float(target_accept), mass_matrix=mass_matrix, chain_method=chain_method, seed=int(seed))
 
 
 @functools.partial(jax.jit, static_argnames=("options",))
@@ -391,11 +378,11 @@ def sample_numpyro_batch(
         run, keys, stack("w_init"), stack("inverse_mass"), num_warmup, num_samples, mass_matrix, int(max_tree_depth),
         per_star=True)
     share = (time.perf_counter() - start_time) / len(problems)
-    settings = _numpyro_settings(num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
-                                 "batched", seed)
+    settings = _run_settings("numpyro", num_warmup, num_samples, num_chains, max_tree_depth, target_accept, mass_matrix,
+                             "batched", seed)
     results = []
     for i, (problem, start) in enumerate(zip(problems, starts)):
-        stats = _numpyro_stats(lp[i], diverging[i], n_steps[i], acceptance[i])
+        stats = _draw_stats(lp[i], diverging[i], n_steps[i], acceptance[i])
         results.append(_finish(problem, _to_z(start, w[i]), stats, warmup_steps[i], step_size[i], settings,
                                time.perf_counter() - share, start.laplace))
     return results
