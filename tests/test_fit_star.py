@@ -337,3 +337,28 @@ def test_fit_stars_batches_spectra_whose_per_pixel_resolution_differs(emulator, 
     for name in (*emulator.label_names, "rv"):
         assert together[1].labels[name]["value"] == pytest.approx(alone.labels[name]["value"],
                                                                   abs=0.15 * alone.labels[name]["error"]), name
+
+
+def test_vsini_is_held_at_zero_and_flagged_where_the_lsf_hides_it(emulator):
+    from stellarfit.inference._fit_prepare import resolve_vsini_max
+
+    assert resolve_vsini_max("auto", 2_000.0) == (0.0, True)  # BOSS: FWHM 150 km/s
+    assert resolve_vsini_max("auto", np.full(10, 22_500.0)) == (100.0, False)
+    assert resolve_vsini_max(30.0, 2_000.0) == (30.0, False)  # a number is used as given
+    with pytest.raises(ValueError, match="'auto'"):
+        resolve_vsini_max("fit", 2_000.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        resolve_vsini_max(-1.0, 2_000.0)
+    # a low-resolution observation (R 4,000: FWHM 75 km/s) of a slowly rotating star
+    truth = np.array([0.4, 0.2, -0.3])
+    wavelength = log_lambda_grid(5008.0, 5090.0, 4_000.0, 3.0)
+    model = forward_model_for(emulator, wavelength, 4_000.0, rv_range=(-31.0, -29.0))
+    normalized = np.asarray(model(np.asarray(truth, np.float32), -30.0, 3.0), dtype=np.float64)
+    rng = np.random.default_rng(4)
+    spectrum = ObservedSpectrum.from_arrays(wavelength, normalized + rng.normal(size=wavelength.size) / 300.0,
+                                            sigma=np.full(wavelength.size, 1 / 300.0), resolution=4_000.0)
+    result = fit_star(spectrum, emulator, n_starts=4, adam_steps=150, rv_range=(-200.0, 200.0))
+    assert result.labels["vsini"]["value"] == 0.0 and "vsini_unresolved" in result.flag_names
+    assert abs(result.labels["rv"]["value"] + 30.0) < max(4 * result.labels["rv"]["error"], 1.0)
+    fitted = fit_star(spectrum, emulator, n_starts=4, adam_steps=150, rv_range=(-200.0, 200.0), vsini_max=50.0)
+    assert "vsini_unresolved" not in fitted.flag_names

@@ -228,6 +228,7 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
     mismatch = chi2_mismatch(result.chi2, dof, problem.ivar, ivar, factor)
     flags |= FLAGS["model_mismatch"] if mismatch.pop("model_mismatch") else 0
     flags |= FLAGS["degraded_to_emulator_resolution"] if prepared.degraded else 0
+    flags |= FLAGS["vsini_unresolved"] if getattr(prepared, "vsini_unresolved", False) else 0
     return FitResult(
         method=method,
         labels=labels,

@@ -31,6 +31,28 @@ class _Prepared:
     arms: np.ndarray | None = None
     degree: Any = 2  # the design's continuum degree: an int for every arm or a tuple per arm
     continuum: dict | None = None  # diagnostics["continuum"]
+    vsini_unresolved: bool = False  # vsini held at 0: the instrument's resolution element is far wider
+
+
+#: vsini_max="auto" fits vsini in [0, AUTO_VSINI_MAX] km/s, or holds it at 0 where the observed LSF's
+#: FWHM (c / R, median over pixels) exceeds UNRESOLVED_LSF_FWHM km/s (R below ~5,000: BOSS, LAMOST LRS,
+#: DESI): there rotation of FGK stars is far below the resolution element, is not constrained, and
+#: would trade against the LSF and the labels (seen: BOSS-like fits sliding to the box edge)
+AUTO_VSINI_MAX = 100.0
+UNRESOLVED_LSF_FWHM = 60.0
+
+
+def resolve_vsini_max(vsini_max, resolution) -> tuple[float, bool]:
+    """(the vsini box's upper end [km/s], whether vsini is held at 0 as unresolved) for ``vsini_max``."""
+    if isinstance(vsini_max, str):
+        if vsini_max != "auto":
+            raise ValueError(f"vsini_max must be a number of km/s or 'auto', got {vsini_max!r}")
+        fwhm = 299_792.458 / float(np.median(np.asarray(resolution, dtype=np.float64)))
+        return (0.0, True) if fwhm > UNRESOLVED_LSF_FWHM else (AUTO_VSINI_MAX, False)
+    value = float(vsini_max)
+    if not value >= 0.0:
+        raise ValueError(f"vsini_max must be >= 0 km/s (0 holds vsini at 0), got {vsini_max!r}")
+    return value, False
 
 
 def _choose_continuum(items: list[_Prepared], results: list, continuum_degree, errors: str = "raise") -> list:
@@ -95,6 +117,7 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
     spectrum = modelled_pixels(spectrum, emulator, rv_range)
     spectrum, degraded = degrade_for_emulator(spectrum, emulator) if degrade else (spectrum, None)
     resolution = spectrum.require_resolution() if hasattr(spectrum, "require_resolution") else spectrum.resolution
+    vsini_max, vsini_unresolved = resolve_vsini_max(vsini_max, resolution)
     wavelength = np.asarray(spectrum.wavelength, dtype=np.float64)
     good = ~np.asarray(spectrum.mask) & (np.asarray(spectrum.ivar) > 0)
     ivar = np.where(good, spectrum.ivar, 0.0)
@@ -131,7 +154,7 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
                          error_basis=error_basis)
     return _Prepared(spectrum, problem, float(rv0), wavelength, flux, np.where(np.asarray(problem.ivar) > 0, ivar, 0.0),
                      None if physics is None else physics.describe(), degraded,
-                     arms=arms, degree=degree, continuum=fixed_info(degree))
+                     arms=arms, degree=degree, continuum=fixed_info(degree), vsini_unresolved=vsini_unresolved)
 
 
 def _template_continuum(model, template_labels, rv, flux, ivar, design) -> np.ndarray:

@@ -97,7 +97,7 @@ def fit_star(
     priors: Mapping[str, GaussianPrior] | None = None,
     rv_range: tuple[float, float] = (-1000.0, 1000.0),
     rv_window: float = 50.0,
-    vsini_max: float = 100.0,
+    vsini_max: float | str = "auto",
     continuum_degree: int | str = "auto",
     n_starts: int = _DEFAULT.n_starts,
     adam_steps: int = _DEFAULT.adam_steps,
@@ -130,7 +130,10 @@ def fit_star(
         priors: optional Gaussian priors by parameter name, e.g. ``{"logg": GaussianPrior(4.4, 0.05)}``.
         rv_range: RV search range [km/s].
         rv_window: half-width [km/s] of the RV box around the search result.
-        vsini_max: largest vsini [km/s] fitted.
+        vsini_max: largest vsini [km/s] fitted; 0 holds vsini at 0.  ``"auto"`` (default): 100 km/s,
+            or 0 with the flag ``vsini_unresolved`` where the observed LSF's FWHM exceeds 60 km/s
+            (R below ~5,000: BOSS, LAMOST LRS, DESI), whose resolution element hides the rotation
+            of FGK stars; pass a number to fit it there anyway.
         continuum_degree: Legendre degree of the continuum per arm: "auto" (default: after a
             first MAP with degree 2, the degree 0-8 per arm with the largest evidence of the
             continuum coefficients under a Gaussian prior scaled to the flux level, the MAP
@@ -263,7 +266,7 @@ def fit_stars(
     priors: Mapping[str, GaussianPrior] | None = None,
     rv_range: tuple[float, float] = (-1000.0, 1000.0),
     rv_window: float = 50.0,
-    vsini_max: float = 100.0,
+    vsini_max: float | str = "auto",
     continuum_degree: int | str = "auto",
     n_starts: int = _DEFAULT.n_starts,
     adam_steps: int = _DEFAULT.adam_steps,

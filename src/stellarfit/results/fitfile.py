@@ -64,7 +64,7 @@ class FitFileError(ValueError):
 
 #: flag name -> bit
 FLAGS = {"grid_edge": 1, "fit_failed": 2, "low_snr": 4, "high_chi2": 8, "not_converged": 16, "rv_edge": 32, "sampler_warning": 64,
-         "degraded_to_emulator_resolution": 128, "model_mismatch": 256}
+         "degraded_to_emulator_resolution": 128, "model_mismatch": 256, "vsini_unresolved": 512}
 
 
 @dataclasses.dataclass

