@@ -172,6 +172,12 @@ class CompositeEmulator:
     error_modes = None
     physics_error = None
 
+    def with_physics_error(self, physics_error) -> "CompositeEmulator":
+        """A copy whose members carry ``physics_error`` (per wavelength, so one serves every window;
+        see :meth:`stellarfit.emulators.Emulator.with_physics_error`)."""
+        return CompositeEmulator([m.with_physics_error(physics_error) for m in self.members], metadata=self.metadata,
+                                 sources=self.sources)
+
     def member_of(self, wavelength: np.ndarray, rv: float = 0.0) -> np.ndarray:
         """(n,) int: the member whose native range holds each wavelength [A, vacuum] seen at radial
         velocity ``rv`` [km/s] (rest wavelength lambda / D(rv)), -1 where none does."""

@@ -212,7 +212,3 @@ def windows_report(model, fit_ivar, ivar, n_cut: int = 0) -> dict:
     used = model.describe_windows(fit_ivar)
     return {"used": used, "n_pixels_outside": int(np.sum(good & ~(fit_ivar > 0))) + int(n_cut)}
 
-
-def describe_windows_line(report: dict) -> str:
-    """``"5000-5500 (8123 px), 6300-6800 (7954 px)"``: the windows a fit used, for people."""
-    return ", ".join(f"{w['window'][0]:.0f}-{w['window'][1]:.0f} ({w['n_pixels']} px)" for w in report.get("used", []))
