@@ -181,3 +181,16 @@ def test_cramer_rao_of_a_composite_is_tighter_than_either_window():
     assert joint.wavelength.size == sum(a.wavelength.size for a in alone)
     for i in range(len(SPEC)):
         assert joint.sigma[i] < min(a.sigma[i] for a in alone)
+
+
+@pytest.mark.slow
+def test_joint_nuts_fit_samples_all_windows():
+    members = toy_members()
+    spectrum = observe(members, snr=60.0, seed=3)
+    result = sf.fit_star(spectrum, CompositeEmulator(members), "nuts", num_warmup=150, num_samples=150, num_chains=2,
+                         chain_method="sequential", **FIT)
+    assert result.samples.shape == (2, 150, 5) and result.diagnostics["divergences"] == 0
+    for i, name in enumerate(SPEC.names):
+        row = result.labels[name]
+        assert abs(row["value"] - TRUTH[i]) < 4.0 * row["error"] and row["error"] < 1.5 * row["crb"], (name, row)
+    assert "used windows: 5000-5100" in result.summary()
