@@ -14,6 +14,7 @@ from stellarfit.emulators.checkpoint import CheckpointError as CheckpointError
 from stellarfit.emulators.checkpoint import SCHEMA_VERSION as SCHEMA_VERSION
 from stellarfit.emulators.checkpoint import read_emulator as read_emulator
 from stellarfit.emulators.checkpoint import save_emulator as save_emulator
+from stellarfit.emulators.composite import CompositeEmulator as CompositeEmulator
 from stellarfit.emulators.evaluation import EmulatorEvaluation as EmulatorEvaluation
 from stellarfit.emulators.evaluation import estimate_error_modes as estimate_error_modes
 from stellarfit.emulators.evaluation import estimate_pixel_error as estimate_pixel_error
@@ -47,6 +48,7 @@ __all__ = [
     "available_model_types",
     "register_model_type",
     "PayneEmulator",
+    "CompositeEmulator",
     "TransformerPayneEmulator",
     "payne_config",
     "scaled_payne_config",

@@ -17,6 +17,7 @@ from importlib import resources
 
 from stellarfit.emulators.base import Emulator
 from stellarfit.emulators.checkpoint import read_emulator
+from stellarfit.emulators.composite import COMPOSITE_FILE, read_composite
 from stellarfit.emulators.physics_error import shipped_physics_error_present
 from stellarfit.labels import LabelSpec
 
@@ -58,11 +59,15 @@ def available_emulators() -> list[str]:
 
 
 def load_emulator(name_or_path: str | os.PathLike, *, label_spec: LabelSpec | None = None) -> Emulator:
-    """Load a shipped emulator by name (``"default"``, ``"payne-default"``) or an emulator directory.
+    """Load a shipped emulator by name (``"default"``, ``"payne-default"``) or an emulator directory
+    (also a composite's: :class:`~stellarfit.emulators.composite.CompositeEmulator`).
 
     ``label_spec``: if given, the emulator must have exactly these labels.
     """
     text = os.fspath(name_or_path)
+    # a directory of several windows' emulators used as one (stellarfit.emulators.composite)
+    if os.path.isfile(os.path.join(text, COMPOSITE_FILE)):
+        return read_composite(text, load=load_emulator, label_spec=label_spec)
     if os.path.exists(text):
         return read_emulator(text, label_spec=label_spec)
     if text in SHIPPED_EMULATORS:

@@ -39,6 +39,7 @@ from stellarfit.forward._continuum_choice import check_continuum_degree as check
 from stellarfit.forward._continuum_choice import choose_continuum_degree as choose_continuum_degree
 from stellarfit.forward._continuum_choice import continuum_log_evidence as continuum_log_evidence
 from stellarfit.forward._continuum_choice import continuum_prior_scale as continuum_prior_scale
+from stellarfit.forward._composite import CompositeForwardModel as CompositeForwardModel
 from stellarfit.forward._model import READOUT_TOLERANCE as READOUT_TOLERANCE
 from stellarfit.forward._model import ForwardModel as ForwardModel
 from stellarfit.forward._model import ObservationOutsideEmulatorError as ObservationOutsideEmulatorError
@@ -48,6 +49,7 @@ __all__ = [
     "AUTO_DEGREE",
     "MAX_AUTO_DEGREE",
     "READOUT_TOLERANCE",
+    "CompositeForwardModel",
     "ContinuumChoice",
     "ForwardModel",
     "ObservationOutsideEmulatorError",

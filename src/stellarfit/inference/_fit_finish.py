@@ -254,6 +254,8 @@ def _finish(prepared: _Prepared, result, method: str, emulator, start_time: floa
             "n_nonfinite_masked": int(spectrum.metadata.get("n_nonfinite_masked", 0)),
             **mismatch, **({"degraded": prepared.degraded} if prepared.degraded else {}),
             "continuum": prepared.continuum or fixed_info(prepared.degree),
+            # a composite emulator's windows: pixels fitted in each, and those outside all (stellarfit.inference._composite)
+            **({"windows": prepared.windows} if prepared.windows else {}),
             **{("sampler_" + k if k in ("seed", "elapsed_s") else k): v for k, v in sampler_diagnostics.items()},
         },
         wavelength=wavelength,

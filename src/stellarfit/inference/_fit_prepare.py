@@ -14,6 +14,8 @@ from stellarfit.forward import AUTO_DEGREE, continuum_design_matrix
 from stellarfit.inference._resolution import degrade_for_emulator
 from stellarfit.inference.continuum import choose_continuum, fixed_info, start_degrees
 from stellarfit.inference._model_cache import forward_model_for
+from stellarfit.inference._composite import (composite_error_terms, continuum_segments, is_composite, segment_degrees,
+                                             windows_report)
 from stellarfit.inference.likelihood import FitProblem
 from stellarfit.inference.map import box_centre, estimate_rv
 
@@ -31,6 +33,7 @@ class _Prepared:
     arms: np.ndarray | None = None
     degree: Any = 2  # the design's continuum degree: an int for every arm or a tuple per arm
     continuum: dict | None = None  # diagnostics["continuum"]
+    windows: dict | None = None  # a composite emulator's windows used (stellarfit.inference._composite.windows_report)
     vsini_unresolved: bool = False  # vsini held at 0: the instrument's resolution element is far wider
 
 
@@ -114,7 +117,9 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
 
     ``start`` (name -> value, from ``init``): its rv replaces the RV search and its labels the
     box-centre template that puts the emulator's error into flux units."""
+    n_before = _n_good(spectrum)
     spectrum = modelled_pixels(spectrum, emulator, rv_range)
+    n_cut = n_before - _n_good(spectrum)
     spectrum, degraded = degrade_for_emulator(spectrum, emulator) if degrade else (spectrum, None)
     resolution = spectrum.require_resolution() if hasattr(spectrum, "require_resolution") else spectrum.resolution
     vsini_max, vsini_unresolved = resolve_vsini_max(vsini_max, resolution)
@@ -124,12 +129,16 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
     flux = np.where(good, spectrum.flux, 0.0)
     arms = np.asarray(getattr(spectrum, "arm", np.zeros(wavelength.size, dtype=int)))
     degree = start_degrees(continuum_degree)
-    design = continuum_design_matrix(wavelength, arms, list(degree) if isinstance(degree, tuple) else degree)
     spec = emulator.label_spec
     centre = box_centre(spec)
     # one forward model over the whole RV range (cached per pixel grid): the fit's RV box around
     # the search result is data of the FitProblem, so nothing recompiles from star to star
     model = forward_model_for(emulator, wavelength, resolution, rv_range=tuple(rv_range), vsini_max=vsini_max)
+    composite = is_composite(emulator)
+    if composite:  # one emulator per window: a continuum per arm and window (stellarfit.inference._composite)
+        segments = continuum_segments(model, arms)
+        degree, arms = segment_degrees(degree, arms, segments), segments
+    design = continuum_design_matrix(wavelength, arms, list(degree) if isinstance(degree, tuple) else degree)
     if start is not None:
         centre = np.clip([start.get(name, centre[i]) for i, name in enumerate(spec.names)], spec.lower, spec.upper)
     if start is not None and "rv" in start:
@@ -144,7 +153,13 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
     pixel_error = getattr(emulator, "pixel_error", None) if emulator_error else None
     error_modes = getattr(emulator, "error_modes", None) if emulator_error else None
     physics = getattr(emulator, "physics_error", None) if physics_error else None
-    if pixel_error is not None or error_modes is not None or physics is not None:
+    physics_info = None if physics is None else physics.describe()
+    if composite and (emulator_error or physics_error):  # each window's own error terms on its pixels
+        fit_ivar, error_basis, physics_info = composite_error_terms(
+            model, emulator, rv0, ivar, lambda: _template_continuum(model, centre, rv0, flux, ivar, design),
+            emulator_error=emulator_error, physics_error=physics_error, with_emulator_error=_with_emulator_error,
+            observed_error_modes=_observed_error_modes)
+    elif pixel_error is not None or error_modes is not None or physics is not None:
         template_continuum = _template_continuum(model, centre, rv0, flux, ivar, design)
         if pixel_error is not None or physics is not None:
             fit_ivar = _with_emulator_error(model, emulator, rv0, ivar, pixel_error, template_continuum, physics)
@@ -153,8 +168,16 @@ def _prepare(spectrum, emulator, *, priors, rv_range, rv_window, vsini_max, cont
     problem = FitProblem(model, spec, flux, fit_ivar, design, priors=priors, vsini_max=vsini_max, rv_range=(low, high),
                          error_basis=error_basis)
     return _Prepared(spectrum, problem, float(rv0), wavelength, flux, np.where(np.asarray(problem.ivar) > 0, ivar, 0.0),
-                     None if physics is None else physics.describe(), degraded,
-                     arms=arms, degree=degree, continuum=fixed_info(degree), vsini_unresolved=vsini_unresolved)
+                     physics_info, degraded, arms=arms, degree=degree, continuum=fixed_info(degree),
+                     windows=windows_report(model, problem.ivar, ivar, n_cut) if composite else None,
+                     vsini_unresolved=vsini_unresolved)
+
+
+def _n_good(spectrum) -> int:
+    """Good pixels (ivar > 0, not masked) of an ObservedSpectrum (0 for anything else)."""
+    if not hasattr(spectrum, "ivar") or not hasattr(spectrum, "mask"):
+        return 0
+    return int(np.sum(~np.asarray(spectrum.mask) & (np.asarray(spectrum.ivar) > 0)))
 
 
 def _template_continuum(model, template_labels, rv, flux, ivar, design) -> np.ndarray:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from stellarfit.forward import ForwardModel
+from stellarfit.inference._composite import composite_forward_model_for, is_composite
 
 __all__ = ["forward_model_for"]
 
@@ -33,7 +34,14 @@ def forward_model_for(emulator, wavelength: np.ndarray, resolution, **options) -
     ladder (the default), spectra on the same pixels whose R(lambda) needs the
     same ladder rungs also share compiled programs: the model's ``shared`` is the
     first such model, which their FitProblems evaluate with their own ``lsf_data``.
+
+    For a :class:`~stellarfit.emulators.composite.CompositeEmulator`, a
+    :class:`~stellarfit.forward.CompositeForwardModel` of one such model per window
+    (:func:`stellarfit.inference._composite.composite_forward_model_for`).
     """
+    # several windows' emulators used as one: a model per member on its pixels, joined (stellarfit.inference._composite)
+    if is_composite(emulator):
+        return composite_forward_model_for(emulator, wavelength, resolution, member_model_for=forward_model_for, **options)
     if emulator.native_resolution is None:
         raise ValueError("the emulator does not record its native resolution; it cannot be broadened to an observation")
     wavelength = np.ascontiguousarray(wavelength, dtype=np.float64)

@@ -22,7 +22,9 @@ __all__ = ["degrade_for_emulator"]
 
 def _emulator_lattice(emulator, low: float, high: float) -> np.ndarray:
     """Wavelengths [A] of the emulator's native ln(lambda) lattice from ``low`` to ``high`` (float64),
-    extended beyond the emulator's own range with the same step."""
+    extended beyond the emulator's own range with the same step.  For a composite emulator (one per
+    window, :mod:`stellarfit.emulators.composite`), its first window's lattice."""
+    emulator = getattr(emulator, "members", (emulator,))[0]
     native = np.asarray(emulator.wavelength, dtype=np.float64)
     step = float(np.log(native[-1] / native[0]) / (native.size - 1))
     origin = float(np.log(native[0]))

@@ -128,6 +128,9 @@ def planned_wavelength(emulator, resolution: float, *, window: Sequence[float] |
     """
     from stellarfit.wavelengths import log_lambda_grid
 
+    members = getattr(emulator, "members", None)
+    if members is not None and window is None:  # a composite emulator: each window's own pixels, one after the other
+        return np.concatenate([planned_wavelength(m, resolution, rv=rv, vsini=vsini, sampling=sampling) for m in members])
     native = np.asarray(emulator.wavelength, dtype=np.float64)
     margin = (abs(rv) + abs(vsini) + 5.0 * SPEED_OF_LIGHT_KMS / resolution + 20.0) / SPEED_OF_LIGHT_KMS
     lo, hi = native[0] * (1 + margin), native[-1] * (1 - margin)

@@ -124,8 +124,15 @@ def fit_star(
 
     Args:
         spectrum: the observation (vacuum wavelengths, flux, ivar, mask, resolution).
-        emulator: a stellarfit emulator (``load_emulator(...)``), or any object with the members of
-            :class:`~stellarfit.emulators.FittableEmulator`.
+        emulator: a stellarfit emulator (``load_emulator(...)``), any object with the members of
+            :class:`~stellarfit.emulators.FittableEmulator`, or a
+            :class:`~stellarfit.emulators.composite.CompositeEmulator` (one emulator per wavelength
+            window, fitted together with shared labels, RV and vsini; docs/guide/windows.md): its
+            observed pixels are split by window, pixels of no window masked and counted, the
+            continuum is a polynomial per arm and window, and ``diagnostics["windows"]`` says
+            which windows were used.  A composite has no fast path: ``init="fast"`` and
+            ``sample_with="fast"`` are refused, ``"auto"`` fits and samples the composite itself,
+            and NUTS chains run in this process (no worker processes).
         method: "map" (MAP + Laplace errors), "nuts" (NumPyro NUTS) or "blackjax" (BlackJAX NUTS).
         priors: optional Gaussian priors by parameter name, e.g. ``{"logg": GaussianPrior(4.4, 0.05)}``.
         rv_range: RV search range [km/s].

@@ -154,6 +154,11 @@ class FitResult:
             lines.append(f"{name:<10} {row['value']:>12.4f} {row['error']:>10.4f} {row['crb']:>10.4f}")
         lines.append(f"chi2 = {self.chi2:.1f} over {self.n_pixels} pixels (reduced {self.reduced_chi2:.3f}), S/N = {self.snr:.1f}")
         lines.append(f"flags = {self.flags} {self.flag_names}")
+        windows = (self.diagnostics or {}).get("windows")
+        if windows:  # a composite emulator's fit (stellarfit.emulators.composite): the windows it used
+            used = ", ".join(f"{w['window'][0]:.0f}-{w['window'][1]:.0f} ({w['n_pixels']} px)" for w in windows["used"])
+            outside = windows.get("n_pixels_outside", 0)
+            lines.append(f"used windows: {used}" + (f"; {outside} good pixels outside every window (masked)" if outside else ""))
         return "\n".join(lines)
 
     def write(self, path) -> None:
