@@ -47,7 +47,7 @@ INIT_HELP = ("where each MAP starts: auto (default: from a fit with the emulator
 Z_TRANSFORMS = ("logit", "probit", "probit-labels")
 Z_TRANSFORM_HELP = ("NUTS: the map from the sampled coordinates to each parameter's box: logit (default), probit "
                     "(about 0.86x the gradients on typical stars, but more fits with a low effective sample size on "
-                    "hard ones; see docs/fitting.md, 'A second seed') or probit-labels")
+                    "hard ones; see docs/design/sampling.md) or probit-labels")
 
 
 CONTINUUM_DEGREE_HELP = ("Legendre degree of the continuum per arm: auto (default: the degree 0-8 with the largest "
@@ -75,7 +75,7 @@ def _z_transform_option(args: argparse.Namespace) -> dict:
 
 SAMPLE_WITH_HELP = ("which emulator NUTS samples with: auto (default: for a TransformerPayne, its fast path, "
                     "the draws moved to the TransformerPayne's mode; else the emulator itself), self, fast "
-                    "(see docs/fitting.md, NUTS with the TransformerPayne: sample_with)")
+                    "(see docs/design/fast_path.md)")
 
 
 NO_DEGRADE_HELP = ("refuse a spectrum sharper than the emulator (an error) instead of degrading it to the emulator's "
@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--samples", type=int, default=500, help="NUTS draws per chain (default 500)")
     fit.add_argument("--target-accept", type=float, default=0.8,
                      help="NUTS target acceptance probability (default 0.8; lower: longer steps, fewer gradients, "
-                          "more divergences, see docs/fitting.md)")
+                          "more divergences, see docs/design/sampling.md)")
     fit.add_argument("--z-transform", choices=Z_TRANSFORMS, default=None, help=Z_TRANSFORM_HELP)
     fit.add_argument("--chain-method", default="auto", choices=["auto", "sequential", "processes", "vectorized"],
                      help="how NUTS chains run: auto (default: worker processes pinned one per core on a multi-core "

@@ -17,7 +17,7 @@ softplus smoothing
 which tends to LeakyReLU as beta -> infinity (it differs from it by at most
 (1 - a) log(2) / beta, at x = 0) and has a continuous Jacobian.  It can be set
 on a network trained with LeakyReLU (the shipped ``payne-default`` uses
-beta = 100, see its PROVENANCE.md and docs/fitting.md, "Speed") or used in
+beta = 100, see its PROVENANCE.md and docs/validation/speed.md) or used in
 training.  0 (the default of a new Payne) keeps the exact LeakyReLU.
 
 The network is tied to its pixel grid: ``predict``/``apply_fn`` at other

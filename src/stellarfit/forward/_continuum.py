@@ -62,7 +62,7 @@ def continuum_design_matrix(wavelength: np.ndarray, arms: np.ndarray | None = No
 # <= 3) are written so that XLA's CPU backend runs them as fused loops or a matrix-vector product with
 # the pixels along rows: its matrix products with an inner or outer dimension of 2-4 pixels' columns,
 # and its library fusions of such reductions, cost 5-20x their arithmetic (the normal matrix and the
-# leverages of the likelihood's gradient took a tenth of a payne-default gradient; docs/fitting.md, Speed).
+# leverages of the likelihood's gradient took a tenth of a payne-default gradient; docs/validation/speed.md).
 _SMALL_DESIGN = 4
 
 

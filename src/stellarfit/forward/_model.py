@@ -71,7 +71,7 @@ at the native width, R from 10,000 to 20,000, native R 30,000) the largest
 error is 3e-4 of the continuum; the median R instead errs by 0.11.  The cost
 is K inverse FFTs of the native slice instead of one (rotation, anchor LSF and
 spline prefilter share one FFT convolution per anchor) and two interpolations
-per pixel instead of one (see docs/fitting.md for timings).
+per pixel instead of one (see docs/validation/speed.md for timings).
 
 Shared programs for per-pixel LSFs.  By default (``lsf_anchors="ladder"``) the
 anchor variances are rungs of one fixed geometric ladder, sigma^2 = v0 (1 +
@@ -617,7 +617,7 @@ class ForwardModel:
         smoother than its native pixels and the instrument kernel cuts the top of the band, so for
         ``payne-default`` at R = 22,500 the top ~12% of the bins carry less than 1e-5 of flux even
         for the worst of 64 labels spread over its box; every per-bin operation of a call and its
-        gradient shrinks with them (docs/fitting.md, Speed).  ``from_emulator`` passes such labels.
+        gradient shrinks with them (docs/validation/speed.md).  ``from_emulator`` passes such labels.
         """
         weight = np.asarray(weight, np.float64)
         bias = np.asarray(bias, np.float64)
@@ -689,7 +689,7 @@ class ForwardModel:
         # Doppler phase below, optimization_barrier makes XLA compute the per-bin factor once and keep it:
         # otherwise its CPU backend fused the factor's sines, cosines and Bessel polynomials into each of the
         # 4-6 loops that read it (the product, its adjoint, the derivatives in vsini and rv), and they took
-        # a quarter of a payne-default gradient (docs/fitting.md, Speed)
+        # a quarter of a payne-default gradient (docs/validation/speed.md)
         rotation = jax.lax.optimization_barrier(rotation_transfer(
             jnp.asarray(vsini, dtype), jnp.asarray(self._rotation_frequency[:bins], dtype), self.limb_darkening))
         spectrum = (rest_spectrum * rotation)[None, :] * jnp.asarray(self._fused_static_fft[:, :bins]).astype(complex_dtype)

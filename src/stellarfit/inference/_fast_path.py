@@ -157,7 +157,7 @@ def fast_path_emulator(emulator):
 #: the coordinates of a MAP polish that starts from another emulator's MAP (the fast path's, or the
 #: emulator's own for the fast path): "unit", where labels whose MAP is at a box edge reach it in a
 #: step or two; a start given by the user polishes in z, which copes better with distant starts
-#: (:func:`~stellarfit.inference.map.polish_map`; docs/fitting.md)
+#: (:func:`~stellarfit.inference.map.polish_map`; docs/design/sampling.md)
 FAST_PATH_POLISH_SPACE = "unit"
 
 

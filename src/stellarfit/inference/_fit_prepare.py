@@ -91,7 +91,7 @@ def modelled_pixels(spectrum, emulator, rv_range: tuple[float, float] = (-1000.0
     What ``fit_star`` and ``fit_stars`` fit, and what their FitResult holds.  Spectra on one
     wavelength lattice with different first and last pixels (BOSS coadds, LAMOST: log10 steps
     of 1e-4 from per-spectrum starts) become the same pixels after the cut, so they share one
-    forward model and its compiled programs (docs/fitting.md, "Spectra on one wavelength
+    forward model and its compiled programs (docs/design/forward_model.md, "Spectra on one wavelength
     lattice").  A spectrum with fewer than two such pixels is returned whole, for the forward
     model to report it as outside the emulator.
     """

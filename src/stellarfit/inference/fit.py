@@ -153,7 +153,7 @@ def fit_star(
         chain_method: how chains run: "auto" (default: on a multi-core Linux CPU, dealt out to
             worker processes pinned one per core, else one after another; vectorized on an
             accelerator), "processes", "sequential", "vectorized", or (NumPyro only)
-            "parallel", one device per chain (see docs/fitting.md, NUTS settings).
+            "parallel", one device per chain (see docs/guide/fitting.md, NUTS settings).
         emulator_error: when the emulator records its own per-pixel error
             (``emulator.pixel_error``, shipped emulators do), add it to the noise of
             every pixel, so that errors and posteriors include the emulator's
@@ -166,7 +166,7 @@ def fit_star(
             (docs/validation/real_stars.md).
         error_floor: when the emulator records error floors per label and for
             rv and vsini (``emulator.metadata["label_error_floor"]``, measured by
-            injection tests on held-out realistic spectra; see docs/fitting.md), add
+            injection tests on held-out realistic spectra; see docs/design/errors.md), add
             them in quadrature to each parameter's error and widen lower/upper
             accordingly (vsini's lower end stays >= 0); the error without the
             floor is kept as ``error_statistical``.
@@ -190,7 +190,7 @@ def fit_star(
             ``emulator``'s MAP: the chains sample the fast path's posterior and every draw is
             moved by the difference of the two MAPs in the unconstrained coordinates, so the
             location is ``emulator``'s and the shape (widths, correlations, skew near box edges)
-            the fast path's (:func:`recentred_posterior`; docs/fitting.md).  ``"auto"``
+            the fast path's (:func:`recentred_posterior`; docs/design/fast_path.md).  ``"auto"``
             (default): ``"fast"`` for a TransformerPayne with a fast path, on a CPU or a GPU
             (sampling it takes hours on a CPU, ~3 s per Jacobian, and minutes per star on an
             H200, against ~10 s batched through the fast path), else ``"self"``.  What was done
@@ -200,7 +200,7 @@ def fit_star(
             (lower + width Phi(z), Phi the standard normal CDF: a parameter the data leave free
             is a standard normal in z, not a logistic) or "probit-labels" (probit for the labels,
             logistic for rv and vsini).  The posterior in theta is the same; the cost of sampling
-            it is not (docs/fitting.md, NUTS posteriors on held-out stars).  Recorded in
+            it is not (docs/validation/speed.md).  Recorded in
             ``diagnostics["posterior"]``.
         degrade: a spectrum sharper than the emulator (R > ``emulator.native_resolution`` at a
             pixel it reaches) is first degraded to the native R on the emulator's pixels
@@ -307,7 +307,7 @@ def fit_stars(
     all its stars in one program, each star with its own Laplace whitening and each chain with its
     own adaptation, trajectories capped at ``max_tree_depth``; the per-draw leapfrog counts are in
     ``result.sample_stats["n_steps"]``.  On a CPU, batched NUTS is slower than
-    ``fit_star(method="nuts")`` one star at a time (docs/fitting.md); it is the GPU path.
+    ``fit_star(method="nuts")`` one star at a time (docs/guide/fitting.md); it is the GPU path.
     ``errors="raise"`` stops at the first spectrum that cannot be fitted; ``errors="collect"`` puts
     the exception in its place in the returned list and goes on.  ``init``: None, "auto" or
     "fast" as in :func:`fit_star` (the fast path fits all spectra first, batched), or one start

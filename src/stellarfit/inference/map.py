@@ -504,7 +504,7 @@ def _polish_until(problem: FitProblem, z, *, max_steps: int, chord: bool = True,
     and gradient.  Until 2026-11-28 the threshold was 10 nats and the first rejection from an older
     curvature took a Jacobian: 52 Jacobians against 35 now on 13 held-out TransformerPayne stars
     polished from `default-fast`'s MAPs, the same optima (benchmarks/bench_polish_jacobians.py,
-    docs/fitting.md).  With :data:`CHORD_SECANT` the kept curvature is corrected after every
+    docs/design/sampling.md).  With :data:`CHORD_SECANT` the kept curvature is corrected after every
     accepted step from a kept curvature by a BFGS update from the step and the change of the exact
     gradient, both in u (:func:`_secant_update`): where the objective bends less or more along the
     steps than the last Jacobian said (a valley of correlated labels the polish walks along), the
@@ -622,7 +622,7 @@ def polish_map(problem: FitProblem, start: np.ndarray, *, max_steps: int = 8, ch
     (:func:`_box_step`): from a close start, such as another emulator's MAP, labels whose MAP is at
     an edge get there in a step or two (on 13 held-out TransformerPayne stars polished from
     `default-fast`'s MAPs: 78 iterations against 140, 0.72x the time, the same optima); from a
-    start several sigma away it took more iterations than "z" (docs/fitting.md).
+    start several sigma away it took more iterations than "z" (docs/design/sampling.md).
     """
     start = np.asarray(start, dtype=np.float64)
     if start.shape != (problem.n_parameters,):

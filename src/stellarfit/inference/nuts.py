@@ -58,10 +58,10 @@ warm-up iterations.  The first 200 iterations take at most 2^6 - 1 = 63 leapfrog
 (:func:`first_phase_depth`): where the Laplace metric fits the posterior badly, their
 trajectories ran ~100 steps and took half the fit's gradients; capped, those fits take
 0.63-0.81x the gradients and the others are unchanged (a cap of 31 cut more but mixed one
-star worse; docs/fitting.md, Speed).  Each chain estimating its own metric from its own 375
+star worse; docs/validation/speed.md).  Each chain estimating its own metric from its own 375
 draws (``"laplace"``) left the chains' step sizes 0.26-0.45 on a noisy star
 and their trees long; the pooled metric gives them all ~0.4, and the fit 16-20%
-fewer gradients (docs/fitting.md, Speed).  The chains must meet once in the
+fewer gradients (docs/validation/speed.md).  The chains must meet once in the
 middle of the warm-up, so a fit runs two programs.
 
 Other schedules (:func:`adaptation_windows`): ``"laplace"`` re-estimates the
@@ -71,7 +71,7 @@ step-size buffers; ``"laplace-windows"`` (the former default), ``"dense"`` and
 Started from the Laplace metric, the short windows only degraded it, and each
 window end restarted the step-size search: one window needs about a fifth
 fewer warm-up gradients (a third on the example star) at the same or better
-draw efficiency (docs/fitting.md, Speed).
+draw efficiency (docs/validation/speed.md).
 
 References: NUTS, Hoffman & Gelman (2014, JMLR 15, 1593); window adaptation as
 in Stan (Stan Reference Manual, "HMC algorithm parameters"); rank-normalized

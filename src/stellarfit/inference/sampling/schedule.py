@@ -37,7 +37,7 @@ _POOLED_BUFFER = 75
 _POOLED_COLLECT = 125
 #: tree-depth cap of the pooled schedule's first phase (None: max_tree_depth throughout): on the Laplace
 #: metric, stars whose posterior is far from it took ~100 leapfrog steps per iteration there, half their
-#: gradients; 63 at most cut those fits to 0.63-0.81x and left the others alike (docs/fitting.md, Speed)
+#: gradients; 63 at most cut those fits to 0.63-0.81x and left the others alike (docs/validation/speed.md)
 _FIRST_PHASE_DEPTH: int | None = 6
 
 
@@ -125,7 +125,7 @@ def adaptation_windows(num_warmup: int, mass_matrix: str = "laplace") -> list[tu
     (25 or 50 draws estimate the dense covariance of 15 parameters poorly and each new metric
     restarts the step-size search); one long window cuts warm-up gradients by
     about a fifth (a third on the example star) at equal or better draw
-    efficiency (docs/fitting.md, Speed).  Below 20
+    efficiency (docs/validation/speed.md).  Below 20
     iterations there is one fast range, and when the buffers do not fit they
     shrink to 15% and 10% of the warm-up, as in Stan.  ``"laplace-fixed"``: one fast range
     (step size only; the metric stays the Laplace whitening).
