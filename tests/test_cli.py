@@ -60,7 +60,7 @@ def test_grid_bad_input(tmp_path, monkeypatch, capsys):
     assert main(["grid", "--n", "4", "--out", str(tmp_path / "g.h5")]) == 2
     assert "engines install turbospectrum" in capsys.readouterr().err
     assert main(["grid", "--n", "4", "--window", "7000", "7100", "--out", str(tmp_path / "g.h5")]) == 2
-    assert "beyond the shipped Gaia-ESO subset" in capsys.readouterr().err
+    assert "beyond every shipped Gaia-ESO subset" in capsys.readouterr().err
 
 
 def test_engines_install_unknown_engine(capsys):
