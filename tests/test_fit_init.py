@@ -70,6 +70,7 @@ def test_init_from_a_fit_result_stays_put_and_stops_early(payne, spectrum, multi
     assert result.diagnostics["init"]["values"]["rv"] == pytest.approx(multi_start.labels["rv"]["map"], abs=1e-3)
 
 
+@pytest.mark.slow  # ~2 min on 2 cores; runs in CI's slow step
 def test_an_emulator_naming_a_fast_path_fits_in_two_stages(payne, spectrum, multi_start):
     """payne-default naming itself as its fast path: the machinery of the shipped TransformerPayne's
     two-stage fit, at Payne speed."""

@@ -76,6 +76,7 @@ def _star_with_missing_lines(seed=3, snr=200.0):
     return spectrum, PhysicsError(NATIVE, MISSING_DEPTH * profile, stars=("toy",))
 
 
+@pytest.mark.slow  # ~2 min on 2 cores; runs in CI's slow step
 def test_the_physics_error_takes_missing_lines_out_of_the_labels():
     spectrum, physics = _star_with_missing_lines()
     options = dict(n_starts=2, adam_steps=100, rv_range=(-50.0, 50.0))
