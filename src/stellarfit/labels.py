@@ -120,6 +120,19 @@ class LabelSpec:
     def __repr__(self) -> str:
         return f"LabelSpec({', '.join(self.names)})"
 
+    def difference(self, other: "LabelSpec") -> str:
+        """How ``other`` differs from this spec, in words (for error messages; "" when equal)."""
+        if self == other:
+            return ""
+        if self.names != other.names:
+            missing = [n for n in self.names if n not in other.names]
+            extra = [n for n in other.names if n not in self.names]
+            if not missing and not extra:
+                return f"same labels in a different order: {list(other.names)} vs expected {list(self.names)}"
+            return f"missing {missing}, unexpected {extra}"
+        changed = [f"{b.name}: {b} vs {a}" for a, b in zip(self.labels, other.labels) if a != b]
+        return "different bounds/units: " + "; ".join(changed)
+
     def subset(self, names: Sequence[str]) -> "LabelSpec":
         """A spec with only ``names`` (in that order); relative constraints to dropped labels are dropped."""
         keep = [self[name] for name in names]

@@ -140,17 +140,6 @@ def _model_types() -> Mapping[str, type[Emulator]]:
     return MODEL_TYPES
 
 
-def _label_difference(expected: LabelSpec, found: LabelSpec) -> str:
-    if expected.names != found.names:
-        missing = [n for n in expected.names if n not in found.names]
-        extra = [n for n in found.names if n not in expected.names]
-        if not missing and not extra:
-            return f"same labels in a different order: file {list(found.names)} vs expected {list(expected.names)}"
-        return f"missing {missing}, unexpected {extra}"
-    changed = [f"{a.name}: {a} vs {b}" for a, b in zip(found.labels, expected.labels) if a != b]
-    return "different bounds/units: " + "; ".join(changed)
-
-
 def read_emulator(path: str | os.PathLike, *, label_spec: LabelSpec | None = None) -> Emulator:
     """Load the emulator in directory ``path``.
 
@@ -167,7 +156,7 @@ def read_emulator(path: str | os.PathLike, *, label_spec: LabelSpec | None = Non
     if list(spec.names) != list(meta["label_names"]):
         raise CheckpointError(f"{path}: label_names {meta['label_names']} disagree with the label spec {list(spec.names)}; the file is inconsistent")
     if label_spec is not None and label_spec != spec:
-        raise CheckpointError(f"{path}: the emulator's labels do not match the expected ones ({_label_difference(label_spec, spec)})")
+        raise CheckpointError(f"{path}: the emulator's labels do not match the expected ones ({label_spec.difference(spec)})")
     arrays_path = os.path.join(path, ARRAYS_FILE)
     if not os.path.isfile(arrays_path):
         raise FileNotFoundError(f"{path}: {ARRAYS_FILE} is missing; the emulator directory is incomplete")

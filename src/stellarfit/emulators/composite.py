@@ -28,6 +28,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from stellarfit._io import to_jsonable, write_json_atomic
 from stellarfit.labels import LabelSpec
 
 __all__ = ["CompositeEmulator", "COMPOSITE_FILE", "COMPOSITE_FORMAT", "is_composite", "read_composite"]
@@ -94,7 +95,7 @@ class CompositeEmulator:
                 raise ValueError(
                     f"the member emulators take different labels: {_name(members[0])} "
                     f"({_window_text(_range(members[0]))} A) and {_name(member)} ({_window_text(_range(member))} A): "
-                    f"{_label_difference(spec, member.label_spec)}. A composite fits one set of labels to every "
+                    f"{spec.difference(member.label_spec)}. A composite fits one set of labels to every "
                     "window, so its members must have the same label spec (names, order, bounds, units)")
         for left, right in zip(members, members[1:]):
             if _range(right)[0] <= _range(left)[1]:
@@ -201,7 +202,7 @@ class CompositeEmulator:
             "label_names": list(self.label_names),
             "windows": [list(w) for w in self.windows],
             "native_resolution": self.native_resolution,
-            "metadata": _jsonable(self.metadata),
+            "metadata": to_jsonable(self.metadata),
             "members": [m.describe() if hasattr(m, "describe") else {"name": _name(m)} for m in self.members],
         }
 
@@ -283,11 +284,8 @@ class CompositeEmulator:
             entries.append(entry)
         os.makedirs(path, exist_ok=True)
         document = {"format": COMPOSITE_FORMAT, "schema_version": COMPOSITE_SCHEMA_VERSION,
-                    "label_names": list(self.label_names), "metadata": _jsonable(self.metadata), "members": entries}
-        temporary = target + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2)
-        os.replace(temporary, target)
+                    "label_names": list(self.label_names), "metadata": to_jsonable(self.metadata), "members": entries}
+        write_json_atomic(target, document, indent=2)
         return path
 
     @classmethod
@@ -338,7 +336,7 @@ def read_composite(path: str | os.PathLike, *, load: Callable[[str], Any] | None
         member = load(where)
         if label_spec is not None and member.label_spec != label_spec:
             raise ValueError(f"{path}: member {i} ({where}) does not take the expected labels "
-                             f"({_label_difference(label_spec, member.label_spec)})")
+                             f"({label_spec.difference(member.label_spec)})")
         members.append(member)
         sources.append(source)
     return CompositeEmulator(members, metadata=document.get("metadata"), sources=sources)
@@ -353,17 +351,6 @@ def _range(member: Any) -> tuple[float, float]:
     return float(wavelength[0]), float(wavelength[-1])
 
 
-def _label_difference(expected: LabelSpec, found: LabelSpec) -> str:
-    if expected.names != found.names:
-        missing = [n for n in expected.names if n not in found.names]
-        extra = [n for n in found.names if n not in expected.names]
-        if not missing and not extra:
-            return f"the same labels in another order ({list(expected.names)} vs {list(found.names)})"
-        return f"labels {missing} only in the first, {extra} only in the second"
-    changed = [f"{a.name}: {a} vs {b}" for a, b in zip(expected.labels, found.labels) if a != b]
-    return "different bounds or units: " + "; ".join(changed)
-
-
 def _smallest_floors(members: Sequence[Any]) -> dict[str, float]:
     """Per parameter, the smallest ``label_error_floor`` among the members that record one."""
     out: dict[str, float] = {}
@@ -373,15 +360,3 @@ def _smallest_floors(members: Sequence[Any]) -> dict[str, float]:
             if value is not None and np.isfinite(value):
                 out[name] = float(min(out.get(name, np.inf), value))
     return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
