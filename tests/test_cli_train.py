@@ -98,3 +98,20 @@ def test_evaluate_on_an_empty_part_names_it(tmp_path, capsys):
     assert "test part" in err and "--part all" in err
     assert main(["evaluate", "--emulator", str(out), "--grid", str(path), "--part", "all", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_spectra"] == 4
+
+
+def test_train_transformer_payne_from_the_command_line(tmp_path, capsys):
+    """The TransformerPayne path: its architecture options reach the model and its training runs."""
+    from stellarfit.emulators import load_emulator
+
+    grid = _grid_file(tmp_path)
+    out = tmp_path / "tp"
+    assert main(["train", "--grid", str(grid), "--out", str(out), "--model", "transformer-payne", "--dim", "32",
+                 "--layers", "1", "--tokens", "4", "--n-wavelengths", "16", "--steps", "20", "--batch-size", "8",
+                 "--no-continuum", "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["model"] == "transformer-payne" and summary["final_step"] == 20
+    emulator = load_emulator(str(out))
+    assert emulator.model_type == "transformer_payne"
+    assert emulator.config["dim"] == 32 and emulator.config["n_layers"] == 1 and emulator.config["n_tokens"] == 4
+    assert np.isfinite(emulator.predict(SpectralGrid.read(grid).labels[:2], check_bounds=False)).all()

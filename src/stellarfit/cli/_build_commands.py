@@ -204,8 +204,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif args.model == "payne-large":
         emulator = PayneEmulator.create(train.label_spec, train.wavelength, {**scaled_payne_config(), **smoothing}, **common)
     else:
-        config = transformer_payne_config(dim=args.dim, n_layers=args.layers, n_tokens=args.tokens)
-        emulator = TransformerPayneEmulator.create(train.label_spec, train.wavelength, config, **common)
+        architecture = transformer_payne_config(dim=args.dim, n_layers=args.layers, n_tokens=args.tokens)
+        emulator = TransformerPayneEmulator.create(train.label_spec, train.wavelength, architecture, **common)
     result = train_emulator(emulator, train, validation, config, checkpoint_dir=args.checkpoint_dir, extra_metadata=extra)
     _with_validation_pixel_error(result.emulator, validation).save(str(out), overwrite=args.overwrite)
     summary = {"out": str(out), "model": args.model, "n_train": len(train.labels), "best_step": result.best_step,
