@@ -184,3 +184,53 @@ def test_cli_predict_two_files_one_bad(emulator, trained, tmp_path, capsys):
     assert np.isfinite(teff[0]) and np.isnan(teff[1])
     assert main(["predict", str(bad), "--encoder", str(tmp_path / "enc")]) == 1
     assert main(["predict", str(good), "--encoder", str(tmp_path / "missing")]) == 2
+
+
+def test_shipped_encoder_by_name_reads_a_solar_spectrum(emulator):
+    from stellarfit.encoders import DEFAULT_ENCODER, encoder_for
+
+    shipped = load_encoder(DEFAULT_ENCODER)
+    assert encoder_for(emulator) is not None and encoder_for(emulator).label_spec == emulator.label_spec
+    assert shipped.label_spec == emulator.label_spec and shipped.output_names[-1] == "rv"
+    sun = np.array([5772.0, 4.44, 1.0, 0.0] + [0.0] * (len(emulator.label_names) - 4))
+    result = predict(shipped, _observed(emulator, sun, 0, resolution=5000.0))
+    # the trained encoder's Teff and [Fe/H] on a simulated solar spectrum: within 3 of its errors (~400 K, ~0.3 dex)
+    for name, truth in (("teff", 5772.0), ("fe_h", 0.0)):
+        value, error = result[name]
+        assert abs(value - truth) < 3 * error and error < {"teff": 800.0, "fe_h": 0.6}[name]
+
+
+def test_fit_star_and_fit_stars_start_from_the_encoder(emulator, trained):
+    from stellarfit.inference._encoder_start import EncoderStart, encoder_starts
+
+    truth = np.array([6100.0, 4.1, 1.2, -0.4] + [0.0] * (len(emulator.label_names) - 4))
+    spectrum = _observed(emulator, truth, 3)
+    fit = sf.fit_star(spectrum, emulator, "map", init="encoder")
+    info = fit.diagnostics["init"]
+    assert info["source"] == "encoder payne-default-sim" and set(info["predicted"]) >= {"teff", "fe_h", "rv"}
+    # the same MAP as the multi-start search (8 Sobol starts) finds
+    search = sf.fit_star(spectrum, emulator, "map", init=None)
+    assert fit.reduced_chi2 <= search.reduced_chi2 + 1e-3
+    assert abs(fit.labels["teff"]["value"] - search.labels["teff"]["value"]) < 0.3 * search.labels["teff"]["error"]
+    # an Encoder object works as init too, and fit_stars predicts every spectrum's start in one batch
+    tiny, _ = trained
+    fits = sf.fit_stars([spectrum, _observed(emulator, truth, 4)], emulator, init=tiny, progress=False)
+    assert all(f.diagnostics["init"]["source"].startswith("encoder") for f in fits)
+    assert all(abs(f.labels["teff"]["value"] - 6100.0) < 5 * f.labels["teff"]["error"] + 100.0 for f in fits)
+    # a spectrum the encoder cannot read falls back to the multi-start search, and says so
+    far = sf.ObservedSpectrum.from_arrays(np.linspace(6000, 6100, 200), np.ones(200), ivar=np.ones(200), resolution=2000.0)
+    (values, fallback), (start, _) = encoder_starts(EncoderStart(tiny, "tiny"), [far, spectrum], emulator.label_spec)
+    assert values is None and fallback["source"] == "multi-start" and "cannot read" in fallback["fallback"]
+    lower, upper = emulator.label_spec.lower, emulator.label_spec.upper
+    assert all(lower[k] < start[name] < upper[k] for k, name in enumerate(emulator.label_names))
+
+
+def test_init_encoder_needs_an_encoder_for_the_emulator():
+    from stellarfit.emulators import PayneEmulator
+    from stellarfit.emulators.toy import toy_label_spec
+
+    wavelength = np.linspace(5000.0, 5050.0, 300)
+    toy = PayneEmulator.create(toy_label_spec(), wavelength, resolution=30_000.0, seed=0)
+    spectrum = sf.ObservedSpectrum.from_arrays(toy.wavelength, np.ones(toy.wavelength.size), ivar=np.ones(toy.wavelength.size))
+    with pytest.raises(ValueError, match="no shipped encoder"):
+        sf.fit_star(spectrum, toy, "map", init="encoder")

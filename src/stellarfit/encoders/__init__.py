@@ -8,7 +8,10 @@
 - :func:`predict`: ObservedSpectrum(s) -> {name: (value, error)}.
 """
 
+from stellarfit.encoders._encoder import DEFAULT_ENCODER as DEFAULT_ENCODER
+from stellarfit.encoders._encoder import SHIPPED_ENCODERS as SHIPPED_ENCODERS
 from stellarfit.encoders._encoder import Encoder as Encoder
+from stellarfit.encoders._encoder import encoder_for as encoder_for
 from stellarfit.encoders._encoder import EncoderFileError as EncoderFileError
 from stellarfit.encoders._encoder import load_encoder as load_encoder
 from stellarfit.encoders._model import EncoderConfig as EncoderConfig
@@ -28,6 +31,9 @@ from stellarfit.encoders._training import gaussian_nll as gaussian_nll
 from stellarfit.encoders._training import train_encoder as train_encoder
 
 __all__ = [
+    "DEFAULT_ENCODER",
+    "SHIPPED_ENCODERS",
+    "encoder_for",
     "Encoder",
     "EncoderConfig",
     "EncoderFileError",

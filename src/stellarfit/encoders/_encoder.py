@@ -27,12 +27,17 @@ from stellarfit.emulators.checkpoint import load_arrays, save_arrays_atomic
 from stellarfit.encoders._model import EncoderConfig, SpectrumEncoder
 from stellarfit.labels import LabelSpec
 
-__all__ = ["ENCODER_FORMAT", "ENCODER_SCHEMA_VERSION", "Encoder", "EncoderFileError", "load_encoder"]
+__all__ = ["DEFAULT_ENCODER", "ENCODER_FORMAT", "ENCODER_SCHEMA_VERSION", "SHIPPED_ENCODERS", "Encoder", "EncoderFileError",
+           "encoder_for", "load_encoder"]
 
 ENCODER_FORMAT = "stellarfit-encoder"
 ENCODER_SCHEMA_VERSION = 1
 _METADATA_FILE = "encoder.json"
 _ARRAYS_FILE = "arrays.npz"
+#: encoders shipped in ``stellarfit/data/encoders``: name -> directory there (provenance in its README.md)
+SHIPPED_ENCODERS = {"payne-default-sim": "payne_default_sim"}
+#: the encoder ``stellarfit predict`` and ``fit_star(..., init="encoder")`` use when none is named
+DEFAULT_ENCODER = "payne-default-sim"
 
 
 class EncoderFileError(ValueError):
@@ -143,9 +148,19 @@ class Encoder:
         return load_encoder(path)
 
 
+def _shipped_path(name: str) -> str:
+    import importlib.resources
+
+    resource = importlib.resources.files("stellarfit") / "data" / "encoders" / SHIPPED_ENCODERS[name]
+    return os.fspath(resource)
+
+
 def load_encoder(path: str | os.PathLike) -> Encoder:
-    """Read the encoder in directory ``path`` (written by :meth:`Encoder.save` or training)."""
+    """Read the encoder in directory ``path`` (written by :meth:`Encoder.save` or training), or a shipped
+    one by name (:data:`SHIPPED_ENCODERS`, e.g. ``"payne-default-sim"``)."""
     path = os.fspath(path)
+    if path in SHIPPED_ENCODERS and not os.path.isdir(path):
+        path = _shipped_path(path)
     meta_path = os.path.join(path, _METADATA_FILE)
     if not os.path.isfile(meta_path):
         raise FileNotFoundError(f"{path} is not an encoder directory: {_METADATA_FILE} is missing "
@@ -172,3 +187,24 @@ def load_encoder(path: str | os.PathLike) -> Encoder:
     params = unflatten_params({k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")})
     return Encoder(config, spec, params, rv_range=meta["rv_range"], wavelength_range=meta["wavelength_range"],
                    resolution_range=meta["resolution_range"], metadata=meta.get("metadata"))
+
+
+_SHIPPED_CACHE: dict[str, Encoder] = {}
+
+
+def encoder_for(emulator) -> Encoder | None:
+    """The shipped encoder that predicts ``emulator``'s labels over (part of) its wavelength coverage, or None."""
+    spec = getattr(emulator, "label_spec", None)
+    coverage = getattr(emulator, "wavelength_range", None)
+    for name in SHIPPED_ENCODERS:
+        if name not in _SHIPPED_CACHE:
+            _SHIPPED_CACHE[name] = load_encoder(name)
+        encoder = _SHIPPED_CACHE[name]
+        if encoder.label_spec != spec:
+            continue
+        if coverage is not None:
+            low, high = encoder.wavelength_range
+            if high <= coverage[0] or low >= coverage[1]:
+                continue
+        return encoder
+    return None

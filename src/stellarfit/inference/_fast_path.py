@@ -15,6 +15,7 @@ import numpy as np
 from stellarfit.inference.likelihood import FitProblem
 from stellarfit.inference.map import box_centre, polish_map
 from stellarfit.results.fitfile import FitResult
+from stellarfit.inference._encoder_start import resolve_encoder
 from stellarfit.inference._fit_prepare import _prepare, _Prepared
 from stellarfit.inference.settings import SAMPLE_WITH
 
@@ -167,10 +168,14 @@ def _polish_space(init_info: dict) -> str:
 
 
 def _resolve_init(init, emulator):
-    """init argument -> (None | FitResult | Mapping | array | _FastPath, diagnostics dict)."""
+    """init argument -> (None | FitResult | Mapping | array | _FastPath | EncoderStart, diagnostics dict)."""
+    encoder = resolve_encoder(init, emulator)
+    if encoder is not None:
+        return encoder, {"source": f"encoder {encoder.name}"}
     if isinstance(init, str):
         if init not in ("auto", "fast"):
-            raise ValueError(f"init must be None, 'auto', 'fast', a FitResult, a mapping or an array; got {init!r}")
+            raise ValueError("init must be None, 'auto', 'fast', 'encoder', a FitResult, a mapping, an array or an "
+                             f"Encoder; got {init!r}")
         fast = fast_path_emulator(emulator)
         if fast is None:
             if init == "fast":

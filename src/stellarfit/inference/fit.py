@@ -39,6 +39,7 @@ from stellarfit.inference.continuum import start_degrees
 from stellarfit.inference._model_cache import forward_model_for  # noqa: F401 - re-exported
 from stellarfit.inference.likelihood import GaussianPrior
 from stellarfit.inference.map import default_starts, fit_map, polish_map, polish_map_batch
+from stellarfit.inference._encoder_start import EncoderStart, encoder_starts, resolve_encoder
 from stellarfit.inference.settings import NUTS_Z_TRANSFORM, MapSettings, NutsSettings, _DEFAULT, resolve_settings  # noqa: F401 - NUTS_Z_TRANSFORM re-exported
 from stellarfit.results.fitfile import FLAGS, FitResult, _finite_or_none, _json_safe  # noqa: F401 - re-exported
 # the fit modules' names, importable from here as before the split
@@ -239,6 +240,8 @@ def fit_star(
         init = fit_star(spectrum, init.emulator, "map", seed=seed, error_floor=error_floor,
                         map_settings=dataclasses.replace(map_settings, init=None, polish_steps=None), **options)
         init_info.update(elapsed_s=time.perf_counter() - first, reduced_chi2=init.reduced_chi2, flags=init.flags)
+    elif isinstance(init, EncoderStart):
+        init, init_info = encoder_starts(init, [spectrum], emulator.label_spec)[0]
     start_values = _init_values(init, emulator.label_spec)
     prepared = _prepare(spectrum, emulator, start=start_values,
                         **{**options, "continuum_degree": start_degrees(continuum_degree, init)})
@@ -247,6 +250,11 @@ def fit_star(
     if start_values is None:
         starts = default_starts(problem, map_settings.n_starts, rv=prepared.rv0, seed=seed)
         result = fit_map(problem, starts, adam_steps=map_settings.adam_steps,
+                         polish_steps=50 if polish_steps is None else polish_steps)
+    elif init_info["source"].startswith("encoder"):  # one informed start, searched as one of the multi-start's
+        start = _start_vector(problem, start_values, prepared.rv0)
+        init_info["values"] = dict(zip(problem.names, start.tolist()))
+        result = fit_map(problem, start[None], adam_steps=map_settings.adam_steps,
                          polish_steps=50 if polish_steps is None else polish_steps)
     else:
         init_info["values"] = dict(zip(problem.names, _start_vector(problem, start_values, prepared.rv0).tolist()))
@@ -357,14 +365,23 @@ def fit_stars(
             bar.update(1)
             continue
         prepared[i] = (item, time.perf_counter() - start_time + infos[i].get("elapsed_s", 0.0))
-        groups[(jax.tree_util.tree_structure(item.problem), item.problem.design.shape, starts_of[i] is None)].append(i)
-    for (_, _, multi_start), indices in groups.items():
+        kind = "multi-start" if starts_of[i] is None else ("encoder" if infos[i]["source"].startswith("encoder") else "given")
+        groups[(jax.tree_util.tree_structure(item.problem), item.problem.design.shape, kind)].append(i)
+    for (_, _, kind), indices in groups.items():
+        multi_start = kind == "multi-start"
         for first in range(0, len(indices), batch_size):
             chunk = indices[first : first + batch_size]
             start_time = time.perf_counter()
             if multi_start:
                 starts = np.stack([default_starts(prepared[i][0].problem, n_starts, rv=prepared[i][0].rv0, seed=seed)
                                    for i in chunk])
+                results = fit_map_batch([prepared[i][0].problem for i in chunk], starts, adam_steps=map_settings.adam_steps,
+                                        polish_steps=50 if polish_steps is None else polish_steps)
+            elif kind == "encoder":
+                starts = np.stack([_start_vector(prepared[i][0].problem, starts_of[i], prepared[i][0].rv0)[None]
+                                   for i in chunk])
+                for i, row in zip(chunk, starts):
+                    infos[i]["values"] = dict(zip(prepared[i][0].problem.names, row[0].tolist()))
                 results = fit_map_batch([prepared[i][0].problem for i in chunk], starts, adam_steps=map_settings.adam_steps,
                                         polish_steps=50 if polish_steps is None else polish_steps)
             else:
@@ -382,7 +399,7 @@ def fit_stars(
                     results = polish_map_batch([prepared[i][0].problem for i in chunk], starts[:, 0], max_steps=steps,
                                                space=space)
             _log.info("%s: batch of %d: MAP (%s) %.1f s", label, len(chunk),
-                      "multi-start" if multi_start else "polish", time.perf_counter() - start_time)
+                      kind if kind != "given" else "polish", time.perf_counter() - start_time)
             results = _choose_continuum([prepared[i][0] for i in chunk], results, continuum_degree, errors)
             mark = time.perf_counter()
             batch_draws, surrogates = [None] * len(chunk), [None] * len(chunk)
@@ -485,6 +502,10 @@ def _batch_inits(map_settings: MapSettings, spectra, emulator, *, errors, progre
     """Per-spectrum starts for :func:`fit_stars` (None, FitResult, mapping, array, or the exception of a
     failed fast-path fit) and their diagnostics, from ``map_settings.init``."""
     init = map_settings.init
+    encoder = resolve_encoder(init, emulator)
+    if encoder is not None:  # the encoder's labels per spectrum (batched), multi-start where it cannot read one
+        pairs = encoder_starts(encoder, spectra, emulator.label_spec)
+        return [values for values, _ in pairs], [item for _, item in pairs]
     if init is None or isinstance(init, str):
         resolved, info = _resolve_init(init, emulator)
         if not isinstance(resolved, _FastPath):
@@ -503,7 +524,8 @@ def _batch_inits(map_settings: MapSettings, spectra, emulator, *, errors, progre
             infos.append(item)
         return inits, infos
     if isinstance(init, (np.ndarray, FitResult, Mapping)) or len(init) != len(spectra):
-        raise ValueError(f"fit_stars: init must be None, 'auto', 'fast' or one start per spectrum ({len(spectra)})")
+        raise ValueError(f"fit_stars: init must be None, 'auto', 'fast', 'encoder', an Encoder or one start per spectrum "
+                         f"({len(spectra)})")
     return list(init), [{"source": "multi-start" if item is None else "given"} for item in init]
 
 

@@ -30,7 +30,7 @@ from stellarfit.inference.sampling.common import CHAIN_METHODS, MASS_MATRICES, c
 __all__ = ["MapSettings", "NutsSettings", "resolve_settings", "INITS", "SAMPLE_WITH", "NUTS_Z_TRANSFORM"]
 
 #: the named MAP starts (``MapSettings.init``); otherwise None, a FitResult, a mapping or an array
-INITS = ("auto", "fast")
+INITS = ("auto", "fast", "encoder")
 #: which emulator NUTS samples with (``NutsSettings.sample_with``)
 SAMPLE_WITH = ("auto", "self", "fast")
 #: the NUTS methods' default map from z to the boxes (``NutsSettings.z_transform``; FitProblem.with_transform)
@@ -51,8 +51,9 @@ class MapSettings:
         adam_steps: Adam steps from each start before Levenberg-Marquardt (>= 0).
         polish_steps: Levenberg-Marquardt iterations (>= 0); None: 50 after the multi-start
             search, at most ``INIT_POLISH_STEPS`` (20) from a given ``init``.
-        init: where the MAP starts: "auto" (default), "fast", None (the multi-start search), a
-            previous FitResult, a mapping name -> value or an array (fit_star's ``init``); for
+        init: where the MAP starts: "auto" (default), "fast", "encoder", None (the multi-start
+            search), a previous FitResult, a mapping name -> value, an array or a trained
+            :class:`~stellarfit.encoders.Encoder` (fit_star's ``init``); for
             :func:`~stellarfit.inference.fit_stars` also one start per spectrum.
 
     Equality compares ``init`` by identity unless it is None or a name (arrays have no single
