@@ -193,6 +193,13 @@ def analyze_encoder(encoder, spectrum, labels: Mapping[str, float], *, threshold
                                         for t in np.argsort(-np.where(real, attention.weights[q], -1))[:5]]
         entry["weight_of_top_5_tokens"] = _rounded(np.sort(attention.weights[q][real])[::-1][:5].sum())
         queries[name] = entry
+    # is a query's weight on its element its own, or do all queries look there? (ratio to the other label queries' median)
+    for name, entry in queries.items():
+        if entry.get("own_element") is not None:
+            others = [q["enrichment"].get(entry["element"]) for other, q in queries.items()
+                      if other != name and other in encoder.label_spec.names]
+            others = [v for v in others if v is not None]
+            entry["own_element_over_other_queries_median"] = _rounded(entry["own_element"] / np.median(others)) if others else None
     summary = {
         "n_tokens": int(attention.token_mask.sum()), "patch_size": patch, "n_heads": int(attention.weights_per_head.shape[0]),
         "block": "last cross-attention block, mean over heads",

@@ -127,7 +127,8 @@ def _print_summary(document: dict, out: Path) -> None:
         print(f"{name:<8} {own['element']:<7} {own['n_pixels']:>6} {_fmt(own['enrichment']):>11} {_fmt(best):>9} {_fmt(p95):>9}")
     if "encoder" in document:
         print("encoder queries (enrichment on their element's pixels):",
-              ", ".join(f"{name} {_fmt(q.get('own_element'))}" for name, q in document["encoder"]["queries"].items()
+              ", ".join(f"{name} {_fmt(q.get('own_element'))} (x{_fmt(q.get('own_element_over_other_queries_median'))} "
+                        "the other queries')" for name, q in document["encoder"]["queries"].items()
                         if "element" in q))
     print(f"wrote {out / 'attention.json'} and {len(document['figures'])} figures")
 
