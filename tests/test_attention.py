@@ -130,3 +130,26 @@ def test_command_errors(tmp_path, capsys):
     assert "docs/guide/encoder.md" in capsys.readouterr().err
     assert main(["attention", "--labels", "teff", "--out", str(tmp_path / "o")]) == 2
     assert "NAME=VALUE" in capsys.readouterr().err
+
+
+def test_shipped_transformer_payne_weights_reproduce_predict():
+    import stellarfit as sf
+
+    emulator = sf.load_emulator("default")
+    attention = transformer_payne_attention(emulator, SUN)
+    n_layers, n_heads = emulator.config["n_layers"], emulator.config["dim"] // emulator.config["head_dim"]
+    assert attention.weights.shape == (n_layers, n_heads, emulator.n_pixels, emulator.config["n_tokens"])
+    np.testing.assert_allclose(attention.weights.sum(axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(attention.flux, emulator.predict(SUN)[0], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_shipped_gradient_concentrates_on_its_element():
+    import stellarfit as sf
+    from stellarfit.attention import flux_jacobian
+
+    emulator = sf.load_emulator("default")
+    jacobian = flux_jacobian(emulator, SUN)
+    elements = assign_pixel_elements(emulator.wavelength, 30000.0, labels=SUN)
+    for name, element in (("ni_fe", "Ni"), ("cr_fe", "Cr"), ("ti_fe", "Ti")):
+        assert enrichment(np.abs(jacobian[emulator.label_names.index(name)]), elements.mask(element)) > 3.0
