@@ -200,7 +200,7 @@ def test_shipped_encoder_by_name_reads_a_solar_spectrum(emulator):
         assert abs(value - truth) < 3 * error and error < {"teff": 800.0, "fe_h": 0.6}[name]
 
 
-def test_fit_star_and_fit_stars_start_from_the_encoder(emulator, trained):
+def test_fit_star_starts_from_the_shipped_encoder(emulator, trained):
     from stellarfit.inference._encoder_start import EncoderStart, encoder_starts
 
     truth = np.array([6100.0, 4.1, 1.2, -0.4] + [0.0] * (len(emulator.label_names) - 4))
@@ -208,8 +208,23 @@ def test_fit_star_and_fit_stars_start_from_the_encoder(emulator, trained):
     fit = sf.fit_star(spectrum, emulator, "map", init="encoder")
     info = fit.diagnostics["init"]
     assert info["source"] == "encoder payne-default-sim" and set(info["predicted"]) >= {"teff", "fe_h", "rv"}
-    # the same MAP as the multi-start search (8 Sobol starts) finds
-    search = sf.fit_star(spectrum, emulator, "map", init=None)
+    assert info["values"]["teff"] == pytest.approx(np.clip(info["predicted"]["teff"][0], 4060.0, 6940.0))
+    assert abs(fit.labels["teff"]["value"] - 6100.0) < 5 * fit.labels["teff"]["error"] + 100.0
+    # a spectrum the encoder cannot read falls back to the multi-start search, and says so; starts lie inside the box
+    tiny, _ = trained
+    far = sf.ObservedSpectrum.from_arrays(np.linspace(6000, 6100, 200), np.ones(200), ivar=np.ones(200), resolution=2000.0)
+    (values, fallback), (start, _) = encoder_starts(EncoderStart(tiny, "tiny"), [far, spectrum], emulator.label_spec)
+    assert values is None and fallback["source"] == "multi-start" and "cannot read" in fallback["fallback"]
+    lower, upper = emulator.label_spec.lower, emulator.label_spec.upper
+    assert all(lower[k] < start[name] < upper[k] for k, name in enumerate(emulator.label_names))
+
+
+@pytest.mark.slow
+def test_encoder_start_reaches_the_multi_start_map(emulator, trained):
+    truth = np.array([6100.0, 4.1, 1.2, -0.4] + [0.0] * (len(emulator.label_names) - 4))
+    spectrum = _observed(emulator, truth, 3)
+    fit = sf.fit_star(spectrum, emulator, "map", init="encoder")
+    search = sf.fit_star(spectrum, emulator, "map", init=None)  # 8 Sobol starts
     assert fit.reduced_chi2 <= search.reduced_chi2 + 1e-3
     assert abs(fit.labels["teff"]["value"] - search.labels["teff"]["value"]) < 0.3 * search.labels["teff"]["error"]
     # an Encoder object works as init too, and fit_stars predicts every spectrum's start in one batch
@@ -217,12 +232,6 @@ def test_fit_star_and_fit_stars_start_from_the_encoder(emulator, trained):
     fits = sf.fit_stars([spectrum, _observed(emulator, truth, 4)], emulator, init=tiny, progress=False)
     assert all(f.diagnostics["init"]["source"].startswith("encoder") for f in fits)
     assert all(abs(f.labels["teff"]["value"] - 6100.0) < 5 * f.labels["teff"]["error"] + 100.0 for f in fits)
-    # a spectrum the encoder cannot read falls back to the multi-start search, and says so
-    far = sf.ObservedSpectrum.from_arrays(np.linspace(6000, 6100, 200), np.ones(200), ivar=np.ones(200), resolution=2000.0)
-    (values, fallback), (start, _) = encoder_starts(EncoderStart(tiny, "tiny"), [far, spectrum], emulator.label_spec)
-    assert values is None and fallback["source"] == "multi-start" and "cannot read" in fallback["fallback"]
-    lower, upper = emulator.label_spec.lower, emulator.label_spec.upper
-    assert all(lower[k] < start[name] < upper[k] for k, name in enumerate(emulator.label_names))
 
 
 def test_init_encoder_needs_an_encoder_for_the_emulator():

@@ -11,8 +11,8 @@ from stellarfit.cli._common import UsageError, _load_emulator_option, _log
 
 __all__ = ["add_attention_parser"]
 
-ENCODER_HELP = ("encoder directory (encoder.json + arrays.npz) whose label queries are mapped too; "
-                "train one as in docs/guide/encoder.md")
+ENCODER_HELP = ("encoder whose label queries are mapped too: a shipped name (payne-default-sim) or a directory "
+                "(encoder.json + arrays.npz) saved by training, docs/guide/encoder.md")
 
 
 def add_attention_parser(commands) -> None:
@@ -66,9 +66,12 @@ def _cmd_attention(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write {out}: the directory {out.expanduser().resolve().parent} does not exist")
     encoder = None
     if args.encoder is not None:
-        if not os.path.isdir(args.encoder):
-            raise UsageError(f"--encoder {args.encoder}: no such directory. Train an encoder first "
-                             "(stellarfit.encoders.train_encoder; see docs/guide/encoder.md) and give the directory it saved")
+        from stellarfit.encoders import SHIPPED_ENCODERS
+
+        if args.encoder not in SHIPPED_ENCODERS and not os.path.isdir(args.encoder):
+            raise UsageError(f"--encoder {args.encoder}: no such directory or shipped encoder ({', '.join(SHIPPED_ENCODERS)}). "
+                             "Give one of those, or train an encoder (stellarfit.encoders.train_encoder; see "
+                             "docs/guide/encoder.md) and give the directory it saved")
         from stellarfit.encoders import EncoderFileError, load_encoder
 
         try:

@@ -378,7 +378,9 @@ def _add_predict_parser(commands) -> None:
                     "(stellarfit.encoders). A file that cannot be read is reported (status 'failed', with the reason) "
                     "and the others go on; the exit code is 1 only when no spectrum could be predicted.")
     predict.add_argument("files", nargs="+", metavar="FILE", help="spectrum files (any supported FITS format)")
-    predict.add_argument("--encoder", required=True, help="encoder directory (encoder.json + arrays.npz, from train_encoder)")
+    predict.add_argument("--encoder", default="payne-default-sim",
+                         help="a shipped encoder's name or an encoder directory (encoder.json + arrays.npz, from "
+                              "train_encoder); default: payne-default-sim (5013-5485 A, R 1,500-30,000)")
     predict.add_argument("--out", default=None, help="catalog FITS file: one row per spectrum, columns NAME and e_NAME")
     predict.add_argument("--format", default=None, help="spectrum format of every file (default: detected per file)")
     predict.add_argument("--resolution", type=float, default=None, help="resolving power, for files that do not give it")
