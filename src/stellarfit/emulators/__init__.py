@@ -41,6 +41,10 @@ from stellarfit.emulators.training import validation_metrics as validation_metri
 from stellarfit.emulators.transformer_payne import TransformerPayneEmulator as TransformerPayneEmulator
 from stellarfit.emulators.transformer_payne import encode_wavelength as encode_wavelength
 from stellarfit.emulators.transformer_payne import transformer_payne_config as transformer_payne_config
+from stellarfit.emulators.windows import join_windows as join_windows
+from stellarfit.emulators.windows import match_rows as match_rows
+from stellarfit.emulators.windows import split_by_design_row as split_by_design_row
+from stellarfit.emulators.windows import split_windows as split_windows
 
 __all__ = [
     "Emulator",
@@ -49,6 +53,10 @@ __all__ = [
     "register_model_type",
     "PayneEmulator",
     "CompositeEmulator",
+    "join_windows",
+    "match_rows",
+    "split_by_design_row",
+    "split_windows",
     "TransformerPayneEmulator",
     "payne_config",
     "scaled_payne_config",
