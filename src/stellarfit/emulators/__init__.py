@@ -6,7 +6,8 @@ the models (:mod:`.transformer_payne`, :mod:`.payne`), the checkpoint format
 registered in :mod:`.model_types`, which also holds :class:`FittableEmulator`, what a fit needs), training with
 optax (:mod:`.training`), fine-tuning (full / head / LoRA, :mod:`.finetune`),
 evaluation (:mod:`.evaluation`) and the registry of shipped emulators
-(:mod:`.registry`).  See docs/emulators.md.
+(:mod:`.registry`); one TransformerPayne over several windows and its split into a composite
+(:mod:`.windows`).  See docs/emulators.md.
 """
 
 from stellarfit.emulators.base import Emulator as Emulator
