@@ -113,15 +113,29 @@ def _cmd_grid(args: argparse.Namespace) -> int:
 _MODELS = ("payne", "payne-large", "transformer-payne")
 
 
-def _load_grid_split(path: str, part: str, seed: int):
-    from stellarfit.emulators import TrainingData
+def _read_grid(path: str):
     from stellarfit.grids import GridFormatError, SpectralGrid
 
     try:
-        grid = SpectralGrid.read(path)
+        return SpectralGrid.read(path)
     except (GridFormatError, OSError, ValueError) as error:
         raise UsageError(f"cannot read grid {path}: {error}") from None
-    train, validation, test = grid.split((0.8, 0.1, 0.1), seed=seed)
+
+
+def _load_grid_split(path: str, part: str, seed: int, *, n_design: int | None = None):
+    """(grid, TrainingData of its ``part``) of the 80/10/10 split; ``n_design``: split by design row
+    (:func:`stellarfit.emulators.split_by_design_row`, as for an emulator trained on several windows'
+    grids) instead of by the grid's own rows."""
+    from stellarfit.emulators import TrainingData, split_by_design_row
+
+    grid = _read_grid(path)
+    if n_design is None:
+        train, validation, test = grid.split((0.8, 0.1, 0.1), seed=seed)
+    else:
+        try:
+            train, validation, test = split_by_design_row(grid.design_index, n_design, (0.8, 0.1, 0.1), seed)
+        except ValueError as error:
+            raise UsageError(f"{path} is not from the label design the emulator was trained on: {error}") from None
     parts = {"train": train, "validation": validation, "test": test, "all": np.arange(len(grid))}
     if len(parts[part]) == 0:
         raise UsageError(
@@ -129,6 +143,39 @@ def _load_grid_split(path: str, part: str, seed: int):
             f"leaves none for {part}; use --part all (or train) or a bigger grid"
         )
     return grid, TrainingData.from_grid(grid, parts[part])
+
+
+def _load_joined_split(paths: list[str], seed: int):
+    """Grids of one label design in several windows, joined (:func:`stellarfit.emulators.join_windows`):
+    (grids, train, validation, split description, windows, row match).  The split is by design row, so a
+    star is in the same part in every window (and ``stellarfit evaluate`` of one window's grid finds it there)."""
+    from stellarfit.emulators import TrainingData, join_windows, match_rows, split_by_design_row
+    from stellarfit.emulators.windows import design_size
+
+    grids = [_read_grid(path) for path in paths]
+    data = [TrainingData.from_grid(grid) for grid in grids]
+    try:
+        match = match_rows(data)
+        joined = join_windows(data, match=match, warn=False)
+    except ValueError as error:
+        raise UsageError(f"cannot join the grids {', '.join(paths)}: {error}") from None
+    design = grids[0].design_index[match.rows[:, 0]]
+    for k, grid in enumerate(grids[1:], start=1):
+        if not np.array_equal(grid.design_index[match.rows[:, k]], design):
+            raise UsageError(f"{paths[k]} holds the same labels as {paths[0]} in other rows of its design (design_index): "
+                             "make every window's grid from the same design (the same --n, --seed and --design)")
+    if any(match.n_dropped):
+        _log(f"joined {len(paths)} grids on the {match.n_common} stars all of them hold; dropped "
+             + ", ".join(f"{n} of {grid.n_spectra} rows of {path}" for n, grid, path in zip(match.n_dropped, grids, paths) if n))
+    n_design = max(design_size(grid) for grid in grids)
+    fractions = (0.8, 0.1, 0.1)
+    train, validation, _ = split_by_design_row(design, n_design, fractions, seed)
+    for name, rows in (("train", train), ("validation", validation)):
+        if len(rows) == 0:
+            raise UsageError(f"the {name} part of the joined grids is empty ({match.n_common} common stars); use bigger grids")
+    split = {"by": "design_row", "n_design": n_design, "fractions": list(fractions), "seed": seed}
+    windows = sorted((float(grid.wavelength[0]), float(grid.wavelength[-1])) for grid in grids)
+    return grids, joined.subset(train), joined.subset(validation), split, windows, match
 
 
 def _with_validation_pixel_error(emulator, validation):
@@ -158,6 +205,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
     _check_writable(out)
+    if len(args.grid) > 1:
+        return _train_joined_windows(args, out)
+    args.grid = args.grid[0]
     grid, train = _load_grid_split(args.grid, "train", args.split_seed)
     _, validation = _load_grid_split(args.grid, "validation", args.split_seed)
     if args.n_train is not None:
@@ -165,7 +215,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--n-train {args.n_train} exceeds the {len(train.labels)} training spectra of {args.grid}")
         train = train.subset(np.arange(args.n_train))
     with_continuum = train.log10_continuum is not None and not args.no_continuum
-    resolution = grid.metadata.get("engine", {}).get("resolution") if isinstance(grid.metadata.get("engine"), dict) else None
+    resolution = _grid_resolution(grid)
     common = dict(with_continuum=with_continuum, resolution=resolution, seed=args.seed)
     config = TrainConfig(n_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
                          progress=not args.no_progress, warmup_steps=min(500, max(args.steps // 10, 1)),
@@ -214,11 +264,61 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid_resolution(grid):
+    engine = grid.metadata.get("engine")
+    return engine.get("resolution") if isinstance(engine, dict) else None
+
+
+def _train_joined_windows(args: argparse.Namespace, out: Path) -> int:
+    """``stellarfit train`` with several --grid: one TransformerPayne over every window, saved as a composite."""
+    from stellarfit.emulators import TrainConfig, TransformerPayneEmulator, split_windows, train_emulator, transformer_payne_config
+
+    if args.model != "transformer-payne":
+        raise UsageError(
+            f"several --grid (windows) need --model transformer-payne: {args.model}'s output layer is one unit per pixel "
+            "of one grid. Train one Payne per window (one --grid each) and combine them with "
+            "stellarfit.emulators.CompositeEmulator.from_directories (docs/guide/windows.md)")
+    if args.init is not None:
+        raise UsageError("--init (fine-tuning) takes one --grid")
+    if args.activation_sharpness is not None:
+        raise UsageError("--activation-sharpness applies to --model payne or payne-large")
+    grids, train, validation, split, windows, match = _load_joined_split(list(args.grid), args.split_seed)
+    resolutions = {_grid_resolution(grid) for grid in grids}
+    if len(resolutions) > 1:
+        raise UsageError(f"the grids have different native resolutions ({sorted(map(str, resolutions))}); one network "
+                         "emulates one resolution: make every window's grid at the same --resolution")
+    if args.n_train is not None:
+        if args.n_train > len(train.labels):
+            raise UsageError(f"--n-train {args.n_train} exceeds the {len(train.labels)} joined training spectra")
+        train = train.subset(np.arange(args.n_train))
+    with_continuum = train.log10_continuum is not None and not args.no_continuum
+    config = TrainConfig(n_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+                         progress=not args.no_progress, warmup_steps=min(500, max(args.steps // 10, 1)),
+                         n_wavelengths=args.n_wavelengths, patience=args.patience)
+    architecture = transformer_payne_config(dim=args.dim, n_layers=args.layers, n_tokens=args.tokens)
+    emulator = TransformerPayneEmulator.create(train.label_spec, train.wavelength, architecture, with_continuum=with_continuum,
+                                               resolution=resolutions.pop(), seed=args.seed)
+    extra = {"grid": [str(path) for path in args.grid], "n_train": len(train.labels), "windows": [list(w) for w in windows],
+             "training_split": split}
+    result = train_emulator(emulator, train, validation, config, checkpoint_dir=args.checkpoint_dir, extra_metadata=extra)
+    joined = _with_validation_pixel_error(result.emulator, validation)
+    composite = split_windows(joined)
+    composite.save(str(out), overwrite=args.overwrite)
+    summary = {"out": str(out), "model": args.model, "windows": [list(w) for w in windows], "n_common": match.n_common,
+               "n_dropped": list(match.n_dropped), "n_train": len(train.labels), "best_step": result.best_step,
+               "best_val_mae": result.best_val_mae, "final_step": result.final_step, "stopped_early": result.stopped_early}
+    print(json.dumps(summary) if args.json else ", ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from stellarfit.emulators import evaluate_emulator
 
     emulator = _load_emulator_option(args.emulator, fitting=False)
-    _, data = _load_grid_split(args.grid, args.part, args.split_seed)
+    # an emulator trained on several windows' grids split them by design row: the same split here
+    split = emulator.metadata.get("training_split")
+    n_design = split.get("n_design") if isinstance(split, dict) and split.get("by") == "design_row" else None
+    _, data = _load_grid_split(args.grid, args.part, args.split_seed, n_design=n_design)
     try:
         evaluation = evaluate_emulator(emulator, data)
     except ValueError as error:

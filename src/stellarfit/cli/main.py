@@ -545,7 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train an emulator on a grid",
                                 description="Train an emulator on the training part (80%%) of a grid, validating on 10%%.")
-    train.add_argument("--grid", required=True, help="SpectralGrid HDF5 file")
+    train.add_argument("--grid", required=True, action="append",
+                       help="SpectralGrid HDF5 file; repeat it for grids of one label design in several windows "
+                            "(--model transformer-payne: one network over all of them, saved as a composite)")
     train.add_argument("--model", choices=_MODELS, default="payne", help="architecture (default payne)")
     train.add_argument("--out", required=True, help="output emulator directory")
     train.add_argument("--steps", type=int, default=10_000, help="optimizer steps (default 10000)")

@@ -6,7 +6,8 @@ the models (:mod:`.transformer_payne`, :mod:`.payne`), the checkpoint format
 registered in :mod:`.model_types`, which also holds :class:`FittableEmulator`, what a fit needs), training with
 optax (:mod:`.training`), fine-tuning (full / head / LoRA, :mod:`.finetune`),
 evaluation (:mod:`.evaluation`) and the registry of shipped emulators
-(:mod:`.registry`).  See docs/emulators.md.
+(:mod:`.registry`); one TransformerPayne over several windows and its split into a composite
+(:mod:`.windows`).  See docs/emulators.md.
 """
 
 from stellarfit.emulators.base import Emulator as Emulator
@@ -41,6 +42,10 @@ from stellarfit.emulators.training import validation_metrics as validation_metri
 from stellarfit.emulators.transformer_payne import TransformerPayneEmulator as TransformerPayneEmulator
 from stellarfit.emulators.transformer_payne import encode_wavelength as encode_wavelength
 from stellarfit.emulators.transformer_payne import transformer_payne_config as transformer_payne_config
+from stellarfit.emulators.windows import join_windows as join_windows
+from stellarfit.emulators.windows import match_rows as match_rows
+from stellarfit.emulators.windows import split_by_design_row as split_by_design_row
+from stellarfit.emulators.windows import split_windows as split_windows
 
 __all__ = [
     "Emulator",
@@ -49,6 +54,10 @@ __all__ = [
     "register_model_type",
     "PayneEmulator",
     "CompositeEmulator",
+    "join_windows",
+    "match_rows",
+    "split_by_design_row",
+    "split_windows",
     "TransformerPayneEmulator",
     "payne_config",
     "scaled_payne_config",

@@ -240,6 +240,23 @@ class CompositeEmulator:
             out[:, where] = flux
         return out
 
+    def predict_with_continuum(self, labels, wavelength: np.ndarray | None = None, **options) -> tuple[np.ndarray, np.ndarray]:
+        """(normalized flux, log10 continuum), each (n_spectra, n_wavelengths): each member's
+        ``predict_with_continuum`` on its wavelengths (see :meth:`predict`); every member must have a continuum."""
+        if not self.has_continuum:
+            raise ValueError("not every member of this composite was trained with a continuum; use predict for normalized flux")
+        index, positions = self._split(wavelength)
+        flux = continuum = None
+        for member, where in zip(self.members, positions):
+            if where.size == 0:
+                continue
+            f, c = member.predict_with_continuum(labels, None if wavelength is None else np.asarray(wavelength)[where], **options)
+            if flux is None:
+                flux = np.empty((np.shape(f)[0], index.size), dtype=np.float32)
+                continuum = np.empty_like(flux)
+            flux[:, where], continuum[:, where] = f, c
+        return flux, continuum
+
     def flux_fn(self, wavelength: np.ndarray | None = None) -> Callable:
         """A JAX function of physical labels (..., n_labels) -> flux (..., n_wavelengths): each
         member's ``flux_fn`` on its wavelengths, joined in the order of ``wavelength``."""

@@ -264,6 +264,12 @@ class ForwardModel:
         observed = np.asarray(observed_wavelength, dtype=np.float64)
         log_step = np.diff(np.log(native))
         if native.ndim != 1 or native.size < 8 or not np.allclose(log_step, log_step[0], rtol=1e-6, atol=0):
+            if native.ndim == 1 and native.size >= 8 and np.any(log_step > 1.5 * np.median(log_step)):
+                # an emulator trained over several windows (stellarfit.emulators.join_windows): gaps in its grid
+                raise ValueError(
+                    "the emulator's native wavelengths have gaps (it covers several windows): the forward model needs a grid "
+                    "uniform in ln(lambda); fit its composite of one member per window instead "
+                    "(stellarfit.emulators.split_windows(emulator), docs/guide/windows.md)")
             raise ValueError("the emulator's native wavelengths must be uniform in ln(lambda) (as stellarfit grids are)")
         if observed.ndim != 1 or observed.size == 0 or not np.all(np.isfinite(observed)):
             raise ValueError("observed wavelengths must be a non-empty 1-D array of finite values [A, vacuum]")
