@@ -186,7 +186,7 @@ def test_cli_predict_two_files_one_bad(emulator, trained, tmp_path, capsys):
     assert main(["predict", str(good), "--encoder", str(tmp_path / "missing")]) == 2
 
 
-def test_shipped_encoder_by_name_reads_a_solar_spectrum(emulator):
+def test_shipped_encoder_by_name_reads_a_solar_spectrum(emulator, tmp_path, capsys):
     from stellarfit.encoders import DEFAULT_ENCODER, encoder_for
 
     shipped = load_encoder(DEFAULT_ENCODER)
@@ -198,6 +198,14 @@ def test_shipped_encoder_by_name_reads_a_solar_spectrum(emulator):
     for name, truth in (("teff", 5772.0), ("fe_h", 0.0)):
         value, error = result[name]
         assert abs(value - truth) < 3 * error and error < {"teff": 800.0, "fe_h": 0.6}[name]
+    # `stellarfit predict` without --encoder uses it
+    from stellarfit.cli.main import main
+
+    path = tmp_path / "sun.fits"
+    _observed(emulator, sun, 0, resolution=5000.0).write(path)
+    assert main(["predict", str(path), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["labels"]["teff"]["value"] == pytest.approx(result["teff"][0], rel=1e-3)
 
 
 def test_fit_star_starts_from_the_shipped_encoder(emulator, trained):
