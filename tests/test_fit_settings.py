@@ -35,7 +35,7 @@ def toy_spectrum(rv: float = 10.0, seed: int = 5) -> ObservedSpectrum:
     (dict(n_starts=True), "MapSettings.n_starts must be an integer >= 1"),
     (dict(adam_steps=-1), "MapSettings.adam_steps must be an integer >= 0"),
     (dict(polish_steps=2.5), "MapSettings.polish_steps must be an integer >= 0"),
-    (dict(init="fastest"), r"MapSettings.init must be None, one of \('auto', 'fast'\)"),
+    (dict(init="fastest"), r"MapSettings.init must be None, one of \('auto', 'fast', 'encoder'\)"),
 ])
 def test_map_settings_check_their_fields(settings, message):
     with pytest.raises(ValueError, match=message):
