@@ -97,7 +97,7 @@ def saving(rows: list[dict], model: str) -> dict | None:
     n, mae = np.log([p[0] for p in pre]), np.log([p[1] for p in pre])
     out = {"scratch_n": n_max, "scratch_mae": target}
     if mae[0] <= np.log(target):  # already better with the fewest spectra: a lower bound
-        out.update(pretrained_n_needed=f"<= {int(np.exp(n[0]))}", saving=f">= {n_max / np.exp(n[0]):.1f}")
+        out.update(pretrained_n_needed=f"<= {round(float(np.exp(n[0])))}", saving=f">= {n_max / np.exp(n[0]):.1f}")
         return out
     if np.all(mae > np.log(target)):
         out.update(pretrained_n_needed=None, saving="< 1 (the pre-trained curve stays above the scratch MAE)")
