@@ -35,9 +35,11 @@ EXPECTED_OUTPUTS = {
     "crb.md": ["crb.html", "crb.csv"],
     "compare.md": ["compare.json"],
     "predict.md": ["tiny-encoder/encoder.json", "catalog.fits"],
+    "attention.md": ["maps/attention.json", "giant/attention.json"],
 }
 # tutorials over ~30 s on a busy 2-core machine (the others take 5-30 s, 2 min in all)
-SLOW: set[str] = {"compare.md"}  # two emulators' first MAP fits, each compiling: 40-80 s
+SLOW: set[str] = {"compare.md", "attention.md"}  # compare: two emulators' first MAP fits, each compiling, 40-80 s;
+# attention: two runs of the shipped TransformerPayne's maps and Jacobian, ~40 s each
 
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 
