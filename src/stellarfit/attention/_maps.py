@@ -9,7 +9,6 @@ are those of the computation that makes the predictions.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -56,7 +55,7 @@ def _label_vector(emulator, labels: Mapping[str, float] | np.ndarray) -> np.ndar
 def _transformer_payne_pass(net, scaled: jax.Array, features: jax.Array):
     """The TransformerPayneNet forward pass for one spectrum, keeping the attention weights.
 
-    Repeats ``TransformerPayneNet._decode_all`` / ``CrossAttentionBlock.__call__`` (no chunking:
+    Repeats ``TransformerPayneNet._decode_all`` with ``CrossAttentionBlock.attend`` (no chunking:
     the result does not depend on it).  scaled (n_labels,), features (W, dim) ->
     (outputs (W, n_outputs), weights (n_layers, n_heads, W, n_tokens)).
     """
@@ -64,13 +63,7 @@ def _transformer_payne_pass(net, scaled: jax.Array, features: jax.Array):
     h = features[None].astype(jnp.float32)
     all_weights = []
     for block, (k, v) in zip(net.blocks, net.keys_values(tokens)):
-        b, w, d = h.shape
-        q = block.query(block.attn_norm(h)).reshape(b, w, block.n_heads, block.head_dim)
-        scores = jnp.einsum("bwhd,bthd->bwht", q, k) / np.float32(math.sqrt(block.head_dim))
-        weights = jax.nn.softmax(scores, axis=-1)
-        attended = jnp.einsum("bwht,bthd->bwhd", weights, v).reshape(b, w, d)
-        h = h + block.residual_scale * block.out(attended)
-        h = h + block.residual_scale * block.ffn_out(jax.nn.gelu(block.ffn_in(block.ffn_norm(h))))
+        h, weights = block.attend(h, k, v)  # the block's own pass, weights kept
         all_weights.append(jnp.transpose(weights[0], (1, 0, 2)))  # (heads, W, tokens)
     outputs = net.head_out(jax.nn.gelu(net.head_hidden(net.head_norm(h))))[0]
     return outputs, jnp.stack(all_weights)

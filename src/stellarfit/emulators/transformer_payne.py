@@ -126,6 +126,10 @@ class CrossAttentionBlock(nnx.Module):
         return k, v
 
     def __call__(self, h: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        return self.attend(h, k, v)[0]
+
+    def attend(self, h: jax.Array, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The block's output and its attention weights (B, W, n_heads, T) over the tokens."""
         b, w, d = h.shape
         q = self.query(self.attn_norm(h)).reshape(b, w, self.n_heads, self.head_dim)
         scores = jnp.einsum("bwhd,bthd->bwht", q, k) / np.float32(math.sqrt(self.head_dim))
@@ -133,7 +137,7 @@ class CrossAttentionBlock(nnx.Module):
         attended = jnp.einsum("bwht,bthd->bwhd", weights, v).reshape(b, w, d)
         h = h + self.residual_scale * self.out(attended)
         h = h + self.residual_scale * self.ffn_out(jax.nn.gelu(self.ffn_in(self.ffn_norm(h))))
-        return h
+        return h, weights
 
 
 class TransformerPayneNet(nnx.Module):
