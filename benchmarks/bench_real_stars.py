@@ -9,7 +9,8 @@ emulator, method and physics-error setting asked for:
   in that set is not held out);
 - ``none``: no physics error;
 - ``loo``: leave-one-out: a physics error measured without the star
-  (``scripts/calibrate_physics_error.py --exclude STAR``; needs Turbospectrum).
+  (``scripts/calibrate_physics_error.py --exclude STAR [--linelist FILE]``; needs Turbospectrum);
+- a file made by ``scripts/calibrate_physics_error.py``.
 
     python benchmarks/bench_real_stars.py [--emulators payne-default] [--methods map]
         [--physics default none loo] [--stars Sun Procyon] [--out benchmarks/results/real_stars]
@@ -131,9 +132,15 @@ def main(argv=None) -> int:
     parser.add_argument("--stars", nargs="*", default=None, help="names (default: all)")
     parser.add_argument("--emulators", nargs="+", default=["payne-default"])
     parser.add_argument("--methods", nargs="+", default=["map"], choices=["map", "nuts"])
-    parser.add_argument("--physics", nargs="+", default=["default", "none"], choices=["default", "none", "loo"])
+    parser.add_argument("--physics", nargs="+", default=["default", "none"], metavar="default|none|loo|FILE",
+                        help="physics-error settings; FILE: one made by scripts/calibrate_physics_error.py")
+    parser.add_argument("--linelist", default=None,
+                        help="line list for the leave-one-out physics errors (calibrate_physics_error.py --linelist)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "real_stars"))
     args = parser.parse_args(argv)
+    for physics in args.physics:
+        if physics not in ("default", "none", "loo") and not Path(physics).is_file():
+            parser.error(f"--physics {physics!r}: not default, none, loo or an existing physics-error file")
     real = Path(args.real)
     if not real.is_dir():
         print(f"no real spectra at {real} (pass --real DIR)", file=sys.stderr)
@@ -151,8 +158,11 @@ def main(argv=None) -> int:
                         setting = "default"  # not a calibration star: the shipped error is already held out
                     else:
                         setting = str(Path(scratch) / f"physics_error_without_{name.replace(' ', '_')}.npz")
-                        subprocess.run([sys.executable, str(ROOT / "scripts" / "calibrate_physics_error.py"), "--exclude", name,
-                                        "--out", setting, "--real", str(real)], check=True, capture_output=True)
+                        command = [sys.executable, str(ROOT / "scripts" / "calibrate_physics_error.py"), "--exclude", name,
+                                   "--out", setting, "--real", str(real)]
+                        if args.linelist:
+                            command += ["--linelist", args.linelist]
+                        subprocess.run(command, check=True, capture_output=True)
                 for emulator in args.emulators:
                     for method in args.methods:
                         outcome = fit(star, real, emulator, method, setting)

@@ -10,7 +10,7 @@ spread over +-1 resolution element (lines move with RV and labels), and it ships
 ``src/stellarfit/data/physics_error_5000_5500.npz`` (fits add it to the noise, like the
 emulator's own error).
 
-    python scripts/calibrate_physics_error.py [--real ../shared/real] [--exclude Sun] [--out FILE]
+    python scripts/calibrate_physics_error.py [--real ../shared/real] [--exclude Sun] [--linelist FILE] [--out FILE]
 
 ``--exclude`` leaves stars out (leave-one-out checks in benchmarks/bench_real_stars.py).
 Needs Turbospectrum (``stellarfit engines install turbospectrum``); about a minute per star.
@@ -110,13 +110,17 @@ def main(argv=None) -> int:
     parser.add_argument("--stars", default=str(ROOT / "benchmarks" / "real_stars.json"))
     parser.add_argument("--exclude", nargs="*", default=[])
     parser.add_argument("--emulator", default="payne-default", help="emulator whose native pixels the error is on")
+    parser.add_argument("--linelist", default=None,
+                        help="Turbospectrum line list (default: the shipped Gaia-ESO one; 'astro': with the shipped "
+                             "astrophysical log gf; or a file, e.g. one written by scripts/calibrate_loggf.py)")
     parser.add_argument("--spread", type=int, default=3, help="native pixels each residual spreads to (+-)")
     parser.add_argument("--out", default=str(ROOT / "src" / "stellarfit" / "data" / "physics_error_5000_5500.npz"))
     args = parser.parse_args(argv)
     stars = [s for s in json.loads(Path(args.stars).read_text())["stars"] if s["calibration"] and s["name"] not in args.exclude]
     emulator = sf.load_emulator(args.emulator)
     grid = np.asarray(emulator.wavelength, np.float64)
-    engine = make_engine("turbospectrum", window=(float(grid[0]), float(grid[-1])), resolution=SYNTH_RESOLUTION, sampling=1.7)
+    engine = make_engine("turbospectrum", window=(float(grid[0]), float(grid[-1])), resolution=SYNTH_RESOLUTION, sampling=1.7,
+                         linelist=args.linelist)
     residuals = np.array([star_residual(s, Path(args.real), grid, engine, float(emulator.native_resolution)) for s in stars])
     squared = np.nanmean(residuals**2, axis=0)
     squared = np.where(np.isfinite(squared), squared, np.nanmedian(squared))

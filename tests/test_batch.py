@@ -249,6 +249,7 @@ def test_cli_batch_passes_the_z_transform_to_the_fits(files, tmp_path, monkeypat
     assert seen[0]["map_settings"] == MapSettings(n_starts=8, init="auto")
 
 
+@pytest.mark.slow
 def test_vectorized_batch_fits_and_records_failures(emulator, tmp_path):
     """--vectorize: spectra fitted together by fit_stars; one outside the emulator's window is recorded, not fatal."""
     truths = {"a": ([0.4, 0.2, -0.3], 20.0), "c": ([0.7, -0.3, 0.2], -40.0)}

@@ -204,6 +204,7 @@ def test_ray_real_fits_equal_local_and_cli(ray_cluster, tmp_path, capsys):
     assert (document["n_fitted"], document["n_skipped"]) == (0, 5)
 
 
+@pytest.mark.slow
 def test_ray_interrupted_run_kills_the_workers_of_lost_chunks(ray_cluster, probe_files, tmp_path):
     """An interrupted run kills the workers still fitting its lost chunks, and the next run fits on fresh ones.
 
@@ -240,6 +241,7 @@ def test_ray_interrupted_run_kills_the_workers_of_lost_chunks(ray_cluster, probe
     assert (summary.n_ok, summary.n_failed, summary.n_fitted, summary.n_skipped) == (3, 2, 4, 1)
 
 
+@pytest.mark.slow
 def test_ray_worker_failures(ray_cluster, probe_files, tmp_path, monkeypatch):
     """A worker that dies on a chunk: retried, then recorded as failed; an emulator the workers cannot load: a clear error."""
     folder = probe_files

@@ -89,6 +89,7 @@ def test_compare_emulators_with_truths_reports_each_emulators_bias_and_calibrati
     assert "toy / shifted" in text and "fe_h" in text and "shifted failed on spectrum 6" in text
 
 
+@pytest.mark.slow
 def test_compare_emulators_without_truths_and_bad_input():
     spectra, _, names = _spectra(n=2, seed=5)
     document = compare_emulators(spectra, {"toy": TOY, "shifted": SHIFTED}, **OPTIONS)

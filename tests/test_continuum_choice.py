@@ -148,6 +148,7 @@ def test_auto_recovers_labels_a_fixed_degree_2_gets_wrong(cubic_fits):
     assert document["diagnostics"]["continuum"]["degree"] == info["degree"]
 
 
+@pytest.mark.slow
 def test_fit_stars_chooses_per_spectrum_and_batches_the_repolishes(cubic_fits):
     """fit_stars: a cubic response and a flat continuum in one batch get their own degrees (and the
     cubic one the labels of fit_star's "auto")."""

@@ -151,13 +151,15 @@ def test_registry_names_and_paths(saved):
     with pytest.raises(KeyError, match="no shipped emulator"):
         shipped_emulator_path("nope")
     # the shipped emulators are in the package: the TransformerPayne and its distilled fast path under
-    # two names each, and The Payne
+    # two names each, The Payne, and The Payne of the astrophysical-log-gf physics (for real spectra)
     assert shipped_emulator_path("default") == shipped_emulator_path("transformer-payne-default")
     assert shipped_emulator_path("default").endswith("transformer_payne_default")
     assert shipped_emulator_path("default-fast") == shipped_emulator_path("payne-distilled-default")
     assert set(available_emulators()) == {"default", "transformer-payne-default", "payne-default", "default-fast",
-                                          "payne-distilled-default"}
-    # together small enough to ship (the emulators issue: ~30 MB at most)
+                                          "payne-distilled-default", "payne-astro"}
+    # together small enough to ship (the emulators issue: ~30 MB for the three of the default physics,
+    # plus one Payne of the calibrated physics)
     total = sum(f.stat().st_size for name in ("default", "payne-default", "default-fast")
                 for f in Path(shipped_emulator_path(name)).iterdir())
     assert total < 31e6
+    assert sum(f.stat().st_size for f in Path(shipped_emulator_path("payne-astro")).iterdir()) < 12e6

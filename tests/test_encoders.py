@@ -208,6 +208,7 @@ def test_shipped_encoder_by_name_reads_a_solar_spectrum(emulator, tmp_path, caps
     assert row["labels"]["teff"]["value"] == pytest.approx(result["teff"][0], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_fit_star_starts_from_the_shipped_encoder(emulator, trained):
     from stellarfit.inference._encoder_start import EncoderStart, encoder_starts
 

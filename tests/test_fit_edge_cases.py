@@ -72,6 +72,7 @@ def test_vsini_max_zero_fixes_vsini_in_fit_map_and_crb():
         cramer_rao_from_fisher(np.eye(2), ["a", "b"], scales=[1.0, -1.0])
 
 
+@pytest.mark.slow
 def test_fit_star_with_vsini_max_zero_reports_zero_error():
     from stellarfit.inference import fit_star
 
@@ -114,6 +115,7 @@ def test_covariance_is_proper():
     assert not covariance_is_proper(None, widths)
 
 
+@pytest.mark.slow
 def test_indefinite_hessian_at_the_map_falls_back_to_gauss_newton(monkeypatch):
     """A MAP pressed against a box is no stationary point and its Hessian can be indefinite: the
     negative variances of its inverse once read as errors of exactly 0.  fit_star then takes

@@ -94,6 +94,7 @@ def test_an_emulator_naming_a_fast_path_fits_in_two_stages(payne, spectrum, mult
                                                                abs=0.1 * result.labels[name]["error"]), name
 
 
+@pytest.mark.slow
 def test_fit_stars_takes_one_start_per_spectrum(payne, spectrum, multi_start):
     results = fit_stars([spectrum, spectrum], payne, init=[multi_start, None])
     assert [r.diagnostics["init"]["source"] for r in results] == ["given", "multi-start"]
@@ -141,6 +142,7 @@ def test_chord_iterations_reach_the_same_map_with_fewer_jacobians(payne, spectru
     assert np.max(np.abs(chord.theta - plain.theta) / sigma) < 0.35
 
 
+@pytest.mark.slow
 def test_the_polish_takes_no_second_jacobian_at_the_same_point(payne, spectrum, multi_start):
     """A Gaussian prior that pulls [alpha/Fe] far below its box (the polish chases it into the
     sigmoid's tail, where many steps are rejected): every Jacobian after the first is taken at a

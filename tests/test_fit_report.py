@@ -291,6 +291,7 @@ def tiny_emulator():
     return train_emulator(emulator, train, None, TrainConfig(n_steps=150, batch_size=64, learning_rate=3e-3)).emulator
 
 
+@pytest.mark.slow
 def test_cli_fit_save_and_report_with_a_real_map_fit(tiny_emulator, tmp_path, capsys):
     """`stellarfit fit --save --report` on a real fit_star MAP fit; the saved file rebuilds the same report."""
     from stellarfit.cli.main import main
@@ -325,6 +326,7 @@ def test_cli_fit_save_and_report_with_a_real_map_fit(tiny_emulator, tmp_path, ca
     assert len(_images(html_again)) == 3
 
 
+@pytest.mark.slow
 def test_cli_fit_nuts_settings_reach_the_sampler(tiny_emulator, tmp_path, capsys):
     """`stellarfit fit --method nuts` passes --chains/--warmup/--samples/--target-accept/--chain-method through."""
     from stellarfit import _workers

@@ -102,6 +102,7 @@ def test_a_setting_given_both_ways_is_refused_before_fitting():
         fit_star(None, None, "nuts", num_chains=0)
 
 
+@pytest.mark.slow
 def test_keywords_and_settings_fit_alike():
     spectrum = toy_spectrum()
     emulator = ToyEmulator()

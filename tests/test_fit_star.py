@@ -59,6 +59,7 @@ def test_fit_star_clear_errors(emulator):
         fit_star(far, emulator)
 
 
+@pytest.mark.slow
 def test_cli_fit_json(emulator, tmp_path, capsys):
     from stellarfit.cli.main import main
 
@@ -165,6 +166,7 @@ def test_wavelengths_equal_to_rounding_share_a_forward_model(emulator):
     assert forward_model_for(emulator, wavelength * (1.0 + 1e-7), 20_000.0, **options) is not model
 
 
+@pytest.mark.slow
 def test_fit_stars_batch_matches_fit_star_and_collects_failures(emulator, caplog):
     import logging
 
@@ -339,6 +341,7 @@ def test_fit_stars_batches_spectra_whose_per_pixel_resolution_differs(emulator, 
                                                                   abs=0.15 * alone.labels[name]["error"]), name
 
 
+@pytest.mark.slow
 def test_vsini_is_held_at_zero_and_flagged_where_the_lsf_hides_it(emulator):
     from stellarfit.inference._fit_prepare import resolve_vsini_max
 

@@ -38,6 +38,7 @@ def test_rv_found_anywhere_in_1000_kms(rv):
     assert estimate == pytest.approx(rv, abs=2.0)
 
 
+@pytest.mark.slow
 def test_map_recovers_labels_noiseless():
     wavelength, flux, ivar = observe(45.0, vsini=12.0)
     model = ForwardModel(toy_flux, NATIVE, NATIVE_R, wavelength, 22_500.0, rv_range=(25.0, 65.0))
@@ -49,6 +50,7 @@ def test_map_recovers_labels_noiseless():
     assert result.chi2 / result.n_good < 0.01
 
 
+@pytest.mark.slow
 def test_laplace_covariance_matches_crb_at_high_snr():
     wavelength, flux, ivar = observe(10.0, snr=300.0, seed=1)
     model = ForwardModel(toy_flux, NATIVE, NATIVE_R, wavelength, 22_500.0, rv_range=(-10.0, 30.0))
@@ -69,6 +71,7 @@ def test_laplace_covariance_matches_crb_at_high_snr():
         assert abs(result.theta[i] - TRUTH[i]) < 5 * crb.sigma[i]
 
 
+@pytest.mark.slow
 def test_gaussian_prior_pulls_and_bad_priors():
     wavelength, flux, ivar = observe(0.0, snr=20.0, seed=2)
     model = ForwardModel(toy_flux, NATIVE, NATIVE_R, wavelength, 22_500.0, rv_range=(-20.0, 20.0))

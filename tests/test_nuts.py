@@ -387,7 +387,8 @@ def test_numpyro_fit_star_second_spectrum_compiles_nothing(emulator):
     assert result.sample_stats["n_steps"].shape == (2, 10) and result.diagnostics["gradient_evaluations_warmup"] >= 20
 
 
-@pytest.mark.parametrize("method", ["nuts", pytest.param("blackjax", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["nuts", "blackjax"])
 def test_chains_in_pinned_worker_processes_match_sequential(emulator, method):
     """chain_method="processes" deals the chains out to worker processes pinned one per core; each chain
     runs the same program with the same key and start as in "sequential", so the draws agree."""

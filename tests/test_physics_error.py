@@ -92,3 +92,20 @@ def test_the_physics_error_takes_missing_lines_out_of_the_labels():
     assert bias_plain > 5 * plain.labels["fe_h"]["error"]
     assert bias_weighted < 3 * weighted.labels["fe_h"]["error"] and bias_weighted < 0.5 * bias_plain
     assert weighted.reduced_chi2 < plain.reduced_chi2
+
+
+def test_payne_astro_carries_the_physics_error_of_its_own_line_list():
+    astro = load_emulator("payne-astro")
+    default = load_emulator("payne-default")
+    assert astro.physics_error is not None and set(astro.physics_error.stars) == {"Sun", "Arcturus"}
+    assert astro.physics_error.source.endswith("physics_error_astro_5000_5500.npz")
+    # a different measurement from the Gaia-ESO one payne-default carries (Procyon is held out of it)
+    assert "Procyon" in default.physics_error.stars
+    assert not np.array_equal(astro.physics_error.sigma, default.physics_error.sigma)
+    # the calibrated log gf values fit the Sun better: where both measured it, the astro error is smaller
+    at = astro.wavelength
+    assert np.median(astro.physics_error.at(at)) < np.median(default.physics_error.at(at))
+    # the network learned other physics than payne-default (fine-tuned on the astrophysical-log-gf grid)
+    labels = np.array([5772.0, 4.44, 1.0, 0.0] + [0.0] * (len(astro.label_names) - 4))
+    difference = np.abs(np.asarray(astro.predict(labels)) - np.asarray(default.predict(labels)))
+    assert difference.max() > 0.02

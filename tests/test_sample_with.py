@@ -125,6 +125,7 @@ def test_z_laplace_keeps_the_last_finite_curvature_and_reports_none(problem, pay
     assert np.all(np.isfinite(start.center)) and np.all(np.isfinite(start.factor)) and np.all(np.isfinite(start.w_init))
 
 
+@pytest.mark.slow
 def test_the_z_mode_search_starts_from_the_curvature_the_map_polish_ended_with(problem, payne_map):
     """polish_map (chord) returns the data's curvature of its last Jacobian; unconstrained_laplace
     started from it needs one Jacobian fewer and ends at the same mode."""
@@ -158,6 +159,7 @@ def test_the_z_mode_search_starts_from_the_curvature_the_map_polish_ended_with(p
         unconstrained_laplace(problem, theta, curvature=polished.curvature)
 
 
+@pytest.mark.slow
 def test_gauss_newton_hessian_from_the_curvature_in_theta_is_minus_jtj_in_z(problem, payne_map):
     """The Gauss-Newton pieces in z: the value and gradient of the profiled density, and, with the
     data's curvature from the same z, the Hessian -J^T J (J = dr/dz) plus the log Jacobian's

@@ -18,10 +18,16 @@ from importlib import resources
 
 import numpy as np
 
-__all__ = ["PhysicsError", "load_physics_error", "shipped_physics_error_present", "DEFAULT_PHYSICS_ERROR_FILE"]
+__all__ = ["PhysicsError", "load_physics_error", "shipped_physics_error_present", "DEFAULT_PHYSICS_ERROR_FILE",
+           "SHIPPED_PHYSICS_ERRORS"]
 
 #: the shipped physics error of the default window (file under stellarfit/data/)
 DEFAULT_PHYSICS_ERROR_FILE = "physics_error_5000_5500.npz"
+
+#: shipped physics errors by name (files under stellarfit/data/): ``default`` measured with the
+#: Gaia-ESO log gf values (the physics of ``payne-default`` and the TransformerPayne), ``astro``
+#: with the log gf values fitted to the Sun and Arcturus (the physics of ``payne-astro``)
+SHIPPED_PHYSICS_ERRORS = {"default": DEFAULT_PHYSICS_ERROR_FILE, "astro": "physics_error_astro_5000_5500.npz"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,17 +64,18 @@ class PhysicsError:
                 "median_sigma": float(np.median(self.sigma))}
 
 
-def shipped_physics_error_present() -> bool:
-    """Whether this installation has the shipped physics error file."""
-    return (resources.files("stellarfit") / "data" / DEFAULT_PHYSICS_ERROR_FILE).is_file()
+def shipped_physics_error_present(name: str = "default") -> bool:
+    """Whether this installation has the shipped physics error ``name`` (:data:`SHIPPED_PHYSICS_ERRORS`)."""
+    return (resources.files("stellarfit") / "data" / SHIPPED_PHYSICS_ERRORS[name]).is_file()
 
 
 def load_physics_error(name_or_path: str | os.PathLike = "default") -> PhysicsError:
-    """The shipped physics error (``"default"``) or one written by ``scripts/calibrate_physics_error.py``."""
+    """A shipped physics error by name (``"default"``, ``"astro"``: :data:`SHIPPED_PHYSICS_ERRORS`) or one
+    written by ``scripts/calibrate_physics_error.py``."""
     text = os.fspath(name_or_path)
-    if text == "default":
-        path = resources.files("stellarfit") / "data" / DEFAULT_PHYSICS_ERROR_FILE
-        source = f"stellarfit/data/{DEFAULT_PHYSICS_ERROR_FILE}"
+    if text in SHIPPED_PHYSICS_ERRORS:
+        path = resources.files("stellarfit") / "data" / SHIPPED_PHYSICS_ERRORS[text]
+        source = f"stellarfit/data/{SHIPPED_PHYSICS_ERRORS[text]}"
     else:
         path, source = text, text
         if not os.path.isfile(text):

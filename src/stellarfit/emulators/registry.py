@@ -3,7 +3,9 @@
 ``load_emulator("default")`` is the shipped TransformerPayne of the default
 model, ``load_emulator("payne-default")`` the shipped Payne trained on the same
 kind of Turbospectrum grid, ``load_emulator("default-fast")`` a Payne distilled
-from the TransformerPayne (its CPU fast path, see ``fit_star(init=...)``); they live in
+from the TransformerPayne (its CPU fast path, see ``fit_star(init=...)``),
+``load_emulator("payne-astro")`` a Payne of Turbospectrum spectra with log gf values
+calibrated on the Sun and Arcturus (for real spectra); they live in
 ``stellarfit/data/emulators/<directory>/`` inside the installed package (an
 emulator directory each, see :mod:`stellarfit.emulators.checkpoint`).  Nothing
 is downloaded.  Any other argument is a path to an emulator directory.  Shipped emulators
@@ -30,7 +32,12 @@ SHIPPED_EMULATORS = {
     "payne-default": "payne_default",
     "default-fast": "payne_distilled_default",
     "payne-distilled-default": "payne_distilled_default",
+    "payne-astro": "payne_astro",
 }
+
+#: the shipped physics error (:data:`~stellarfit.emulators.physics_error.SHIPPED_PHYSICS_ERRORS`) each
+#: shipped emulator carries: the mismatch with real stars of the physics it learned
+_SHIPPED_PHYSICS_ERROR_OF = {"payne-astro": "astro"}
 
 
 def shipped_emulator_path(name: str) -> str:
@@ -73,5 +80,6 @@ def load_emulator(name_or_path: str | os.PathLike, *, label_spec: LabelSpec | No
     if text in SHIPPED_EMULATORS:
         # shipped emulators learned the realistic physics whose mismatch with real stars was measured
         emulator = read_emulator(shipped_emulator_path(text), label_spec=label_spec)
-        return emulator.with_physics_error("default") if shipped_physics_error_present() else emulator
+        physics = _SHIPPED_PHYSICS_ERROR_OF.get(text, "default")
+        return emulator.with_physics_error(physics) if shipped_physics_error_present(physics) else emulator
     raise FileNotFoundError(f"{text!r} is neither an emulator directory nor a shipped emulator name ({sorted(SHIPPED_EMULATORS)})")
