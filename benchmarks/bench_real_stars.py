@@ -16,7 +16,8 @@ emulator, method and physics-error setting asked for:
         [--physics default none loo] [--stars Sun Procyon] [--out benchmarks/results/real_stars]
 
 Writes OUT.json (one row per fit: fitted and literature labels, errors, offsets in
-errors, reduced chi2, flags, seconds) and OUT.md (the table in docs/validation/real_stars.md).
+errors, reduced chi2, flags, seconds) and OUT.md (the table in docs/validation/real_stars.md);
+``--plot FILE.png`` also draws every fit's spectrum, model and residual.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ MAIN_LABELS = ("teff", "logg", "fe_h")
 BOX = {"teff": (4000.0, 7000.0), "logg": (1.0, 5.0), "fe_h": (-2.5, 0.5)}
 
 
-def fit(star: dict, real: Path, emulator: str, method: str, physics: str) -> dict:
+def fit(star: dict, real: Path, emulator: str, method: str, physics: str, save: Path | None = None) -> dict:
     command = [sys.executable, "-m", "stellarfit.cli.main", "fit", str(real / star["file"]), "--emulator", emulator,
                "--method", method, "--resolution", str(star["resolution"]), "--json", "--physics-error", physics]
+    if save is not None:
+        command += ["--save", str(save)]
     command.append("--air" if star.get("air") else "--vacuum")
     if star.get("snr"):
         command += ["--snr", str(star["snr"])]
@@ -80,6 +83,41 @@ def row_of(star: dict, emulator: str, method: str, physics: str, outcome: dict) 
     row["vsini"] = document.get("vsini", {}).get("value")
     row["notes"] = outcome.get("stderr", [])
     return row
+
+
+def plot_residuals(saved: list[tuple[str, Path]], out: Path) -> None:
+    """Observed spectrum and model around Mg b (top) and the residual over the window (bottom), per fit,
+    read from the fit files (SPECTRUM HDU: WAVELENGTH, FLUX, IVAR, MODEL_FLUX)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from astropy.io import fits
+
+    figure, axes = plt.subplots(len(saved), 2, figsize=(12, 2.4 * len(saved)), squeeze=False,
+                                gridspec_kw={"width_ratios": [1, 2]})
+    for (title, path), (left, right) in zip(saved, axes):
+        with fits.open(path) as hdus:
+            table = hdus["SPECTRUM"].data
+            wavelength, flux, ivar, model = (np.asarray(table[c], float) for c in ("WAVELENGTH", "FLUX", "IVAR", "MODEL_FLUX"))
+        good = (ivar > 0) & np.isfinite(flux) & np.isfinite(model)
+        scale = np.nanmedian(model[good])
+        zoom = good & (wavelength > 5165) & (wavelength < 5190)
+        left.plot(wavelength[zoom], flux[zoom] / scale, "k-", lw=0.7, label="observed")
+        left.plot(wavelength[zoom], model[zoom] / scale, "r-", lw=0.7, label="model")
+        left.set_title(title, fontsize=9, loc="left")
+        residual = (flux - model) / scale
+        rms = float(np.sqrt(np.mean(residual[good] ** 2)))
+        right.plot(wavelength[good], residual[good], "k-", lw=0.3)
+        right.axhline(0, color="r", lw=0.5)
+        right.set_ylim(-0.15, 0.15)
+        right.set_title(f"observed - model (continuum units), RMS {rms:.4f}", fontsize=9, loc="left")
+    axes[0, 0].legend(fontsize=8, loc="lower left")
+    axes[-1, 0].set_xlabel("vacuum wavelength [A]")
+    axes[-1, 1].set_xlabel("vacuum wavelength [A]")
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    print(f"wrote {out}")
 
 
 def inside_box(star: dict) -> bool:
@@ -137,6 +175,8 @@ def main(argv=None) -> int:
     parser.add_argument("--linelist", default=None,
                         help="line list for the leave-one-out physics errors (calibrate_physics_error.py --linelist)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "real_stars"))
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="also draw each fit's observed spectrum, model and residual into this figure")
     args = parser.parse_args(argv)
     for physics in args.physics:
         if physics not in ("default", "none", "loo") and not Path(physics).is_file():
@@ -148,6 +188,7 @@ def main(argv=None) -> int:
     catalog = {s["name"]: s for s in json.loads(Path(args.stars_file).read_text())["stars"]}
     names = args.stars or list(catalog)
     rows = []
+    saved: list[tuple[str, Path]] = []
     with tempfile.TemporaryDirectory(prefix="stellarfit-loo-") as scratch:
         for name in names:
             star = catalog[name]
@@ -165,12 +206,20 @@ def main(argv=None) -> int:
                         subprocess.run(command, check=True, capture_output=True)
                 for emulator in args.emulators:
                     for method in args.methods:
-                        outcome = fit(star, real, emulator, method, setting)
+                        save = Path(scratch) / f"fit_{len(rows)}.fits" if args.plot else None
+                        outcome = fit(star, real, emulator, method, setting, save)
                         row = row_of(star, emulator, method, physics, outcome)
+                        if save is not None and save.is_file():
+                            offsets = row["offset"]
+                            saved.append((f"{name} ({emulator}, {method}, physics error {physics}): dTeff "
+                                          f"{offsets['teff']:+.0f}, dlogg {offsets['logg']:+.2f}, "
+                                          f"d[Fe/H] {offsets['fe_h']:+.2f}", save))
                         rows.append(row)
                         brief = row.get("error") or {k: round(v, 3) for k, v in row["fitted"].items()}
                         print(f"{name} {emulator} {method} physics={physics}: {brief} chi2r={row.get('reduced_chi2')} "
                               f"({row['seconds']:.0f} s)", flush=True)
+        if saved:
+            plot_residuals(saved, Path(args.plot))
     summary = summarize(rows, catalog)
     record = provenance()
     revision = record["commit"]

@@ -183,6 +183,33 @@ def test_cramer_rao_of_a_composite_is_tighter_than_either_window():
         assert joint.sigma[i] < min(a.sigma[i] for a in alone)
 
 
+def test_bounds_by_window_say_which_window_constrains_which_label(tmp_path):
+    from stellarfit.reports import crb_report
+
+    members = toy_members()
+    # the second window's lines all of the kind whose depth depends on Teff and [Fe/H] only: no logg there
+    members[1].kind = np.full_like(members[1].kind, 2)
+    composite = CompositeEmulator(members)
+    labels = dict(zip(SPEC.names, TRUTH))
+    results = sf.cramer_rao_by_window(composite, labels, resolution=20_000.0, snr=50.0)
+    assert list(results) == ["joint", "5000-5100", "6300-6400"]
+    joint, blue, red = (results[k] for k in results)
+    for name in SPEC.names:
+        i = joint.names.index(name)
+        assert joint.sigma[i] <= min(blue.sigma[i], red.sigma[i]) * (1 + 1e-6), name
+    logg = joint.names.index("logg")
+    # logg comes from the blue window alone; the red one barely knows it
+    assert blue.sigma[logg] < 1.05 * joint.sigma[logg]
+    assert red.sigma[logg] > 10.0 * joint.sigma[logg]
+    with pytest.raises(TypeError, match="several windows"):
+        sf.cramer_rao_by_window(members[0], labels, resolution=20_000.0)
+    report = crb_report(composite, labels, tmp_path / "crb.html", snr=50.0, resolution=20_000.0,
+                        snr_values=[50.0], resolution_values=[20_000.0])
+    assert set(report["by_window"]) == {"joint", "5000-5100", "6300-6400"}
+    assert report["by_window"]["6300-6400"]["logg"] > 10.0 * report["by_window"]["joint"]["logg"]
+    assert "Which window constrains which label" in (tmp_path / "crb.html").read_text()
+
+
 @pytest.mark.slow
 def test_joint_nuts_fit_samples_all_windows():
     members = toy_members()

@@ -163,6 +163,22 @@ def test_train_on_two_windows_writes_a_composite(trained, capsys):
     assert "one Payne per window" in capsys.readouterr().err
 
 
+def test_crb_command_reports_each_windows_bounds(trained, capsys):
+    tmp, _, _, out, _ = trained
+    composite = load_emulator(out)
+    labels = [f"--label={name}={0.5 * (lo + hi)}" for name, lo, hi in
+              zip(composite.label_names, composite.label_spec.lower, composite.label_spec.upper)]
+    assert main(["crb", "--emulator", str(out), *labels, "--resolution", "20000", "--snr", "50", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    by_window = document["by_window"]
+    assert list(by_window)[0] == "joint" and len(by_window) == 3
+    for window in list(by_window)[1:]:
+        for name, joint in by_window["joint"].items():
+            assert joint <= by_window[window][name] * (1 + 1e-6), (window, name)
+    assert main(["crb", "--emulator", str(out), *labels, "--resolution", "20000"]) == 0
+    assert "bound of each window alone" in capsys.readouterr().out
+
+
 def test_the_composite_models_a_two_window_spectrum(trained):
     """What a fit builds: one forward model per window on its observed pixels, from the shared network."""
     composite = load_emulator(trained[3])

@@ -44,6 +44,7 @@ _LAZY = {
     "example_spectrum": "stellarfit.spectra",
     "degrade_resolution": "stellarfit.spectra",
     "cramer_rao": "stellarfit.inference",
+    "cramer_rao_by_window": "stellarfit.inference",
     "enable_compilation_cache": "stellarfit._cache",
 }
 
@@ -71,6 +72,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from stellarfit.grids import sample_labels as sample_labels
     from stellarfit.spectra import ObservedSpectrum as ObservedSpectrum
     from stellarfit.inference import cramer_rao as cramer_rao
+    from stellarfit.inference import cramer_rao_by_window as cramer_rao_by_window
     from stellarfit.inference import fit_star as fit_star
     from stellarfit.inference import fit_batch as fit_batch
     from stellarfit.inference import MapSettings as MapSettings

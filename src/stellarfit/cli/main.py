@@ -496,6 +496,13 @@ def _cmd_crb(args: argparse.Namespace) -> int:
     try:
         result = cramer_rao(emulator, labels, **options)
         document = result.to_dict()
+        by_window = None
+        if getattr(emulator, "members", None) is not None and args.window is None:  # several windows
+            from stellarfit.inference.crb import cramer_rao_by_window
+            from stellarfit.reports.crb import by_window_table
+
+            by_window = by_window_table(cramer_rao_by_window(emulator, labels, **{**options, "window": None}))
+            document["by_window"] = by_window
         if args.out:
             from stellarfit.reports import crb_report
 
@@ -510,6 +517,12 @@ def _cmd_crb(args: argparse.Namespace) -> int:
         for name, sigma in {**result.as_dict(), **result.nuisance()}.items():
             value = document["labels"].get(name, {"rv": args.rv, "vsini": args.vsini}.get(name))
             print(f"{name:<10} {value:>12.4f} {sigma:>12.4g}")
+        if by_window:
+            windows = [w for w in by_window if w != "joint"]
+            print("bound of each window alone:")
+            print(f"{'parameter':<10} {'joint':>12}" + "".join(f" {w:>12}" for w in windows))
+            for name in by_window["joint"]:
+                print(f"{name:<10} {by_window['joint'][name]:>12.4g}" + "".join(f" {by_window[w][name]:>12.4g}" for w in windows))
         print(f"S/N {result.snr:g} per pixel, R {result.resolution:g}, {result.wavelength.size} pixels "
               f"{result.wavelength[0]:.2f}-{result.wavelength[-1]:.2f} A" + (f"; report {args.out}" if args.out else ""))
     return 0

@@ -20,6 +20,7 @@ from stellarfit.inference.likelihood import GaussianPrior as GaussianPrior
 from stellarfit.inference.compare import compare_emulators as compare_emulators
 from stellarfit.inference.compare import observe_grid as observe_grid
 from stellarfit.inference.crb import cramer_rao as cramer_rao
+from stellarfit.inference.crb import cramer_rao_by_window as cramer_rao_by_window
 from stellarfit.inference.map import MapResult as MapResult
 from stellarfit.inference.map import estimate_rv as estimate_rv
 from stellarfit.inference.map import fit_map as fit_map
@@ -44,6 +45,7 @@ __all__ = [
     "NutsSettings",
     "SamplerResult",
     "cramer_rao",
+    "cramer_rao_by_window",
     "cramer_rao_from_fisher",
     "estimate_rv",
     "fisher_matrix",

@@ -36,7 +36,7 @@ import numpy as np
 
 from stellarfit.inference.fisher import FisherResult, cramer_rao_from_fisher
 
-__all__ = ["CramerRaoResult", "cramer_rao", "default_labels", "planned_wavelength"]
+__all__ = ["CramerRaoResult", "cramer_rao", "cramer_rao_by_window", "default_labels", "planned_wavelength", "window_name"]
 
 SPEED_OF_LIGHT_KMS = 299_792.458
 
@@ -260,3 +260,32 @@ def cramer_rao(
         snr=float(snr), resolution=resolution, rv=float(rv), vsini=float(vsini), continuum_degree=int(continuum_degree),
         fisher=bounds,
     )
+
+
+def window_name(emulator) -> str:
+    """A window's name from its coverage, e.g. ``"5000-5500"`` [A, vacuum]."""
+    wavelength = np.asarray(emulator.wavelength, dtype=np.float64)
+    return f"{wavelength[0]:.0f}-{wavelength[-1]:.0f}"
+
+
+def cramer_rao_by_window(emulator, labels: Mapping[str, float] | np.ndarray, **options: Any) -> dict[str, CramerRaoResult]:
+    """Which window constrains which label: the bounds of each window of a composite emulator alone,
+    and of all windows together (``"joint"``, first).
+
+    ``emulator`` is a :class:`~stellarfit.emulators.composite.CompositeEmulator` (several windows);
+    ``options`` as for :func:`cramer_rao` (``window`` is not allowed: each member is its own window).
+    Returns {``"joint"``: result, window name (:func:`window_name`): result, ...}.  A label a window
+    barely constrains has a bound there far above its joint bound; the window whose bound is
+    closest to the joint one carries most of that label's information.
+    """
+    members = getattr(emulator, "members", None)
+    if members is None:
+        raise TypeError("cramer_rao_by_window needs an emulator of several windows (a CompositeEmulator); "
+                        "for one window call cramer_rao")
+    if options.get("window") is not None:
+        raise ValueError("cramer_rao_by_window takes no window=: each member of the composite is one window")
+    options.pop("window", None)
+    results = {"joint": cramer_rao(emulator, labels, **options)}
+    for member in members:
+        results[window_name(member)] = cramer_rao(member, labels, **options)
+    return results

@@ -8,7 +8,9 @@ Contents (for an emulator, labels, S/N, resolving power and wavelength range):
 3. sigma per label against resolving power (one Fisher computation per R,
    same window, same S/N per pixel, 3 pixels per resolution element);
 4. the derivative spectra dF/dtheta, each multiplied by 10% of the label's box width;
-5. the correlation matrix of all parameters (labels and nuisance parameters).
+5. the correlation matrix of all parameters (labels and nuisance parameters);
+6. for an emulator of several windows (a composite): each window's bound alone against the
+   joint bound, per label (which window constrains which label).
 
 Plots use matplotlib's object API with the Agg canvas (no pyplot, no global
 backend change), so it works headless.
@@ -29,12 +31,14 @@ import numpy as np
 
 from stellarfit._io import atomic_path
 
-__all__ = ["CrbReport", "catalog_crb_report", "crb_report", "default_resolutions", "default_snrs"]
+__all__ = ["CrbReport", "by_window_table", "catalog_crb_report", "crb_report", "default_resolutions", "default_snrs",
+           "plot_by_window"]
 
 
 class CrbReport(dict):
     """What :func:`crb_report` wrote: a dict with ``html``, ``csv``, ``result`` (the CramerRaoResult),
-    ``snr_values``, ``resolution_values``, ``sigma_vs_snr`` and ``sigma_vs_resolution`` ({label: [sigma...]})."""
+    ``snr_values``, ``resolution_values``, ``sigma_vs_snr`` and ``sigma_vs_resolution`` ({label: [sigma...]}),
+    ``by_window`` (composite emulators: {window or "joint": {parameter: bound}}; else None)."""
 
 
 def default_snrs(snr: float) -> list[float]:
@@ -117,13 +121,52 @@ def crb_report(
         "derivatives": _plot_derivatives(result, emulator),
         "correlation": _plot_correlation(result),
     }
+    by_window = None
+    if getattr(emulator, "members", None) is not None and window is None:
+        from stellarfit.inference.crb import cramer_rao_by_window
+
+        by_window = by_window_table(cramer_rao_by_window(emulator, labels, snr=result.snr, resolution=resolution,
+                                                          rv=rv, vsini=vsini, continuum_degree=continuum_degree), names)
+        images["by_window"] = plot_by_window(by_window)
     csv_path = out.with_suffix(".csv")
     _write_csv(csv_path, names, result, base, snr_values, sigma_vs_snr, resolution_values, sigma_vs_resolution)
     document = _html(result, names, base, images, emulator, csv_path)
     with atomic_path(out) as temporary:
         temporary.write_text(document, encoding="utf-8")
     return CrbReport(html=str(out), csv=str(csv_path), result=result, snr_values=snr_values, resolution_values=resolution_values,
-                     sigma_vs_snr=sigma_vs_snr, sigma_vs_resolution=sigma_vs_resolution)
+                     sigma_vs_snr=sigma_vs_snr, sigma_vs_resolution=sigma_vs_resolution, by_window=by_window)
+
+
+def by_window_table(results: Mapping[str, Any], names: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """{window or ``"joint"``: {parameter: bound}} from :func:`~stellarfit.inference.crb.cramer_rao_by_window`'s
+    results (labels, then rv and vsini where free); a parameter a window leaves free is inf."""
+    joint = results["joint"]
+    if names is None:
+        names = list(joint.label_names) + [n for n in ("rv", "vsini") if n in joint.names]
+    return {window: {name: float(result.sigma[result.names.index(name)]) if name in result.names else float("nan")
+                     for name in names} for window, result in results.items()}
+
+
+def plot_by_window(table: Mapping[str, Mapping[str, float]]) -> str:
+    """Grouped bars: per label, each window's bound alone divided by the joint bound (1: that window
+    alone constrains the label as well as all together; large: it adds little)."""
+    joint = table["joint"]
+    windows = [w for w in table if w != "joint"]
+    names = [n for n in joint if np.isfinite(joint[n]) and joint[n] > 0]
+    figure = _figure(max(7.0, 0.55 * len(names) + 2.0), 4.0)
+    axes = figure.add_subplot()
+    x = np.arange(len(names))
+    width = 0.8 / max(len(windows), 1)
+    for i, window in enumerate(windows):
+        ratio = np.array([table[window][n] / joint[n] for n in names], dtype=float)
+        shown = np.where(np.isfinite(ratio), ratio, 1e3)  # a label the window leaves free: off the scale
+        axes.bar(x + (i - (len(windows) - 1) / 2) * width, shown, width, label=f"{window} A alone")
+    axes.axhline(1.0, color="k", lw=0.8)
+    axes.set_yscale("log")
+    axes.set_xticks(x, names, rotation=45, ha="right")
+    axes.set_ylabel("bound alone / joint bound")
+    axes.legend(fontsize=8)
+    return _png(figure)
 
 
 def _plot_vs(x, curves: Mapping[str, list[float]], label_names, xlabel: str, marker_x: float) -> str:
@@ -205,6 +248,7 @@ def _html(result, names, base, images: Mapping[str, str], emulator, csv_path: Pa
         "sigma_vs_resolution": "Bound against resolving power (same window and S/N per pixel, 3 pixels per resolution element)",
         "derivatives": "Model flux and derivative spectra dF/dtheta (times 10% of each label's range)",
         "correlation": "Correlation matrix (labels and nuisance parameters)",
+        "by_window": "Which window constrains which label: each window's bound alone over the joint bound (1: as good as all windows)",
     }
     figures = "\n".join(
         f'<h2>{escape(titles[key])}</h2>\n<img alt="{key}" src="data:image/png;base64,{data}">' for key, data in images.items()
