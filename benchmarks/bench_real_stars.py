@@ -105,13 +105,13 @@ def plot_residuals(saved: list[tuple[str, Path]], out: Path) -> None:
         zoom = good & (wavelength > 5165) & (wavelength < 5190)
         left.plot(wavelength[zoom], flux[zoom] / scale, "k-", lw=0.7, label="observed")
         left.plot(wavelength[zoom], model[zoom] / scale, "r-", lw=0.7, label="model")
-        left.set_title(title, fontsize=9, loc="left")
+        left.set_title(title.split(":")[0], fontsize=9, loc="left")
         residual = (flux - model) / scale
         rms = float(np.sqrt(np.mean(residual[good] ** 2)))
         right.plot(wavelength[good], residual[good], "k-", lw=0.3)
         right.axhline(0, color="r", lw=0.5)
         right.set_ylim(-0.15, 0.15)
-        right.set_title(f"observed - model (continuum units), RMS {rms:.4f}", fontsize=9, loc="left")
+        right.set_title(f"{title.split(': ', 1)[-1]}; observed - model (continuum units), RMS {rms:.4f}", fontsize=9, loc="left")
     axes[0, 0].legend(fontsize=8, loc="lower left")
     axes[-1, 0].set_xlabel("vacuum wavelength [A]")
     axes[-1, 1].set_xlabel("vacuum wavelength [A]")
@@ -122,6 +122,29 @@ def plot_residuals(saved: list[tuple[str, Path]], out: Path) -> None:
 
 def inside_box(star: dict) -> bool:
     return all(BOX[k][0] < star["labels"][k] < BOX[k][1] for k in MAIN_LABELS) and star["labels"]["teff"] < 7000
+
+
+def loo_floors(rows: list[dict]) -> list[dict]:
+    """Leave-one-out label error floors from real stars, per (emulator, method, physics) group: for each
+    star, the floor of each label measured on the OTHER stars (the RMS offset beyond their reported
+    errors, sqrt(max(mean(offset^2 - error^2), 0))), and the star's offset in units of its error
+    with that floor added in quadrature."""
+    groups: dict = {}
+    for row in rows:
+        if "fitted" in row:
+            groups.setdefault((row["emulator"], row["method"], row["physics_error"]), []).append(row)
+    out = []
+    for (emulator, method, physics), members in groups.items():
+        if len(members) < 3:
+            continue
+        for row in members:
+            others = [r for r in members if r is not row]
+            floor = {k: float(np.sqrt(max(np.mean([r["offset"][k] ** 2 - r["errors"][k] ** 2 for r in others]), 0.0)))
+                     for k in MAIN_LABELS}
+            z = {k: row["offset"][k] / float(np.hypot(row["errors"][k], floor[k])) for k in MAIN_LABELS}
+            out.append({"emulator": emulator, "method": method, "physics_error": physics, "star": row["star"],
+                        "floor_from_others": floor, "offset_over_error_with_floor": z})
+    return out
 
 
 def summarize(rows: list[dict], stars: dict) -> list[dict]:
@@ -153,6 +176,15 @@ def markdown(rows: list[dict], summary: list[dict], revision: str) -> str:
         flags = ", ".join(r["flags"]) if isinstance(r["flags"], list) else str(r["flags"])
         lines.append(f"| {r['star']} | {r['emulator']} | {r['method']} | {r['physics_error']} | " + " | ".join(cells)
                      + f" | {r['reduced_chi2']:.2f} ({r.get('reduced_chi2_at_snr150', float('nan')):.2f}) | {flags} | {r['seconds']:.0f} |")
+    floors = loo_floors(rows)
+    if floors:
+        lines += ["", "Leave-one-out error floors (measured on the other stars of the same setting) and the offset in "
+                  "units of the reported error with that floor added:", "",
+                  "| star | emulator | method | physics error | floor Teff / logg / [Fe/H] | offset / error |", "|---|---|---|---|---|---|"]
+        for f in floors:
+            fl, z = f["floor_from_others"], f["offset_over_error_with_floor"]
+            lines.append(f"| {f['star']} | {f['emulator']} | {f['method']} | {f['physics_error']} | {fl['teff']:.0f} K / "
+                         f"{fl['logg']:.2f} / {fl['fe_h']:.3f} | {z['teff']:+.1f} / {z['logg']:+.1f} / {z['fe_h']:+.1f} |")
     lines += ["", "FGK stars inside the label box with [Fe/H] > -1:", "",
               "| emulator | method | physics error | stars | median abs dTeff | dlogg | d[Fe/H] | all offsets within 3 errors |",
               "|---|---|---|---|---|---|---|---|"]
@@ -175,12 +207,23 @@ def main(argv=None) -> int:
     parser.add_argument("--linelist", default=None,
                         help="line list for the leave-one-out physics errors (calibrate_physics_error.py --linelist)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "real_stars"))
+    parser.add_argument("--summarize", action="store_true",
+                        help="fit nothing: rewrite OUT.md and the summary of OUT.json from its rows")
     parser.add_argument("--plot", default=None, metavar="FILE.png",
                         help="also draw each fit's observed spectrum, model and residual into this figure")
     args = parser.parse_args(argv)
     for physics in args.physics:
         if physics not in ("default", "none", "loo") and not Path(physics).is_file():
             parser.error(f"--physics {physics!r}: not default, none, loo or an existing physics-error file")
+    if args.summarize:
+        catalog = {s["name"]: s for s in json.loads(Path(args.stars_file).read_text())["stars"]}
+        document = json.loads(Path(args.out + ".json").read_text())
+        document["summary"] = summarize(document["rows"], catalog)
+        document["loo_floors"] = loo_floors(document["rows"])
+        Path(args.out + ".json").write_text(json.dumps(document, indent=1))
+        Path(args.out + ".md").write_text(markdown(document["rows"], document["summary"], document["provenance"]["commit"]))
+        print(Path(args.out + ".md").read_text())
+        return 0
     real = Path(args.real)
     if not real.is_dir():
         print(f"no real spectra at {real} (pass --real DIR)", file=sys.stderr)
@@ -223,7 +266,8 @@ def main(argv=None) -> int:
     summary = summarize(rows, catalog)
     record = provenance()
     revision = record["commit"]
-    Path(args.out + ".json").write_text(json.dumps({"provenance": record, "rows": rows, "summary": summary}, indent=1))
+    Path(args.out + ".json").write_text(json.dumps({"provenance": record, "rows": rows, "summary": summary,
+                                                    "loo_floors": loo_floors(rows)}, indent=1))
     Path(args.out + ".md").write_text(markdown(rows, summary, revision))
     print(markdown(rows, summary, revision))
     return 0
