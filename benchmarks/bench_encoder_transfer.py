@@ -117,11 +117,11 @@ def metrics(names, values: np.ndarray, errors: np.ndarray, truths: np.ndarray, f
     return result
 
 
-def evaluate(observations, names, *, encoder=None, mlp=None, tokens: bool = False) -> dict:
+def evaluate(observations, names, *, encoder=None, mlp=None, tokens: bool = False, rest_frame: bool = True) -> dict:
     values, errors, truths = [], [], []
     for pixels, batch in observations:
         if mlp is not None:
-            result = mlp.predict(pixels.spectra(), pixels.rv)
+            result = mlp.predict(pixels.spectra(), pixels.rv if rest_frame else None)
             values.append([[row[n][0] for n in names] for row in result])
             errors.append([[row[n][1] for n in names] for row in result])
         elif tokens:  # the tokens as the simulator makes them (no degradation to the encoder's R)
@@ -146,10 +146,13 @@ def run_plan(pool: np.ndarray, grid) -> list[dict]:
     rich = np.sort(pool[grid.labels[pool, grid.label_spec.index("fe_h")] > -1.0])
     blocks = {size: np.sort(order[:size]) if size else np.sort(order) for size in SIZES}
     for rows, modes, sample in ((blocks[100], MODES, "all"), (rich, SPECTRAFM_MODES[:4], "fe_h>-1"), (blocks[None], MODES, "all"),
-                                (blocks[250], MODES, "all"), (rich, SPECTRAFM_MODES[4:], "fe_h>-1")):
+                                (blocks[250], MODES, "all"), (rich, SPECTRAFM_MODES[4:], "fe_h>-1"),
+                                (blocks[100], ("mlp-observed",), "all"), (blocks[None], ("mlp-observed",), "all")):
         prefix = "rich" if sample == "fe_h>-1" else "N"
         for mode in modes:
             plan.append({"id": f"{prefix}{rows.size}/{mode}", "mode": mode, "rows": rows.tolist(), "n": int(rows.size), "sample": sample})
+    # the resolution change alone: the test stars' payne-default spectra (survey A's physics), observed as the Turbospectrum ones
+    plan.append({"id": "zero-shot-payne-spectra", "mode": "zero-shot-payne", "rows": [], "n": 0})
     return plan
 
 
@@ -202,6 +205,11 @@ def main() -> None:
     source = GridSpectra.from_grid(args.grid)
     simulator = TrainingSimulator(source, CONFIG, SURVEY_B)
     observations = test_observations(simulator, test, args.draws)
+    # the same test stars and observations (same seeds: RV, noise, continuum) with payne-default's spectra instead
+    emulator = sf.load_emulator("payne-default")
+    payne = GridSpectra(grid.labels[test], emulator.predict(grid.labels[test]), emulator.wavelength, emulator.label_spec,
+                        resolution=emulator.native_resolution, name="payne-default at the test stars' labels")
+    payne_observations = test_observations(TrainingSimulator(payne, CONFIG, SURVEY_B), np.arange(test.size), args.draws)
     only = set(args.only.split(",")) if args.only else None
     for run in run_plan(pool, grid):
         if run["id"] in done or (only and run["id"] not in only):
@@ -211,11 +219,15 @@ def main() -> None:
         if run["mode"] in ("zero-shot", "zero-shot-tokens"):
             record["test"] = evaluate(observations, names, encoder=base, tokens=run["mode"] == "zero-shot-tokens")
             record["steps"] = 0
-        elif run["mode"] == "mlp":
-            mlp, trace = train_spectrum_mlp(source.subset(np.asarray(run["rows"])), MLPSettings(steps=args.steps, progress=False),
-                                            simulation=SURVEY_B)
+        elif run["mode"] == "zero-shot-payne":
+            record["test"] = evaluate(payne_observations, names, encoder=base)
+            record["steps"] = 0
+        elif run["mode"] in ("mlp", "mlp-observed"):  # the MLP on rest-frame spectra (true RV), or on the observed ones
+            rest_frame = run["mode"] == "mlp"
+            mlp, trace = train_spectrum_mlp(source.subset(np.asarray(run["rows"])),
+                                            MLPSettings(steps=args.steps, rest_frame=rest_frame, progress=False), simulation=SURVEY_B)
             record["final_loss"] = float(np.mean([h["loss"] for h in trace[-50:]]))
-            record["test"] = evaluate(observations, names[:len(names)], mlp=mlp)
+            record["test"] = evaluate(observations, names, mlp=mlp, rest_frame=rest_frame)
         else:
             settings = AdaptSettings(mode=run["mode"], steps=args.steps, batch_size=32, progress=False)
             adapted, trace = adapt_encoder(base, source.subset(np.asarray(run["rows"])), settings, simulation=SURVEY_B)

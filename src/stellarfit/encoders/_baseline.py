@@ -1,7 +1,8 @@
 """A baseline for the encoder: an MLP on the raw spectrum (as in Zhao, Ting, Wyse et al. 2026).
 
 A spectrum is moved to the rest frame with a known RV (a survey pipeline's; at R ~ 4,000 its
-error of a few km/s is far below the ~75 km/s resolution element), resampled linearly onto one
+error of a few km/s is far below the ~75 km/s resolution element; ``rest_frame=False`` reads
+the observed spectrum instead), resampled linearly onto one
 fixed ln(lambda) grid, and divided by a running pseudo-continuum (the 90th percentile of the
 good pixels in chunks of ``continuum_chunk`` pixels, interpolated between chunk centres).  The
 input is the normalized flux minus 1 (0 where masked), the good-pixel flags and log10 of the
@@ -43,6 +44,8 @@ class MLPSettings:
             :class:`AdaptSettings` (AdamW, warm-up then cosine decay to 5%).
         pixels_per_fwhm: sampling of the fixed input grid at the survey's largest R.
         continuum_chunk: pixels per chunk of the running pseudo-continuum.
+        rest_frame: train on spectra moved to the rest frame with their true RV (as a survey
+            pipeline's RV would); False: on the observed spectra (the network must learn the shifts).
         seed: seeds the network and every batch.
         progress: tqdm progress bar on stderr.
     """
@@ -56,6 +59,7 @@ class MLPSettings:
     gradient_clip: float = 1.0
     pixels_per_fwhm: float = 2.5
     continuum_chunk: int = 64
+    rest_frame: bool = True
     seed: int = 0
     progress: bool = True
 
@@ -132,14 +136,15 @@ class SpectrumMLP:
         """Scaled (mean, log variance), each (B, n_labels)."""
         return self._apply(self.params if params is None else params, inputs)
 
-    def predict(self, spectra, rv) -> list[dict]:
+    def predict(self, spectra, rv=None) -> list[dict]:
         """{name: (value, error)} per ObservedSpectrum of ``spectra`` (a list), each moved to the rest
-        frame with its RV (``rv``: (n,) km/s)."""
+        frame with its RV (``rv``: (n,) km/s; None: read as observed, for a model trained with ``rest_frame=False``)."""
+        rv = np.zeros(len(spectra)) if rv is None else np.asarray(rv, np.float64)
         values, errors = [], []
         for start in range(0, len(spectra), 64):
             chunk = spectra[start:start + 64]
             x = self.inputs([np.log(s.wavelength) for s in chunk], [s.flux for s in chunk], [s.sigma for s in chunk],
-                            [s.good for s in chunk], np.asarray(rv)[start:start + 64])
+                            [s.good for s in chunk], rv[start:start + 64])
             mean, log_variance = self.apply(x)
             width = self.label_spec.upper - self.label_spec.lower
             values.append((np.asarray(mean, np.float64) + 0.5) * width + self.label_spec.lower)
@@ -193,7 +198,7 @@ def train_spectrum_mlp(source, settings: MLPSettings | None = None, *, simulatio
         pixels = simulator.sample_pixels(np.random.default_rng([settings.seed, i]), settings.batch_size)
         n = pixels.n_pixels
         x = model.inputs([pixels.log_wavelength[:n]] * settings.batch_size, pixels.flux[:, :n], pixels.sigma[:, :n],
-                         pixels.good[:, :n], pixels.rv)
+                         pixels.good[:, :n], pixels.rv if settings.rest_frame else np.zeros_like(pixels.rv))
         targets = jnp.asarray(source.label_spec.scale(pixels.labels), jnp.float32)
         params, opt_state, loss = train_step(params, opt_state, x, targets)
         history.append({"step": i + 1, "loss": float(loss), "seconds": time.perf_counter() - start})
