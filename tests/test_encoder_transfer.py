@@ -207,3 +207,17 @@ def test_mlp_baseline_trains_and_reads_spectra(source):
     y = model.inputs(grid, [1e3 * pixels.flux[0, :n]], [1e3 * pixels.sigma[0, :n]], [pixels.good[0, :n]], pixels.rv[:1])
     np.testing.assert_allclose(x, y, atol=1e-5)
     assert np.std(x[0, : model.log_wavelength.size]) > 1e-3
+
+
+def test_cli_refuses_a_grid_with_other_labels_and_an_existing_output(tmp_path, base, capsys):
+    from stellarfit.cli.main import main
+
+    base.save(tmp_path / "base")
+    other = LabelSpec([Label("teff", "K", 4000.0, 7000.0), Label("logg", "dex", 1.0, 5.0)])
+    _grid(other, 4).write(tmp_path / "other.h5")
+    argv = ["encoder-adapt", "--encoder", str(tmp_path / "base"), "--grid", str(tmp_path / "other.h5"), "--steps", "1",
+            "--out", str(tmp_path / "adapted"), "--no-progress"]
+    assert main(argv) == 2
+    assert "encoder's labels" in capsys.readouterr().err and not (tmp_path / "adapted").exists()
+    assert main([*argv[:-3], "--out", str(tmp_path / "base"), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
