@@ -171,6 +171,41 @@ def print_tables(document: dict) -> None:
             print(f"| {run['id']} | {run['n']} | " + " | ".join(cells) + " |")
 
 
+def _cell(run: dict | None, group: str, label: str, what: str = "scatter") -> str:
+    if run is None:
+        return "-"
+    m = run["test"][group]["labels"][label]
+    digits = 0 if label == "teff" else 2
+    if what == "scatter":
+        return f"{m['scatter']:.{digits}f}"
+    return f"{m['bias']:+.{digits}f} / {m['coverage_1sigma']:.2f}"
+
+
+def print_compact(document: dict) -> None:
+    """Per label: the scatter of every method at each N, metal-rich | iron-poor; then bias / coverage at N = all."""
+    runs = {run["id"]: run for run in document["runs"]}
+    n_all = document["survey_b"]["n_pool"]
+    rich = next((r["n"] for r in document["runs"] if r.get("sample") == "fe_h>-1"), 0)
+    methods = ("head", "adapters", "lora", "full", "scratch", "mlp", "mlp-observed")
+    for label in LABELS:
+        print(f"\n{label}: robust scatter, [Fe/H] > -1 | [Fe/H] < -1 test stars\n")
+        print(f"| method | N = 100 | N = 250 | N = {n_all} | [Fe/H] > -1 only (N = {rich}) | bias / coverage, N = {n_all} |")
+        print("|---|---|---|---|---|---|")
+        for method in ("zero-shot", "zero-shot-tokens", "zero-shot-payne-spectra"):
+            if method in runs:
+                cell = f"{_cell(runs[method], 'fe_h>-1', label)} \\| {_cell(runs[method], 'fe_h<-1', label)}"
+                bias = f"{_cell(runs[method], 'fe_h>-1', label, 'bias')} \\| {_cell(runs[method], 'fe_h<-1', label, 'bias')}"
+                print(f"| {method} (no adaptation) | {cell} | | | | {bias} |")
+        for method in methods:
+            cells = []
+            for key in (f"N100/{method}", f"N250/{method}", f"N{n_all}/{method}", f"rich{rich}/{method}"):
+                run = runs.get(key)
+                cells.append(f"{_cell(run, 'fe_h>-1', label)} \\| {_cell(run, 'fe_h<-1', label)}")
+            run = runs.get(f"N{n_all}/{method}")
+            cells.append(f"{_cell(run, 'fe_h>-1', label, 'bias')} \\| {_cell(run, 'fe_h<-1', label, 'bias')}")
+            print(f"| {method} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", default=str(cache_root() / "grids" / GRID))
@@ -178,12 +213,13 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3, help="noise draws per test star")
     parser.add_argument("--only", default=None, help="comma-separated run ids (default: every run)")
     parser.add_argument("--table", action="store_true", help="print the tables of the results file and stop")
+    parser.add_argument("--compact", action="store_true", help="print the compact tables of the docs and stop")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "encoder_transfer.json"))
     args = parser.parse_args()
     out = Path(args.out)
     document = json.loads(out.read_text()) if out.exists() else None
-    if args.table:
-        print_tables(document)
+    if args.table or args.compact:
+        (print_compact if args.compact else print_tables)(document)
         return
     directory = cache_root() / "transfer" / "survey_a"
     t0 = time.perf_counter()
