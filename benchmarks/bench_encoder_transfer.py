@@ -187,6 +187,7 @@ def print_compact(document: dict) -> None:
     n_all = document["survey_b"]["n_pool"]
     rich = next((r["n"] for r in document["runs"] if r.get("sample") == "fe_h>-1"), 0)
     methods = ("head", "adapters", "lora", "full", "scratch", "mlp", "mlp-observed")
+    reference = runs["zero-shot"]["test"]
     for label in LABELS:
         print(f"\n{label}: robust scatter, [Fe/H] > -1 | [Fe/H] < -1 test stars\n")
         print(f"| method | N = 100 | N = 250 | N = {n_all} | [Fe/H] > -1 only (N = {rich}) | bias / coverage, N = {n_all} |")
@@ -204,6 +205,23 @@ def print_compact(document: dict) -> None:
             run = runs.get(f"N{n_all}/{method}")
             cells.append(f"{_cell(run, 'fe_h>-1', label, 'bias')} \\| {_cell(run, 'fe_h<-1', label, 'bias')}")
             print(f"| {method} | " + " | ".join(cells) + " |")
+        sd = " \\| ".join(f"{reference[g]['labels'][label]['truth_sd']:.{0 if label == 'teff' else 2}f}" for g in ("fe_h>-1", "fe_h<-1"))
+        print(f"| sd of the truth (no information) | {sd} | | | | |")
+    print(f"\nSpectraFM's test: iron-poor test stars ([Fe/H] < -1), bias / scatter / coverage; adapted on the {rich} "
+          f"[Fe/H] > -1 pool stars, or on all {n_all}\n")
+    print("| method | adapted on | " + " | ".join(LABELS) + " |")
+    print("|---|---|" + "---|" * len(LABELS))
+
+    def triple(run, label):
+        m = run["test"]["fe_h<-1"]["labels"][label]
+        digits = 0 if label == "teff" else 2
+        return f"{m['bias']:+.{digits}f} / {m['scatter']:.{digits}f} / {m['coverage_1sigma']:.2f}"
+
+    print("| zero-shot | - | " + " | ".join(triple(runs["zero-shot"], label) for label in LABELS) + " |")
+    for method in methods:
+        for key, what in ((f"rich{rich}/{method}", f"[Fe/H] > -1 ({rich})"), (f"N{n_all}/{method}", f"all ({n_all})")):
+            if key in runs:
+                print(f"| {method} | {what} | " + " | ".join(triple(runs[key], label) for label in LABELS) + " |")
 
 
 def main() -> None:
