@@ -190,7 +190,7 @@ def print_compact(document: dict) -> None:
     reference = runs["zero-shot"]["test"]
     for label in LABELS:
         print(f"\n{label}: robust scatter, [Fe/H] > -1 | [Fe/H] < -1 test stars\n")
-        print(f"| method | N = 100 | N = 250 | N = {n_all} | [Fe/H] > -1 only (N = {rich}) | bias / coverage, N = {n_all} |")
+        print(f"| method | N = 100 | N = 250 | N = {n_all} | adapted on [Fe/H] > -1 only (N = {rich}; biases below) | bias / coverage, N = {n_all} |")
         print("|---|---|---|---|---|---|")
         for method in ("zero-shot", "zero-shot-tokens", "zero-shot-payne-spectra"):
             if method in runs:
