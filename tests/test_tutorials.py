@@ -39,9 +39,8 @@ EXPECTED_OUTPUTS = {
     "encoder-adapt.md": ["tiny-encoder/encoder.json", "tiny.h5", "tiny-adapted/encoder.json", "tiny-adapted/arrays.npz"],
 }
 # tutorials over ~30 s on a busy 2-core machine (the others take 5-30 s, 2 min in all)
-SLOW: set[str] = {"compare.md", "attention.md", "encoder-adapt.md"}  # compare: two emulators' first MAP fits, each compiling, 40-80 s;
-# attention: two runs of the shipped TransformerPayne's maps and Jacobian, ~40 s each; encoder-adapt: a tiny encoder
-# trained, then adapted (two train steps compiled), 150-180 s at load 7 on 2 cores
+SLOW: set[str] = {"compare.md", "attention.md"}  # compare: two emulators' first MAP fits, each compiling, 40-80 s;
+# attention: two runs of the shipped TransformerPayne's maps and Jacobian, ~40 s each
 
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 
