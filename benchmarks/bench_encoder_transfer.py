@@ -51,6 +51,7 @@ from stellarfit.encoders import (
     train_encoder,
     train_spectrum_mlp,
 )
+from stellarfit.forward import log_doppler_factor
 from stellarfit.grids import SpectralGrid
 
 CONFIG = EncoderConfig(patch_size=8, dim=64, heads=4, blocks=3, cross_blocks=2, mlp_ratio=2)
@@ -117,7 +118,9 @@ def metrics(names, values: np.ndarray, errors: np.ndarray, truths: np.ndarray, f
     return result
 
 
-def evaluate(observations, names, *, encoder=None, mlp=None, tokens: bool = False, rest_frame: bool = True) -> dict:
+def evaluate(observations, names, *, encoder=None, mlp=None, tokens: bool = False, rest_frame: bool = False) -> dict:
+    """Metrics of one method on the test observations; ``rest_frame``: the spectra are moved to the rest frame
+    with their true RV first (the MLP; the encoder adapted on rest-frame spectra)."""
     values, errors, truths = [], [], []
     for pixels, batch in observations:
         if mlp is not None:
@@ -129,7 +132,10 @@ def evaluate(observations, names, *, encoder=None, mlp=None, tokens: bool = Fals
             values.append(value[:, :len(names)])
             errors.append(error[:, :len(names)])
         else:
-            result = predict(encoder, pixels.spectra())
+            spectra = pixels.spectra()
+            if rest_frame:  # the encoder adapted on rest-frame spectra reads them moved with the true RV, as the MLP does
+                spectra = [s.replace(wavelength=s.wavelength * np.exp(-float(log_doppler_factor(v)))) for s, v in zip(spectra, pixels.rv)]
+            result = predict(encoder, spectra)
             values.append([[row[n][0] for n in names] for row in result])
             errors.append([[row[n][1] for n in names] for row in result])
         truths.append(pixels.labels)
@@ -147,7 +153,7 @@ def run_plan(pool: np.ndarray, grid) -> list[dict]:
     blocks = {size: np.sort(order[:size]) if size else np.sort(order) for size in SIZES}
     for rows, modes, sample in ((blocks[100], MODES, "all"), (rich, SPECTRAFM_MODES[:4], "fe_h>-1"), (blocks[None], MODES, "all"),
                                 (blocks[250], MODES, "all"), (rich, SPECTRAFM_MODES[4:], "fe_h>-1"),
-                                (blocks[100], ("mlp-observed",), "all"), (blocks[None], ("mlp-observed",), "all")):
+                                (blocks[100], ("mlp-observed", "full-rest-frame"), "all"), (blocks[None], ("mlp-observed", "full-rest-frame"), "all")):
         prefix = "rich" if sample == "fe_h>-1" else "N"
         for mode in modes:
             plan.append({"id": f"{prefix}{rows.size}/{mode}", "mode": mode, "rows": rows.tolist(), "n": int(rows.size), "sample": sample})
@@ -186,7 +192,7 @@ def print_compact(document: dict) -> None:
     runs = {run["id"]: run for run in document["runs"]}
     n_all = document["survey_b"]["n_pool"]
     rich = next((r["n"] for r in document["runs"] if r.get("sample") == "fe_h>-1"), 0)
-    methods = ("head", "adapters", "lora", "full", "scratch", "mlp", "mlp-observed")
+    methods = ("head", "adapters", "lora", "full", "full-rest-frame", "scratch", "mlp", "mlp-observed")
     reference = runs["zero-shot"]["test"]
     for label in LABELS:
         print(f"\n{label}: robust scatter, [Fe/H] > -1 | [Fe/H] < -1 test stars\n")
@@ -282,14 +288,16 @@ def main() -> None:
                                             MLPSettings(steps=args.steps, rest_frame=rest_frame, progress=False), simulation=SURVEY_B)
             record["final_loss"] = float(np.mean([h["loss"] for h in trace[-50:]]))
             record["test"] = evaluate(observations, names, mlp=mlp, rest_frame=rest_frame)
-        else:
-            settings = AdaptSettings(mode=run["mode"], steps=args.steps, batch_size=32, progress=False)
-            adapted, trace = adapt_encoder(base, source.subset(np.asarray(run["rows"])), settings, simulation=SURVEY_B)
+        else:  # full-rest-frame: full fine-tuning on rest-frame spectra (RV 0), tested on spectra moved with the true RV, like the MLP
+            rest = run["mode"] == "full-rest-frame"
+            settings = AdaptSettings(mode="full" if rest else run["mode"], steps=args.steps, batch_size=32, progress=False)
+            simulation = dataclasses.replace(SURVEY_B, rv_range=(0.0, 0.0)) if rest else SURVEY_B
+            adapted, trace = adapt_encoder(base, source.subset(np.asarray(run["rows"])), settings, simulation=simulation)
             adapted.save(cache_root() / "transfer" / "runs" / run["id"].replace("/", "_"), overwrite=True)
             record["final_loss"] = float(np.mean([h["loss"] for h in trace[-50:]]))
             record["n_trained_parameters"] = adapted.metadata["adaptation"]["n_trained_parameters"]
             record["learning_rate"] = settings.peak_learning_rate
-            record["test"] = evaluate(observations, names, encoder=adapted)
+            record["test"] = evaluate(observations, names, encoder=adapted, rest_frame=rest)
         record["seconds"] = time.perf_counter() - start
         record["load_average"] = os.getloadavg()
         document["runs"].append(record)

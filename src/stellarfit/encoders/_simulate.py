@@ -176,7 +176,7 @@ class TrainingSimulator:
     def scale_targets(self, labels: np.ndarray, rv: np.ndarray) -> np.ndarray:
         """(n, L + 1) float32: labels scaled to [-0.5, 0.5] over the box, RV over ``rv_range``."""
         low, high = self.settings.rv_range
-        rv_scaled = (np.asarray(rv) - low) / (high - low) - 0.5
+        rv_scaled = (np.asarray(rv) - low) / (high - low if high > low else 1.0) - 0.5  # rv_range (0, 0): rest-frame spectra
         return np.concatenate([self.label_spec.scale(labels), rv_scaled[:, None]], axis=1).astype(np.float32)
 
     def sample(self, rng: np.random.Generator, batch_size: int, *, resolution: float | None = None,
