@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = [
     "stellarfit", "stellarfit.labels", "stellarfit.wavelengths", "stellarfit.grids", "stellarfit.emulators",
     "stellarfit.spectra", "stellarfit.forward", "stellarfit.inference", "stellarfit.results", "stellarfit.reports",
-    "stellarfit.attention",
+    "stellarfit.encoders", "stellarfit.attention",
 ]
 
 

@@ -36,6 +36,7 @@ EXPECTED_OUTPUTS = {
     "compare.md": ["compare.json"],
     "predict.md": ["tiny-encoder/encoder.json", "catalog.fits"],
     "attention.md": ["maps/attention.json", "giant/attention.json"],
+    "encoder-adapt.md": ["tiny-encoder/encoder.json", "tiny.h5", "tiny-adapted/encoder.json", "tiny-adapted/arrays.npz"],
 }
 # tutorials over ~30 s on a busy 2-core machine (the others take 5-30 s, 2 min in all)
 SLOW: set[str] = {"compare.md", "attention.md"}  # compare: two emulators' first MAP fits, each compiling, 40-80 s;

@@ -17,6 +17,7 @@ import numpy as np
 
 from stellarfit.labels import default_label_spec
 from stellarfit.cli._attention import add_attention_parser
+from stellarfit.cli._adapt import add_encoder_adapt_parser
 from stellarfit.cli._build_commands import (  # noqa: F401 - the subcommands that make things, importable from here
     _MODELS,
     _cmd_engines,
@@ -750,6 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     engines.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     engines.set_defaults(func=_cmd_engines)
     _add_predict_parser(commands)
+    add_encoder_adapt_parser(commands)
     add_attention_parser(commands)
     return parser
 

@@ -185,7 +185,9 @@ def load_encoder(path: str | os.PathLike) -> Encoder:
         raise EncoderFileError(f"{meta_path}: invalid config or label spec ({error})") from None
     arrays = load_arrays(arrays_path)
     params = unflatten_params({k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")})
-    return Encoder(config, spec, params, rv_range=meta["rv_range"], wavelength_range=meta["wavelength_range"],
+    # JSON has no infinity: an unbounded window (the default, 0 to inf) is written with null for inf
+    window = [np.inf if v is None else v for v in meta["wavelength_range"]]
+    return Encoder(config, spec, params, rv_range=meta["rv_range"], wavelength_range=window,
                    resolution_range=meta["resolution_range"], metadata=meta.get("metadata"))
 
 

@@ -41,6 +41,9 @@ class EncoderConfig:
         mlp_ratio: hidden width of the feed-forward layers, in units of ``dim``.
         min_period, max_period: shortest and longest period of the wavelength encoding,
             in ln(lambda) (1e-4 ~ 30 km/s, below one patch at R = 30,000; 4 spans any optical/IR range).
+        adapter_width: hidden width of the residual adapter after every block (0: none).  Adapters
+            are added by :func:`stellarfit.encoders.adapt_encoder` (``mode="adapters"``); an
+            ``encoder.json`` without this field (older files) has none.
     """
 
     patch_size: int = 16
@@ -51,12 +54,15 @@ class EncoderConfig:
     mlp_ratio: int = 2
     min_period: float = 1e-4
     max_period: float = 4.0
+    adapter_width: int = 0
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or self.dim % 2:
             raise ValueError(f"dim ({self.dim}) must be even and divisible by heads ({self.heads})")
         if self.patch_size < 1 or self.blocks < 0 or self.cross_blocks < 1:
             raise ValueError("patch_size >= 1, blocks >= 0 and cross_blocks >= 1 are required")
+        if self.adapter_width < 0:
+            raise ValueError(f"adapter_width must be >= 0 (0: no adapters), got {self.adapter_width}")
 
 
 def wavelength_encoding(log_wavelength: np.ndarray, dim: int, min_period: float, max_period: float) -> np.ndarray:
@@ -126,8 +132,21 @@ class _FeedForward(nnx.Module):
         return self.outer(jax.nn.gelu(self.inner(x)))
 
 
+class _Adapter(nnx.Module):
+    """Residual bottleneck (Houlsby et al. 2019): x + up(gelu(down(norm(x)))); ``up`` starts at zero,
+    so a new adapter leaves its block's output unchanged (bit for bit)."""
+
+    def __init__(self, dim: int, width: int, rngs: nnx.Rngs):
+        self.norm = nnx.LayerNorm(dim, rngs=rngs)
+        self.down = nnx.Linear(dim, width, rngs=rngs)
+        self.up = nnx.Linear(width, dim, kernel_init=nnx.initializers.zeros, rngs=rngs)
+
+    def __call__(self, x):
+        return x + self.up(jax.nn.gelu(self.down(self.norm(x))))
+
+
 class _Block(nnx.Module):
-    """Pre-norm attention block: x + attention(norm(x), memory) then x + mlp(norm(x))."""
+    """Pre-norm attention block: x + attention(norm(x), memory) then x + mlp(norm(x)) (then the adapter, if any)."""
 
     def __init__(self, config: EncoderConfig, rngs: nnx.Rngs):
         dim = config.dim
@@ -136,11 +155,13 @@ class _Block(nnx.Module):
         self.attention = nnx.MultiHeadAttention(config.heads, dim, decode=False, rngs=rngs)
         self.norm_mlp = nnx.LayerNorm(dim, rngs=rngs)
         self.mlp = _FeedForward(dim, config.mlp_ratio * dim, rngs)
+        self.adapter = _Adapter(dim, config.adapter_width, rngs) if config.adapter_width else None
 
     def __call__(self, x, memory, mask):
         """x: (batch, n_query, dim); memory: (batch, n_key, dim); mask: (batch, 1, n_query, n_key) bool."""
         x = x + self.attention(self.norm_query(x), self.norm_memory(memory), mask=mask)
-        return x + self.mlp(self.norm_mlp(x))
+        x = x + self.mlp(self.norm_mlp(x))
+        return x if self.adapter is None else self.adapter(x)
 
 
 class SpectrumEncoder(nnx.Module):

@@ -1,11 +1,12 @@
-"""Training spectra made on the fly: an emulator observed through a batched forward model.
+"""Training spectra made on the fly: an emulator, or a fixed set of labelled spectra (a grid),
+observed through a batched forward model.
 
 Each batch draws labels uniformly in the emulator's box (relative abundance constraints
-respected), RV, vsini, one resolving power (log-uniform in ``resolution_range``; each
+respected) or rows of the grid (:mod:`stellarfit.encoders._sources`), RV, vsini, one resolving power (log-uniform in ``resolution_range``; each
 spectrum within 20% below it) and pixel sampling, a smooth multiplicative continuum,
 Gaussian noise (S/N log-uniform in ``snr_range``) and masked runs (gaps, cropped coverage).
 The broadening (rotation, differential Gaussian LSF, observed-pixel top-hat) is one FFT
-product per spectrum on the emulator's native log-lambda pixels (the transfer functions of
+product per spectrum on the source's native log-lambda pixels (the transfer functions of
 :mod:`stellarfit.forward`), the Doppler shift a move of the sampling positions read with
 the quintic spline of :func:`stellarfit.forward.spline_interpolate`.  Batches share one
 pixel grid, padded to a few token counts (``token_buckets``) so a jitted step compiles
@@ -22,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from stellarfit.encoders._model import EncoderConfig, patch_features, wavelength_encoding
+from stellarfit.encoders._sources import as_spectra_source
 from stellarfit.forward import log_doppler_factor, rotation_transfer, spline_interpolate
 from stellarfit.wavelengths import FWHM_TO_SIGMA, SPEED_OF_LIGHT_KMS
 
-__all__ = ["SimulationSettings", "TrainingBatch", "TrainingSimulator"]
+__all__ = ["PixelBatch", "SimulationSettings", "TrainingBatch", "TrainingSimulator"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,40 +79,84 @@ class TrainingBatch(NamedTuple):
     snr: np.ndarray
 
 
+class PixelBatch(NamedTuple):
+    """One simulated batch as pixels (``B`` spectra on one grid of ``P`` pixels, ``L`` labels).
+
+    log_wavelength (P,) float64 ln(lambda [A, vacuum]); flux, sigma (B, P) float32 (relative flux,
+    its 1-sigma noise); good (B, P) bool (False: masked or padding); n_pixels: the grid's real pixels
+    (the rest is padding to a token bucket); step: the ln(lambda) pixel step; labels (B, L) float64
+    physical, rv (B,), resolution (B,), snr (B,).
+    """
+
+    log_wavelength: np.ndarray
+    flux: np.ndarray
+    sigma: np.ndarray
+    good: np.ndarray
+    n_pixels: int
+    step: float
+    labels: np.ndarray
+    rv: np.ndarray
+    resolution: np.ndarray
+    snr: np.ndarray
+
+    def spectra(self) -> list:
+        """The batch as ``ObservedSpectrum`` objects (the real pixels; masked ones flagged), each with
+        its truth in ``metadata`` (``labels``: the label values in spec order, ``rv``, ``snr``)."""
+        from stellarfit.spectra import ObservedSpectrum
+
+        n = self.n_pixels
+        wavelength = np.exp(self.log_wavelength[:n])
+        out = []
+        for i in range(len(self.labels)):
+            sigma = np.asarray(self.sigma[i, :n], np.float64)
+            out.append(ObservedSpectrum(wavelength, np.asarray(self.flux[i, :n], np.float64), 1.0 / sigma**2, mask=~self.good[i, :n],
+                                        resolution=float(self.resolution[i]),
+                                        metadata={"source": "simulated", "labels": self.labels[i].tolist(), "rv": float(self.rv[i]),
+                                                  "snr": float(self.snr[i])}))
+        return out
+
+
 class TrainingSimulator:
-    """Draws :class:`TrainingBatch` es from ``emulator`` (any stellarfit Emulator with a native R).
+    """Draws :class:`TrainingBatch` es from an emulator or a set of labelled spectra.
 
     Args:
-        emulator: the simulator's spectra (its label spec defines the labels).
+        source: a stellarfit emulator with a native R (labels drawn uniformly in its box), or a
+            :class:`GridSpectra` (its rows drawn at random; e.g. Turbospectrum spectra); its label
+            spec defines the labels.
         config: the encoder's architecture (patch size, wavelength encoding).
         settings: what the observations span.
     """
 
-    def __init__(self, emulator, config: EncoderConfig, settings: SimulationSettings | None = None):
-        if emulator.native_resolution is None:
-            raise ValueError("the emulator does not record its native resolution; it cannot simulate observations")
-        self.emulator = emulator
+    def __init__(self, source, config: EncoderConfig, settings: SimulationSettings | None = None):
+        self.source = source = as_spectra_source(source)
         self.config = config
         self.settings = settings = settings or SimulationSettings()
-        self.label_spec = emulator.label_spec
-        native = np.asarray(emulator.wavelength, dtype=np.float64)
+        self.label_spec = source.label_spec
+        native = np.asarray(source.wavelength, dtype=np.float64)
         self.log_step = float(np.log(native[-1] / native[0]) / (native.size - 1))
         self.velocity_step = SPEED_OF_LIGHT_KMS * self.log_step
         self.native_log_start = float(np.log(native[0]))
-        self.native_resolution = float(emulator.native_resolution)
+        self.native_resolution = float(source.native_resolution)
         self.n_native = native.size
         self.pad = 256
         rv_margin = max(abs(v) for v in settings.rv_range) / SPEED_OF_LIGHT_KMS
         margin = rv_margin + 150 * self.log_step
         #: (ln lambda_min, ln lambda_max) of the simulated observations [A, vacuum]
         self.log_window = (float(np.log(native[0])) + margin, float(np.log(native[-1])) - margin)
-        flux_fn = emulator.flux_fn()
-        self._native_flux = jax.jit(jax.vmap(flux_fn))
+        if self.log_window[1] <= self.log_window[0]:
+            raise ValueError(f"the source's window {native[0]:.1f}-{native[-1]:.1f} A is too short for RVs up to "
+                             f"{max(abs(v) for v in settings.rv_range):g} km/s")
         self._observe = jax.jit(self._observe_impl, static_argnames=("n_fft",))
+        self._features = jax.jit(patch_features, static_argnames=("patch_size",))
+
+    @property
+    def wavelength_range(self) -> tuple[float, float]:
+        """(min, max) [A, vacuum] of the simulated observations."""
+        return float(np.exp(self.log_window[0])), float(np.exp(self.log_window[1]))
 
     # ------------------------------------------------------------------ jitted pieces
-    def _observe_impl(self, native_flux, sigma_pixels, vsini, box_width, positions, continuum, snr, good, log_step, key, *, n_fft):
-        """native_flux (B, n_native) -> (features, token_mask) of the observed, noisy spectra."""
+    def _observe_impl(self, native_flux, sigma_pixels, vsini, box_width, positions, continuum, snr, key, *, n_fft):
+        """native_flux (B, n_native) -> (flux, sigma) (B, P) of the observed, noisy spectra."""
         padded = jnp.pad(native_flux, ((0, 0), (self.pad, n_fft - self.n_native - self.pad)), constant_values=1.0)
         frequency = jnp.fft.rfftfreq(n_fft)  # cycles per native pixel
         transfer = (jnp.exp(-2.0 * jnp.pi**2 * sigma_pixels[:, None] ** 2 * frequency**2)
@@ -120,7 +166,7 @@ class TrainingSimulator:
         normalized = jax.vmap(spline_interpolate)(broadened, positions)
         sigma = continuum / snr[:, None]
         flux = continuum * normalized + sigma * jax.random.normal(key, normalized.shape)
-        return patch_features(flux, sigma, good, log_step, self.config.patch_size)
+        return flux, sigma
 
     # ------------------------------------------------------------------ sampling
     def draw_labels(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -130,22 +176,40 @@ class TrainingSimulator:
     def scale_targets(self, labels: np.ndarray, rv: np.ndarray) -> np.ndarray:
         """(n, L + 1) float32: labels scaled to [-0.5, 0.5] over the box, RV over ``rv_range``."""
         low, high = self.settings.rv_range
-        rv_scaled = (np.asarray(rv) - low) / (high - low) - 0.5
+        rv_scaled = (np.asarray(rv) - low) / (high - low if high > low else 1.0) - 0.5  # rv_range (0, 0): rest-frame spectra
         return np.concatenate([self.label_spec.scale(labels), rv_scaled[:, None]], axis=1).astype(np.float32)
 
     def sample(self, rng: np.random.Generator, batch_size: int, *, resolution: float | None = None,
-               snr: float | None = None, masks: bool = True) -> TrainingBatch:
-        """A batch of simulated observations.
+               snr: float | None = None, masks: bool = True, rows: np.ndarray | None = None) -> TrainingBatch:
+        """A batch of simulated observations, as tokens.
 
         Args:
             rng: numpy generator (all randomness comes from it).
             batch_size: spectra in the batch.
             resolution, snr: fix R (no 20% spread) or the S/N instead of drawing them.
             masks: False keeps the whole window unmasked (no gaps, no cropping).
+            rows: for a :class:`GridSpectra` source, which of its spectra (``batch_size`` of them;
+                default: drawn at random).
         """
+        pixels = self.sample_pixels(rng, batch_size, resolution=resolution, snr=snr, masks=masks, rows=rows)
+        patch = self.config.patch_size
+        bucket = pixels.log_wavelength.size // patch
+        token_log_step = np.full((batch_size, bucket), pixels.step, np.float32)
+        features, token_mask = self._features(pixels.flux, pixels.sigma, pixels.good, token_log_step, patch_size=patch)
+        token_centres = pixels.log_wavelength.reshape(bucket, patch).mean(axis=1)  # float64
+        encoding = wavelength_encoding(token_centres, self.config.dim, self.config.min_period, self.config.max_period)
+        encoding = np.broadcast_to(encoding[None], (batch_size, *encoding.shape))
+        return TrainingBatch(np.asarray(features), encoding, np.asarray(token_mask), self.scale_targets(pixels.labels, pixels.rv),
+                             pixels.labels, pixels.rv, pixels.resolution, pixels.snr)
+
+    def sample_pixels(self, rng: np.random.Generator, batch_size: int, *, resolution: float | None = None,
+                      snr: float | None = None, masks: bool = True, rows: np.ndarray | None = None) -> PixelBatch:
+        """A batch of simulated observations, as pixels (arguments as :meth:`sample`)."""
         s = self.settings
         patch = self.config.patch_size
-        labels = self.draw_labels(rng, batch_size)
+        if rows is not None and len(rows) != batch_size:
+            raise ValueError(f"rows has {len(rows)} entries; expected batch_size = {batch_size}")
+        labels, native_flux = self.source.draw(rng, batch_size, rows)
         rv = rng.uniform(*s.rv_range, size=batch_size)
         vsini = np.where(rng.uniform(size=batch_size) < 0.5, rng.uniform(0, 5.0, batch_size), rng.uniform(0, s.vsini_max, batch_size))
         if resolution is None:
@@ -183,18 +247,12 @@ class TrainingSimulator:
         positions = (base[None, :] - shift[:, None]).astype(np.float32)
         sigma_velocity = SPEED_OF_LIGHT_KMS * FWHM_TO_SIGMA * np.sqrt(np.clip(1.0 / resolutions**2 - 1.0 / self.native_resolution**2, 0, None))
         n_fft = self.n_native + 2 * self.pad
-        native_flux = self._native_flux(jnp.asarray(labels, jnp.float32))
         key = jax.random.PRNGKey(int(rng.integers(2**31)))
-        token_log_step = np.full((batch_size, bucket), step, np.float32)
-        features, token_mask = self._observe(
+        flux, sigma = self._observe(
             native_flux, jnp.asarray(sigma_velocity / self.velocity_step, jnp.float32), jnp.asarray(vsini, jnp.float32),
             jnp.float32(step / self.log_step), jnp.asarray(positions), jnp.asarray(continuum, jnp.float32),
-            jnp.asarray(snrs, jnp.float32), jnp.asarray(good), jnp.asarray(token_log_step), key, n_fft=n_fft)
-        token_centres = log_wavelength.reshape(bucket, patch).mean(axis=1)  # float64
-        encoding = wavelength_encoding(token_centres, self.config.dim, self.config.min_period, self.config.max_period)
-        encoding = np.broadcast_to(encoding[None], (batch_size, *encoding.shape))
-        return TrainingBatch(np.asarray(features), encoding, np.asarray(token_mask), self.scale_targets(labels, rv),
-                             labels, rv, resolutions, snrs)
+            jnp.asarray(snrs, jnp.float32), key, n_fft=n_fft)
+        return PixelBatch(log_wavelength, np.asarray(flux), np.asarray(sigma), good, n_pixels, step, labels, rv, resolutions, snrs)
 
     def _mask_runs(self, rng: np.random.Generator, good: np.ndarray, n_pixels: int) -> np.ndarray:
         s = self.settings

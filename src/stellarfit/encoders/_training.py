@@ -26,6 +26,7 @@ from stellarfit.emulators.checkpoint import load_arrays, save_arrays_atomic
 from stellarfit.encoders._encoder import Encoder, load_encoder
 from stellarfit.encoders._model import EncoderConfig
 from stellarfit.encoders._simulate import SimulationSettings, TrainingSimulator
+from stellarfit.encoders._sources import EmulatorSpectra
 
 __all__ = ["TrainingSettings", "gaussian_nll", "train_encoder"]
 
@@ -83,8 +84,9 @@ def train_encoder(emulator, settings: TrainingSettings | None = None, *, config:
     """Train an encoder on observations of ``emulator`` simulated on the fly.
 
     Args:
-        emulator: the simulator (e.g. ``stellarfit.load_emulator("payne-default")``); its
-            label spec is the encoder's.
+        emulator: the simulator (e.g. ``stellarfit.load_emulator("payne-default")``), or a fixed
+            set of labelled spectra (:class:`GridSpectra`, e.g. a Turbospectrum grid); its label
+            spec is the encoder's.
         settings: steps, batch, learning rate, seed, checkpoints (default ``TrainingSettings()``).
         config: the architecture (default ``EncoderConfig()``; ignored when ``encoder`` is given).
         simulation: what the simulated observations span (default ``SimulationSettings()``).
@@ -96,11 +98,13 @@ def train_encoder(emulator, settings: TrainingSettings | None = None, *, config:
     simulation = simulation or SimulationSettings()
     config = encoder.config if encoder is not None else (config or EncoderConfig())
     simulator = TrainingSimulator(emulator, config, simulation)
-    window = tuple(float(np.exp(v)) for v in simulator.log_window)
-    metadata = {"emulator": emulator.metadata.get("name", repr(emulator)[:80]), "training": dataclasses.asdict(settings),
+    window = simulator.wavelength_range
+    metadata = {"emulator": simulator.source.name, "training": dataclasses.asdict(settings),
                 "simulation": dataclasses.asdict(simulation)}
+    if not isinstance(simulator.source, EmulatorSpectra):
+        metadata["source"] = simulator.source.describe()
     if encoder is None:
-        encoder = Encoder(config, emulator.label_spec, None, rv_range=simulation.rv_range, wavelength_range=window,
+        encoder = Encoder(config, simulator.label_spec, None, rv_range=simulation.rv_range, wavelength_range=window,
                           resolution_range=simulation.resolution_range, metadata=metadata, seed=settings.seed)
     else:  # continued training (on a copy): the new settings, and what the network was trained with before
         encoder = encoder.replace_params(encoder.params)
