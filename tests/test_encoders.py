@@ -208,6 +208,21 @@ def test_shipped_encoder_by_name_reads_a_solar_spectrum(emulator, tmp_path, caps
     assert row["labels"]["teff"]["value"] == pytest.approx(result["teff"][0], rel=1e-3)
 
 
+def test_predict_reads_files_without_uncertainties_at_a_given_snr(emulator, tmp_path, capsys):
+    from stellarfit.cli.main import main
+
+    sun = np.array([5772.0, 4.44, 1.0, 0.0] + [0.0] * (len(emulator.label_names) - 4))
+    spectrum = _observed(emulator, sun, 0, resolution=5000.0)
+    path = tmp_path / "sun.csv"
+    np.savetxt(path, np.column_stack([spectrum.wavelength, spectrum.flux]), delimiter=",", header="wavelength,flux",
+               comments="")
+    assert main(["predict", str(path), "--resolution", "5000", "--json"]) == 1  # no uncertainties: refused, said why
+    assert "no uncertainties" in json.dumps(json.loads(capsys.readouterr().out))
+    assert main(["predict", str(path), "--resolution", "5000", "--snr", "100", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["status"] == "ok" and abs(row["labels"]["teff"]["value"] - 5772.0) < 3 * row["labels"]["teff"]["error"]
+
+
 @pytest.mark.slow
 def test_fit_star_starts_from_the_shipped_encoder(emulator, trained):
     from stellarfit.inference._encoder_start import EncoderStart, encoder_starts

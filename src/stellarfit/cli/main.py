@@ -386,6 +386,8 @@ def _add_predict_parser(commands) -> None:
     predict.add_argument("--format", default=None, help="spectrum format of every file (default: detected per file)")
     predict.add_argument("--resolution", type=float, default=None, help="resolving power, for files that do not give it")
     predict.add_argument("--air", action="store_true", help="the files' wavelengths are in air (converted to vacuum)")
+    predict.add_argument("--snr", type=float, default=None,
+                         help="S/N per pixel, for files without uncertainties (a uniform noise level)")
     predict.add_argument("--json", action="store_true",
                          help="print one JSON document on stdout: a list with one object per spectrum "
                               "(file, index, status, labels: {name: {value, error}})")
@@ -403,7 +405,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except (FileNotFoundError, EncoderFileError) as error:
         raise UsageError(f"cannot load the encoder: {error}") from None
     options = {key: value for key, value in (("resolution", args.resolution), ("air", True if args.air else None),
-                                             ("format", args.format)) if value is not None}
+                                             ("format", args.format), ("snr", args.snr)) if value is not None}
     rows, usable = [], []
     for path in args.files:
         try:
