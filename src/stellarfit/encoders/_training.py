@@ -72,6 +72,26 @@ def gaussian_nll(mean, log_variance, targets):
     return jnp.mean(0.5 * (log_variance + (targets - mean) ** 2 * jnp.exp(-log_variance)))
 
 
+def nll_train_step(graphdef, tx: optax.GradientTransformation, compose=None):
+    """(loss_fn, jitted train_step) of the Gaussian NLL of an encoder ``graphdef`` over the arrays an
+    optimizer ``tx`` trains; ``compose`` turns those arrays into the network's full state (default: they
+    are the state). ``train_step(arrays, opt_state, features, encoding, token_mask, targets)`` returns
+    (arrays, opt_state, loss)."""
+
+    def loss_fn(arrays, features, encoding, token_mask, targets):
+        state = arrays if compose is None else compose(arrays)
+        mean, log_variance = nnx.merge(graphdef, state)(features, encoding, token_mask)
+        return gaussian_nll(mean, log_variance, targets)
+
+    @jax.jit
+    def train_step(arrays, opt_state, features, encoding, token_mask, targets):
+        loss, grads = jax.value_and_grad(loss_fn)(arrays, features, encoding, token_mask, targets)
+        updates, opt_state = tx.update(grads, opt_state, arrays)
+        return optax.apply_updates(arrays, updates), opt_state, loss
+
+    return loss_fn, train_step
+
+
 def _optimizer(settings: TrainingSettings) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(0.0, settings.learning_rate, max(settings.warmup_steps, 1),
                                                   max(settings.steps, settings.warmup_steps + 1), settings.learning_rate * 0.05)
@@ -118,16 +138,7 @@ def train_encoder(emulator, settings: TrainingSettings | None = None, *, config:
         encoder, params, opt_state, step, history = _resume(settings.checkpoint_dir, tx, encoder)
     graphdef = encoder.graphdef
 
-    def loss_fn(params, features, encoding, token_mask, targets):
-        mean, log_variance = nnx.merge(graphdef, params)(features, encoding, token_mask)
-        return gaussian_nll(mean, log_variance, targets)
-
-    @jax.jit
-    def train_step(params, opt_state, features, encoding, token_mask, targets):
-        loss, grads = jax.value_and_grad(loss_fn)(params, features, encoding, token_mask, targets)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
+    loss_fn, train_step = nll_train_step(graphdef, tx)
     evaluate = jax.jit(loss_fn)
     validation = [simulator.sample(np.random.default_rng([settings.seed, 10**9, i]), settings.batch_size)
                   for i in range(settings.validation_batches)]

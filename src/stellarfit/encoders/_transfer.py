@@ -49,7 +49,7 @@ from stellarfit.emulators._params import count_parameters, flatten_params, unfla
 from stellarfit.encoders._encoder import Encoder
 from stellarfit.encoders._simulate import SimulationSettings, TrainingSimulator
 from stellarfit.encoders._sources import GridSpectra, as_spectra_source
-from stellarfit.encoders._training import gaussian_nll
+from stellarfit.encoders._training import nll_train_step
 
 __all__ = ["ADAPT_MODES", "AdaptSettings", "adapt_encoder", "lora_targets", "scaled_targets"]
 
@@ -232,15 +232,7 @@ def adapt_encoder(encoder: Encoder, source, settings: AdaptSettings | None = Non
     tx = _optimizer(settings)
     opt_state = tx.init(trainable)
 
-    def loss_fn(trainable, features, encoding, token_mask, targets):
-        mean, log_variance = nnx.merge(graphdef, compose(trainable))(features, encoding, token_mask)
-        return gaussian_nll(mean, log_variance, targets)
-
-    @jax.jit
-    def train_step(trainable, opt_state, features, encoding, token_mask, targets):
-        loss, grads = jax.value_and_grad(loss_fn)(trainable, features, encoding, token_mask, targets)
-        updates, opt_state = tx.update(grads, opt_state, trainable)
-        return optax.apply_updates(trainable, updates), opt_state, loss
+    _, train_step = nll_train_step(graphdef, tx, compose)
 
     history, running = [], None
     start = time.perf_counter()
